@@ -1,0 +1,46 @@
+# sidekv — the two commands users need: `make run` and `make test`.
+SHELL := /bin/bash
+CARGO ?= cargo
+VENV := .venv
+GUEST_WASM := target/wasm/wasm32-wasip2/release/sidekv_guest.wasm
+BIN := target/release/sidekv
+export KVSTORE_SECRET ?= denorocks
+
+.PHONY: run build guest examples setup setup-wasm setup-py test test-unit test-e2e bench soak lint clean
+
+## run: set up what is missing, build, serve on 127.0.0.1:8000 (KVSTORE_SECRET defaults to denorocks here)
+run: build
+	$(BIN)
+
+## build: release build of the guest and the host → target/release/sidekv
+build: setup-wasm guest
+	$(CARGO) build --release -p sidekv
+
+guest: setup-wasm
+	scripts/build-guest.sh sidekv-guest
+
+## examples: the example guests (Rust, JS, Python, wasi:keyvalue)
+examples: setup-wasm
+	scripts/build-guest.sh scoped-tokens-guest
+
+setup: setup-wasm setup-py
+
+setup-wasm:
+	@scripts/setup-wasm.sh
+
+# The S3 server the tests talk to (moto, from PyPI), in a private venv.
+setup-py:
+	@test -x $(VENV)/bin/moto_server || { python3 -m venv $(VENV) && $(VENV)/bin/pip install -q 'moto[server]>=5,<6'; }
+
+## test: unit tests, then integration tests against the real binary and a real S3 server
+test: setup build examples
+	$(CARGO) test --release --workspace --exclude sidekv-guest --exclude scoped-tokens-guest -- --test-threads=4
+	$(CARGO) test --release -p sidekv-guest --lib
+
+## bench: side-by-side numbers → BENCHMARKS.md
+bench: setup build
+	$(CARGO) build --release -p sidekv-native-bench
+	bench/run.sh
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,617 @@
+//! sidekv's default guest: the REST API, and who may use it.
+//!
+//! Every HTTP request arrives as one `handler.handle` call. This guest
+//! parses the path and query, decides access in exactly one function
+//! (`authorize`, constant-time), and calls the host's `kv` interface.
+//!
+//! | request                                   | does                                  | access |
+//! |-------------------------------------------|---------------------------------------|--------|
+//! | `GET/HEAD /{key}`                         | raw value, `ETag: "<versionstamp>"`   | read*  |
+//! | `GET /{key}?watch=<vs>&timeout=30s`       | long-poll until it changes (304 on timeout) | read* |
+//! | `POST/PUT /{key}` (`?ttl=ms`, `If-Match`, `If-None-Match: *`) | store the body | write |
+//! | `DELETE /{key}` (`If-Match`)              | delete                                | write  |
+//! | `GET /?prefix=&start=&end=&limit=&reverse=&cursor=&keys_only=` | list | read |
+//! | `GET /?prefix=P&count=true`               | `{"count":N}`                         | read   |
+//! | `DELETE /?prefix=P`                       | delete a prefix atomically            | write  |
+//! | `POST /_atomic`                           | checks + mutations, all or nothing    | write  |
+//! | `GET /_watch?prefix=P` (`Last-Event-ID`)  | Server-Sent Events of changes         | read   |
+//! | `GET /_export?prefix=P`                   | NDJSON of every entry                 | read   |
+//! | `POST /_import`                           | load NDJSON                           | write  |
+//!
+//! (*) public when the operator sets `KVSTORE_PUBLIC_READS=true`.
+//! Top-level keys starting with `_` are reserved for these endpoints.
+
+use std::sync::OnceLock;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+wit_bindgen::generate!({ path: "../wit", world: "guest" });
+
+use exports::sidekv::store::handler::{BodyStream, Guest, Request, Response};
+use sidekv::store::types::KvError;
+use sidekv::store::{config, kv};
+
+/// Most keys listed when the client gives no `limit`.
+const DEFAULT_LIST_LIMIT: u32 = 100;
+/// Longest key in bytes (the host enforces the same limit).
+const MAX_KEY_BYTES: usize = 2048;
+/// Longest long-poll, and the default one.
+const MAX_WATCH_MS: u32 = 300_000;
+const DEFAULT_WATCH_MS: u32 = 30_000;
+/// Lines of `/_import` committed per atomic batch.
+const IMPORT_BATCH: usize = 500;
+
+struct Component;
+export!(Component);
+
+type Resp = Response;
+
+fn response(status: u16, ctype: &str, body: Vec<u8>) -> Resp {
+    Response { status, headers: vec![("content-type".into(), ctype.as_bytes().to_vec())], body, stream: None }
+}
+
+fn json_resp(status: u16, v: Value) -> Resp {
+    response(status, "application/json", v.to_string().into_bytes())
+}
+
+fn error(status: u16, msg: impl Into<String>) -> Resp {
+    json_resp(status, json!({ "error": msg.into() }))
+}
+
+fn kv_error(e: KvError) -> Resp {
+    match e {
+        KvError::InvalidKey(m) => error(400, format!("invalid key: {m}")),
+        KvError::ValueTooLarge(limit) => error(413, format!("the value is over the {limit}-byte limit")),
+        KvError::InvalidArgument(m) => error(400, m),
+        KvError::Unavailable(m) => error(503, m),
+        KvError::Internal(m) => error(500, m),
+    }
+}
+
+// ---------------------------------------------------------------- auth ----
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Access {
+    /// Reading one key: public when `public-reads` is on.
+    ReadKey,
+    /// Listing, counting, watching prefixes, exporting.
+    Read,
+    Write,
+}
+
+struct AuthConfig {
+    secret_hash: Option<[u8; 32]>,
+    public_reads: bool,
+}
+
+fn auth_config() -> &'static AuthConfig {
+    static CFG: OnceLock<AuthConfig> = OnceLock::new();
+    CFG.get_or_init(|| AuthConfig {
+        secret_hash: config::get("secret").filter(|s| !s.is_empty()).map(|s| Sha256::digest(s.as_bytes()).into()),
+        public_reads: config::get("public-reads").is_some_and(|v| v == "true" || v == "1"),
+    })
+}
+
+/// Equality of two 32-byte digests without early exit.
+fn ct_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    let mut diff = 0u8;
+    for i in 0..32 {
+        diff |= a[i] ^ b[i];
+    }
+    std::hint::black_box(diff) == 0
+}
+
+/// The one function that decides who may do what. The presented secret is
+/// hashed first, so the comparison takes the same time whatever its length
+/// or content.
+fn authorize(req: &Request, access: Access) -> Result<(), Resp> {
+    let cfg = auth_config();
+    if access == Access::ReadKey && cfg.public_reads {
+        return Ok(());
+    }
+    let Some(want) = &cfg.secret_hash else {
+        return Err(error(401, "no secret is configured (KVSTORE_SECRET)"));
+    };
+    let presented = header(req, "authorization").unwrap_or(&[]);
+    let token = presented.strip_prefix(b"Bearer ").unwrap_or(presented);
+    let ok_raw = ct_eq(&Sha256::digest(presented).into(), want);
+    let ok_bearer = ct_eq(&Sha256::digest(token).into(), want);
+    if (ok_raw | ok_bearer) && !presented.is_empty() {
+        Ok(())
+    } else if presented.is_empty() {
+        Err(error(401, "missing Authorization header (send `Authorization: <secret>` or `Bearer <secret>`)"))
+    } else {
+        Err(error(401, "wrong secret in the Authorization header"))
+    }
+}
+
+// ------------------------------------------------------------- parsing ----
+
+fn header<'a>(req: &'a Request, name: &str) -> Option<&'a [u8]> {
+    req.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_slice())
+}
+
+fn header_str<'a>(req: &'a Request, name: &str) -> Option<&'a str> {
+    header(req, name).and_then(|v| std::str::from_utf8(v).ok()).map(str::trim)
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// Percent-decode into UTF-8; `plus` turns `+` into a space (query strings).
+fn percent_decode(s: &str, plus: bool) -> Result<String, String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' => {
+                let (h, l) = (b.get(i + 1).copied().and_then(hex), b.get(i + 2).copied().and_then(hex));
+                match (h, l) {
+                    (Some(h), Some(l)) => out.push(h << 4 | l),
+                    _ => return Err(format!("bad percent-encoding at byte {i}")),
+                }
+                i += 3;
+            }
+            b'+' if plus => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).map_err(|_| "it is not valid UTF-8 once percent-decoded".into())
+}
+
+struct Query(Vec<(String, String)>);
+
+impl Query {
+    fn parse(q: &str) -> Result<Query, Resp> {
+        let mut v = Vec::new();
+        for part in q.split('&').filter(|p| !p.is_empty()) {
+            let (k, val) = part.split_once('=').unwrap_or((part, ""));
+            let k = percent_decode(k, true).map_err(|e| error(400, format!("query parameter name: {e}")))?;
+            let val = percent_decode(val, true).map_err(|e| error(400, format!("query parameter {k:?}: {e}")))?;
+            v.push((k, val));
+        }
+        Ok(Query(v))
+    }
+    fn get(&self, k: &str) -> Option<&str> {
+        self.0.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str())
+    }
+    fn flag(&self, k: &str) -> Result<bool, Resp> {
+        match self.get(k) {
+            None | Some("false") | Some("0") => Ok(false),
+            Some("") | Some("true") | Some("1") => Ok(true),
+            Some(v) => Err(error(400, format!("{k} must be true or false, got {v:?}"))),
+        }
+    }
+    fn u64(&self, k: &str) -> Result<Option<u64>, Resp> {
+        self.get(k)
+            .map(|v| v.parse::<u64>().map_err(|_| error(400, format!("{k} must be a non-negative integer, got {v:?}"))))
+            .transpose()
+    }
+}
+
+/// "30s", "500ms", "2m" or bare milliseconds.
+fn parse_timeout(s: &str) -> Result<u32, Resp> {
+    let bad = || error(400, format!("timeout must look like 30s, 500ms or 2m (at most {}s), got {s:?}", MAX_WATCH_MS / 1000));
+    let (num, mul) = if let Some(n) = s.strip_suffix("ms") {
+        (n, 1)
+    } else if let Some(n) = s.strip_suffix('s') {
+        (n, 1000)
+    } else if let Some(n) = s.strip_suffix('m') {
+        (n, 60_000)
+    } else {
+        (s, 1)
+    };
+    let ms = num.parse::<u64>().map_err(|_| bad())?.checked_mul(mul).ok_or_else(bad)?;
+    if ms > MAX_WATCH_MS as u64 {
+        return Err(bad());
+    }
+    Ok(ms as u32)
+}
+
+fn ttl(req: &Request, q: &Query) -> Result<Option<u64>, Resp> {
+    if let Some(t) = q.u64("ttl")? {
+        return Ok(Some(t));
+    }
+    match header_str(req, "x-expire-in") {
+        None => Ok(None),
+        Some(v) => v.parse().map(Some).map_err(|_| error(400, format!("X-Expire-In must be milliseconds, got {v:?}"))),
+    }
+}
+
+/// `If-Match: "<vs>"` / `If-None-Match: *` → write options.
+fn conditions(req: &Request, ttl_ms: Option<u64>) -> Result<kv::WriteOptions, Resp> {
+    let if_match = match header_str(req, "if-match") {
+        None => None,
+        Some(v) => Some(v.trim_matches('"').to_string()),
+    };
+    let if_absent = match header_str(req, "if-none-match") {
+        None => false,
+        Some("*") => true,
+        Some(v) => return Err(error(400, format!("If-None-Match supports only `*`, got {v:?}"))),
+    };
+    Ok(kv::WriteOptions { ttl_ms, if_match, if_absent })
+}
+
+// ------------------------------------------------------------- routing ----
+
+impl Guest for Component {
+    fn handle(req: Request) -> Response {
+        route(&req).unwrap_or_else(|r| r)
+    }
+}
+
+fn route(req: &Request) -> Result<Resp, Resp> {
+    let (path, query) = req.path_with_query.split_once('?').unwrap_or((&req.path_with_query, ""));
+    let q = Query::parse(query)?;
+    let Some(raw) = path.strip_prefix('/') else {
+        return Err(error(400, "the path must start with /"));
+    };
+    if raw.is_empty() {
+        return root(req, &q);
+    }
+    if raw.starts_with('_') {
+        return match raw {
+            "_atomic" => endpoint(req, "POST", || atomic(req)),
+            "_watch" => endpoint(req, "GET", || watch_prefix(req, &q)),
+            "_export" => endpoint(req, "GET", || export(req, &q)),
+            "_import" => endpoint(req, "POST", || import(req)),
+            _ if matches!(req.method.as_str(), "GET" | "HEAD") => Err(error(404, format!("no endpoint /{raw}; keys starting with _ are reserved"))),
+            _ => Err(error(400, "keys starting with _ are reserved for sidekv's endpoints (/_atomic, /_watch, /_export, /_import)")),
+        };
+    }
+    let key = percent_decode(raw, false).map_err(|e| error(400, format!("invalid key: {e}")))?;
+    if key.len() > MAX_KEY_BYTES {
+        return Err(error(400, format!("invalid key: {} bytes, over the {MAX_KEY_BYTES}-byte limit", key.len())));
+    }
+    match req.method.as_str() {
+        "GET" | "HEAD" => get_key(req, &q, key),
+        "POST" | "PUT" => set_key(req, &q, key),
+        "DELETE" => delete_key(req, key),
+        m => Err(method_not_allowed(m, "GET, HEAD, POST, PUT, DELETE")),
+    }
+}
+
+fn method_not_allowed(m: &str, allow: &str) -> Resp {
+    let mut r = error(405, format!("method {m} is not allowed here; use {allow}"));
+    r.headers.push(("allow".into(), allow.as_bytes().to_vec()));
+    r
+}
+
+fn endpoint(req: &Request, method: &str, f: impl FnOnce() -> Result<Resp, Resp>) -> Result<Resp, Resp> {
+    if req.method != method {
+        return Err(method_not_allowed(&req.method, method));
+    }
+    f()
+}
+
+fn value_response(req: &Request, e: sidekv::store::types::Entry) -> Resp {
+    let mut headers = vec![
+        ("content-type".into(), b"application/octet-stream".to_vec()),
+        ("etag".into(), format!("\"{}\"", e.versionstamp).into_bytes()),
+        ("x-versionstamp".into(), e.versionstamp.clone().into_bytes()),
+    ];
+    if let Some(at) = e.expires_at {
+        headers.push(("x-expires-at".into(), at.to_string().into_bytes()));
+    }
+    let body = if req.method == "HEAD" {
+        headers.push(("content-length".into(), e.value.len().to_string().into_bytes()));
+        Vec::new()
+    } else {
+        e.value
+    };
+    Response { status: 200, headers, body, stream: None }
+}
+
+fn get_key(req: &Request, q: &Query, key: String) -> Result<Resp, Resp> {
+    authorize(req, Access::ReadKey)?;
+    if let Some(since) = q.get("watch") {
+        let timeout = q.get("timeout").map(parse_timeout).transpose()?.unwrap_or(DEFAULT_WATCH_MS);
+        let since = match since {
+            "" | "null" | "absent" => None,
+            s => Some(s.trim_matches('"').to_string()),
+        };
+        let (changed, entry) = kv::watch(&key, since.as_deref(), timeout).map_err(kv_error)?;
+        return Ok(match (changed, entry) {
+            (false, _) => Response { status: 304, headers: vec![], body: vec![], stream: None },
+            (true, Some(e)) => value_response(req, e),
+            (true, None) => error(404, "not found"),
+        });
+    }
+    match kv::get(&key).map_err(kv_error)? {
+        Some(e) => {
+            if let Some(inm) = header_str(req, "if-none-match") {
+                if inm.trim_matches('"') == e.versionstamp {
+                    let etag = format!("\"{}\"", e.versionstamp).into_bytes();
+                    return Ok(Response { status: 304, headers: vec![("etag".into(), etag)], body: vec![], stream: None });
+                }
+            }
+            Ok(value_response(req, e))
+        }
+        None if req.method == "HEAD" => Ok(Response { status: 404, headers: vec![], body: vec![], stream: None }),
+        None => Err(error(404, "not found")),
+    }
+}
+
+fn commit_response(o: kv::WriteOutcome) -> Resp {
+    match o {
+        kv::WriteOutcome::Committed(vs) => json_resp(200, json!({ "ok": true, "versionstamp": vs })),
+        kv::WriteOutcome::PreconditionFailed => json_resp(412, json!({ "ok": false })),
+    }
+}
+
+fn set_key(req: &Request, q: &Query, key: String) -> Result<Resp, Resp> {
+    authorize(req, Access::Write)?;
+    let opts = conditions(req, ttl(req, q)?)?;
+    Ok(commit_response(kv::set(&key, &req.body, &opts).map_err(kv_error)?))
+}
+
+fn delete_key(req: &Request, key: String) -> Result<Resp, Resp> {
+    authorize(req, Access::Write)?;
+    let opts = conditions(req, None)?;
+    Ok(commit_response(kv::delete(&key, &opts).map_err(kv_error)?))
+}
+
+fn list_query(q: &Query) -> Result<kv::ListQuery, Resp> {
+    let limit = match q.u64("limit")? {
+        None => DEFAULT_LIST_LIMIT,
+        Some(l) => u32::try_from(l).map_err(|_| error(400, "limit is too large"))?,
+    };
+    Ok(kv::ListQuery {
+        prefix: q.get("prefix").unwrap_or("").to_string(),
+        start: q.get("start").map(str::to_string),
+        end: q.get("end").map(str::to_string),
+        limit,
+        reverse: q.flag("reverse")?,
+        cursor: q.get("cursor").filter(|c| !c.is_empty()).map(str::to_string),
+        keys_only: q.flag("keys_only")?,
+    })
+}
+
+fn root(req: &Request, q: &Query) -> Result<Resp, Resp> {
+    match req.method.as_str() {
+        "GET" => {
+            authorize(req, Access::Read)?;
+            let lq = list_query(q)?;
+            if q.flag("count")? {
+                let n = kv::count(&lq).map_err(kv_error)?;
+                return Ok(json_resp(200, json!({ "count": n })));
+            }
+            let page = kv::list(&lq).map_err(kv_error)?;
+            let entries: Vec<Value> = page
+                .entries
+                .into_iter()
+                .map(|e| {
+                    let mut o = json!({ "key": e.key, "versionstamp": e.versionstamp });
+                    if !lq.keys_only {
+                        o["value"] = Value::String(B64.encode(&e.value));
+                    }
+                    if let Some(at) = e.expires_at {
+                        o["expires_at"] = json!(at);
+                    }
+                    o
+                })
+                .collect();
+            Ok(json_resp(200, json!({ "entries": entries, "cursor": page.cursor })))
+        }
+        "DELETE" => {
+            authorize(req, Access::Write)?;
+            let prefix = q.get("prefix").unwrap_or("");
+            if prefix.is_empty() {
+                return Err(error(400, "DELETE / needs a non-empty ?prefix= (deleting everything at once is not supported)"));
+            }
+            let r = kv::delete_prefix(prefix).map_err(kv_error)?;
+            Ok(json_resp(200, json!({ "ok": true, "deleted": r.deleted, "versionstamp": r.versionstamp })))
+        }
+        m => Err(method_not_allowed(m, "GET, DELETE")),
+    }
+}
+
+// -------------------------------------------------------------- atomic ----
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AtomicBody {
+    #[serde(default)]
+    checks: Vec<Value>,
+    #[serde(default)]
+    mutations: Vec<Value>,
+}
+
+fn parse_check(i: usize, v: &Value) -> Result<kv::Check, Resp> {
+    let bad = |m: &str| error(400, format!("checks[{i}]: {m}"));
+    let o = v.as_object().ok_or_else(|| bad("must be an object"))?;
+    let key = o.get("key").and_then(Value::as_str).ok_or_else(|| bad("needs a string \"key\""))?;
+    let versionstamp = match o.get("versionstamp") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(_) => return Err(bad("\"versionstamp\" must be a string or null")),
+    };
+    Ok(kv::Check { key: key.to_string(), versionstamp })
+}
+
+fn parse_mutation(i: usize, v: &Value) -> Result<kv::Mutation, Resp> {
+    let bad = |m: &str| error(400, format!("mutations[{i}]: {m}"));
+    let o = v.as_object().ok_or_else(|| bad("must be an object"))?;
+    let key = o.get("key").and_then(Value::as_str).ok_or_else(|| bad("needs a string \"key\""))?;
+    if key.starts_with('_') {
+        return Err(bad("keys starting with _ are reserved"));
+    }
+    let ttl_ms = match o.get("ttl") {
+        None | Some(Value::Null) => None,
+        Some(t) => Some(t.as_u64().ok_or_else(|| bad("\"ttl\" must be milliseconds"))?),
+    };
+    let counter = || -> Result<u64, Resp> {
+        match o.get("value") {
+            Some(Value::String(s)) => s.parse().map_err(|_| bad("\"value\" must be a decimal u64 string")),
+            Some(Value::Number(n)) => n.as_u64().ok_or_else(|| bad("\"value\" must be a decimal u64")),
+            _ => Err(bad("needs a \"value\" (decimal u64)")),
+        }
+    };
+    let kind = match o.get("type").and_then(Value::as_str) {
+        Some("set") => {
+            let b = o.get("value").and_then(Value::as_str).ok_or_else(|| bad("set needs a base64 string \"value\""))?;
+            kv::MutationKind::Set(B64.decode(b).map_err(|_| bad("\"value\" is not valid base64"))?)
+        }
+        Some("delete") => kv::MutationKind::Delete,
+        Some("sum") => kv::MutationKind::Sum(counter()?),
+        Some("min") => kv::MutationKind::Min(counter()?),
+        Some("max") => kv::MutationKind::Max(counter()?),
+        Some(t) => return Err(bad(&format!("unknown type {t:?} (set, delete, sum, min, max)"))),
+        None => return Err(bad("needs a \"type\"")),
+    };
+    Ok(kv::Mutation { key: key.to_string(), kind, ttl_ms })
+}
+
+fn atomic(req: &Request) -> Result<Resp, Resp> {
+    authorize(req, Access::Write)?;
+    let body: AtomicBody = serde_json::from_slice(&req.body).map_err(|e| error(400, format!("the body is not a valid atomic batch: {e}")))?;
+    let checks = body.checks.iter().enumerate().map(|(i, c)| parse_check(i, c)).collect::<Result<Vec<_>, _>>()?;
+    let mutations = body.mutations.iter().enumerate().map(|(i, m)| parse_mutation(i, m)).collect::<Result<Vec<_>, _>>()?;
+    match kv::atomic(&checks, &mutations).map_err(kv_error)? {
+        kv::AtomicOutcome::Committed(vs) => Ok(json_resp(200, json!({ "ok": true, "versionstamp": vs }))),
+        kv::AtomicOutcome::CheckFailed(i) => Ok(json_resp(409, json!({ "ok": false, "failed_check": i }))),
+    }
+}
+
+// ------------------------------------------------------ watch / export ----
+
+fn stream(ctype: &str, s: BodyStream) -> Resp {
+    Response {
+        status: 200,
+        headers: vec![("content-type".into(), ctype.as_bytes().to_vec()), ("cache-control".into(), b"no-cache".to_vec())],
+        body: Vec::new(),
+        stream: Some(s),
+    }
+}
+
+fn watch_prefix(req: &Request, q: &Query) -> Result<Resp, Resp> {
+    authorize(req, Access::Read)?;
+    let prefix = q.get("prefix").unwrap_or("").to_string();
+    let after = q.get("after").or_else(|| header_str(req, "last-event-id")).filter(|s| !s.is_empty()).map(str::to_string);
+    Ok(stream("text/event-stream", BodyStream::WatchPrefix((prefix, after))))
+}
+
+fn export(req: &Request, q: &Query) -> Result<Resp, Resp> {
+    authorize(req, Access::Read)?;
+    Ok(stream("application/x-ndjson", BodyStream::Export(q.get("prefix").unwrap_or("").to_string())))
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// Load NDJSON (`{"key":…,"value":<base64>,"expires_at":<unix ms>?}` per
+/// line, the `/_export` format) in atomic batches. Bad lines are reported
+/// by number and skipped; good lines are imported.
+fn import(req: &Request) -> Result<Resp, Resp> {
+    authorize(req, Access::Write)?;
+    let text = std::str::from_utf8(&req.body).map_err(|_| error(400, "the body is not UTF-8 NDJSON"))?;
+    let mut errors: Vec<Value> = Vec::new();
+    let mut batch: Vec<kv::Mutation> = Vec::new();
+    let mut imported = 0u64;
+    let mut expired = 0u64;
+    let now = now_ms();
+    let flush = |batch: &mut Vec<kv::Mutation>, imported: &mut u64| -> Result<(), Resp> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        match kv::atomic(&[], batch).map_err(kv_error)? {
+            kv::AtomicOutcome::Committed(_) => *imported += batch.len() as u64,
+            kv::AtomicOutcome::CheckFailed(_) => return Err(error(500, "import batch failed a check it did not have")),
+        }
+        batch.clear();
+        Ok(())
+    };
+    for (i, line) in text.lines().enumerate() {
+        let n = i + 1;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let parsed = (|| -> Result<Option<kv::Mutation>, String> {
+            let v: Value = serde_json::from_str(line).map_err(|e| format!("not JSON: {e}"))?;
+            let key = v.get("key").and_then(Value::as_str).ok_or("needs a string \"key\"")?;
+            if key.is_empty() || key.len() > MAX_KEY_BYTES {
+                return Err(format!("key must be 1..={MAX_KEY_BYTES} bytes"));
+            }
+            if key.starts_with('_') {
+                return Err("keys starting with _ are reserved".into());
+            }
+            let value = v.get("value").and_then(Value::as_str).ok_or("needs a base64 string \"value\"")?;
+            let value = B64.decode(value).map_err(|_| "\"value\" is not valid base64".to_string())?;
+            let ttl_ms = match v.get("expires_at") {
+                None | Some(Value::Null) => None,
+                Some(at) => {
+                    let at = at.as_u64().ok_or("\"expires_at\" must be unix milliseconds")?;
+                    if at <= now {
+                        return Ok(None);
+                    }
+                    Some(at - now)
+                }
+            };
+            Ok(Some(kv::Mutation { key: key.to_string(), kind: kv::MutationKind::Set(value), ttl_ms }))
+        })();
+        match parsed {
+            Ok(Some(m)) => {
+                batch.push(m);
+                if batch.len() >= IMPORT_BATCH {
+                    flush(&mut batch, &mut imported)?;
+                }
+            }
+            Ok(None) => expired += 1,
+            Err(e) => errors.push(json!({ "line": n, "error": e })),
+        }
+    }
+    flush(&mut batch, &mut imported)?;
+    let status = if errors.is_empty() { 200 } else { 400 };
+    Ok(json_resp(status, json!({ "ok": errors.is_empty(), "imported": imported, "skipped_expired": expired, "errors": errors })))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_decoding() {
+        assert_eq!(percent_decode("a%2Fb", false).unwrap(), "a/b");
+        assert_eq!(percent_decode("a+b", false).unwrap(), "a+b");
+        assert_eq!(percent_decode("a+b", true).unwrap(), "a b");
+        assert_eq!(percent_decode("%C3%BC", false).unwrap(), "ü");
+        assert!(percent_decode("%zz", false).is_err());
+        assert!(percent_decode("%C3", false).is_err());
+        assert!(percent_decode("%", false).is_err());
+    }
+
+    #[test]
+    fn timeouts() {
+        assert!(matches!(parse_timeout("30s"), Ok(30_000)));
+        assert!(matches!(parse_timeout("250ms"), Ok(250)));
+        assert!(matches!(parse_timeout("2m"), Ok(120_000)));
+        assert!(parse_timeout("10m").is_err());
+        assert!(parse_timeout("soon").is_err());
+    }
+
+    #[test]
+    fn constant_time_eq() {
+        let a: [u8; 32] = Sha256::digest(b"x").into();
+        let b: [u8; 32] = Sha256::digest(b"y").into();
+        assert!(ct_eq(&a, &a));
+        assert!(!ct_eq(&a, &b));
+    }
+}

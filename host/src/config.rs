@@ -1,0 +1,296 @@
+//! Settings: every option is a flag and an environment variable (clap
+//! derive), validated at start with messages that name the setting.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use crate::guest::InstanceMode;
+use crate::limits;
+use crate::store::Durability;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{setting}: {msg}")]
+    Invalid { setting: &'static str, msg: String },
+}
+
+fn invalid(setting: &'static str, msg: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { setting, msg: msg.into() }
+}
+
+/// Parse "1500", "1500ms", "2s", "1m" into a duration (bare numbers are ms).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = match s.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => (&s[..i], &s[i..]),
+        None => (s, "ms"),
+    };
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a duration like 500ms, 2s or 1m"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        _ => Err(format!("{s:?} is not a duration like 500ms, 2s or 1m")),
+    }
+}
+
+/// sidekv: a key-value store for your app, over HTTP on localhost, strongly
+/// consistent on SQLite, continuously backed up to S3 and restored from S3 at
+/// launch. Every request is handled by a sandboxed wasm guest that you can
+/// replace with your own authorization and routing.
+#[derive(Debug, Parser, Clone)]
+#[command(name = "sidekv", version, about, long_about = None, max_term_width = 100)]
+pub struct Config {
+    /// Secret clients send as `Authorization: <secret>` or `Bearer <secret>`.
+    /// When unset, a random one is generated and printed once at start.
+    #[arg(long, env = "KVSTORE_SECRET", hide_env_values = true)]
+    pub secret: Option<String>,
+
+    /// Address to listen on.
+    #[arg(long, env = "HOST", default_value = "127.0.0.1")]
+    pub host: String,
+
+    /// Port to listen on (0 picks a free one; the log line says which).
+    #[arg(long, env = "PORT", default_value_t = 8000)]
+    pub port: u16,
+
+    /// SQLite database file. When it is missing and S3 backup is on, it is
+    /// restored from S3 before serving.
+    #[arg(long, env = "KVSTORE_DB", default_value = "/tmp/sidekv.sqlite3")]
+    pub db: PathBuf,
+
+    /// A guest component (.wasm) to use instead of the built-in one.
+    #[arg(long, env = "KVSTORE_GUEST")]
+    pub guest: Option<PathBuf>,
+
+    /// Let GET/HEAD of single keys through without a secret (the seed's behaviour).
+    #[arg(long, env = "KVSTORE_PUBLIC_READS", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub public_reads: bool,
+
+    /// Largest value, in bytes (larger → 413).
+    #[arg(long, env = "KVSTORE_MAX_VALUE_BYTES", default_value_t = limits::DEFAULT_MAX_VALUE_BYTES)]
+    pub max_value_bytes: usize,
+
+    /// Largest request body, in bytes (larger → 413).
+    #[arg(long, env = "KVSTORE_MAX_BODY_BYTES", default_value_t = limits::DEFAULT_MAX_BODY_BYTES)]
+    pub max_body_bytes: usize,
+
+    /// Most open client connections; more are closed at once.
+    #[arg(long, env = "KVSTORE_MAX_CONNECTIONS", default_value_t = limits::DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
+
+    /// SQLite read connections (each on its own thread).
+    #[arg(long, env = "KVSTORE_READERS", default_value_t = 2)]
+    pub readers: usize,
+
+    /// Per-request guest deadline in milliseconds (past it → 504).
+    #[arg(long, env = "KVSTORE_GUEST_TIMEOUT_MS", default_value_t = limits::DEFAULT_GUEST_TIMEOUT_MS)]
+    pub guest_timeout_ms: u64,
+
+    /// Linear-memory cap per guest instance, in MiB.
+    #[arg(long, env = "KVSTORE_GUEST_MEMORY_MB", default_value_t = limits::DEFAULT_GUEST_MEMORY_MB)]
+    pub guest_memory_mb: u64,
+
+    /// Largest guest response body, in bytes (larger → 500).
+    #[arg(long, env = "KVSTORE_MAX_RESPONSE_BYTES", default_value_t = limits::DEFAULT_MAX_RESPONSE_BYTES)]
+    pub max_response_bytes: usize,
+
+    /// `reuse`: warm instances serve many requests (fast, the default);
+    /// `fresh`: a new instance per request.
+    #[arg(long, env = "KVSTORE_INSTANCE_MODE", value_enum, default_value = "reuse")]
+    pub instance_mode: InstanceMode,
+
+    /// Directory for compiled guests (trusted machine code: keep it private).
+    /// Empty disables the cache.
+    #[arg(long, env = "KVSTORE_CACHE_DIR", default_value = "/tmp/sidekv-cache")]
+    pub cache_dir: PathBuf,
+
+    /// Settings for the guest, `name=value`, comma-separated or repeated.
+    /// Variables named `KVSTORE_GUEST_<NAME>` are passed too, as `<name>`
+    /// (lower-case, `_` → `-`).
+    #[arg(long = "guest-config", env = "KVSTORE_GUEST_CONFIG", value_delimiter = ',')]
+    pub guest_config: Vec<String>,
+
+    /// Let the guest write to sidekv's stderr (for debugging guests).
+    #[arg(long, env = "KVSTORE_GUEST_STDERR", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub guest_stderr: bool,
+
+    /// S3 backup location, `s3://bucket/prefix`; unset keeps data local only.
+    /// Endpoint and credentials come from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID,
+    /// AWS_SECRET_ACCESS_KEY (or LITESTREAM_ACCESS_KEY_ID /
+    /// LITESTREAM_SECRET_ACCESS_KEY), AWS_REGION (default us-east-1).
+    #[arg(long, env = "KVSTORE_S3_URL")]
+    pub s3_url: Option<String>,
+
+    /// When a write is acknowledged: `local` (after the local fsync; S3 lags
+    /// by at most the sync interval) or `s3` (after its segment is in S3).
+    #[arg(long, env = "KVSTORE_DURABILITY", value_enum, default_value = "local")]
+    pub durability: Durability,
+
+    /// How often the outbox ships to S3 in `local` mode (e.g. 1s, 250ms).
+    #[arg(long, env = "KVSTORE_SYNC_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    pub sync_interval: Duration,
+
+    /// Snapshots to keep in S3 (with the segments after the oldest kept one).
+    #[arg(long, env = "KVSTORE_SNAPSHOT_RETENTION", default_value_t = limits::DEFAULT_SNAPSHOT_RETENTION)]
+    pub snapshot_retention: usize,
+
+    /// Take a snapshot after this much segment data (bytes) was shipped.
+    #[arg(long, env = "KVSTORE_SNAPSHOT_BYTES", default_value_t = limits::SNAPSHOT_AFTER_BYTES)]
+    pub snapshot_bytes: u64,
+
+    /// Address for /healthz, /readyz and /metrics (e.g. 127.0.0.1:9090);
+    /// unset disables them. The main port belongs to the guest.
+    #[arg(long, env = "KVSTORE_ADMIN_ADDR")]
+    pub admin_addr: Option<SocketAddr>,
+
+    /// Log format: `text` or `json`. Filter with RUST_LOG (default `info`).
+    #[arg(long, env = "KVSTORE_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand, Clone)]
+pub enum Command {
+    /// Serve (the default when no subcommand is given).
+    Serve,
+    /// Restore the database from S3 into a file, without serving.
+    Restore {
+        /// Where to write the restored database (must not exist).
+        #[arg(long)]
+        to: PathBuf,
+        /// Restore the state as of this versionstamp (point in time);
+        /// default: the newest state in S3.
+        #[arg(long)]
+        at: Option<String>,
+    },
+    /// Upload a snapshot of the local database to S3 now (the server must
+    /// not be running on it).
+    Snapshot,
+    /// Exit 0 if the server's admin endpoint says it is ready (for HEALTHCHECK).
+    Health {
+        /// Admin address to ask (default: KVSTORE_ADMIN_ADDR).
+        #[arg(long)]
+        addr: Option<SocketAddr>,
+    },
+    /// Validate the settings: S3 reachable and writable, guest loads.
+    CheckConfig,
+}
+
+impl Config {
+    /// Checks that need more than one field or the environment.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_value_bytes == 0 || self.max_value_bytes > limits::MAX_VALUE_BYTES_CEILING {
+            return Err(invalid(
+                "KVSTORE_MAX_VALUE_BYTES",
+                format!("must be between 1 and {}", limits::MAX_VALUE_BYTES_CEILING),
+            ));
+        }
+        if self.max_body_bytes < self.max_value_bytes {
+            return Err(invalid("KVSTORE_MAX_BODY_BYTES", "must be at least KVSTORE_MAX_VALUE_BYTES"));
+        }
+        if self.max_connections == 0 {
+            return Err(invalid("KVSTORE_MAX_CONNECTIONS", "must be at least 1"));
+        }
+        if self.readers == 0 || self.readers > 64 {
+            return Err(invalid("KVSTORE_READERS", "must be between 1 and 64"));
+        }
+        if self.guest_timeout_ms == 0 {
+            return Err(invalid("KVSTORE_GUEST_TIMEOUT_MS", "must be at least 1"));
+        }
+        if self.guest_memory_mb < 2 || self.guest_memory_mb > 4096 {
+            return Err(invalid("KVSTORE_GUEST_MEMORY_MB", "must be between 2 and 4096"));
+        }
+        if self.sync_interval.is_zero() {
+            return Err(invalid("KVSTORE_SYNC_INTERVAL", "must be more than 0"));
+        }
+        if self.snapshot_retention == 0 {
+            return Err(invalid("KVSTORE_SNAPSHOT_RETENTION", "must be at least 1"));
+        }
+        if let Some(s) = &self.secret {
+            if s.is_empty() {
+                return Err(invalid("KVSTORE_SECRET", "is set but empty; unset it to get a generated one"));
+            }
+        }
+        if let Some(g) = &self.guest {
+            if !g.is_file() {
+                return Err(invalid("KVSTORE_GUEST", format!("{} is not a file", g.display())));
+            }
+        }
+        if self.durability == Durability::S3 && self.s3_url.is_none() {
+            return Err(invalid("KVSTORE_DURABILITY", "is `s3` but KVSTORE_S3_URL is not set"));
+        }
+        self.guest_settings()?;
+        Ok(())
+    }
+
+    /// The values the guest sees through `config.get`.
+    pub fn guest_settings(&self) -> Result<HashMap<String, String>, ConfigError> {
+        let mut m = HashMap::new();
+        for (k, v) in std::env::vars() {
+            if let Some(name) = k.strip_prefix("KVSTORE_GUEST_") {
+                if matches!(name, "CONFIG" | "STDERR" | "TIMEOUT_MS" | "MEMORY_MB") {
+                    continue;
+                }
+                m.insert(name.to_ascii_lowercase().replace('_', "-"), v);
+            }
+        }
+        for kv in &self.guest_config {
+            if kv.is_empty() {
+                continue;
+            }
+            let (k, v) = kv
+                .split_once('=')
+                .ok_or_else(|| invalid("KVSTORE_GUEST_CONFIG", format!("{kv:?} is not name=value")))?;
+            m.insert(k.trim().to_string(), v.to_string());
+        }
+        if let Some(s) = &self.secret {
+            m.insert("secret".into(), s.clone());
+        }
+        m.insert("public-reads".into(), self.public_reads.to_string());
+        m.insert("max-value-bytes".into(), self.max_value_bytes.to_string());
+        Ok(m)
+    }
+
+    pub fn listen_addr(&self) -> String {
+        if self.host.contains(':') && !self.host.starts_with('[') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+
+    pub fn cache_dir(&self) -> Option<PathBuf> {
+        if self.cache_dir.as_os_str().is_empty() { None } else { Some(self.cache_dir.clone()) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("1s").unwrap(), Duration::from_secs(1));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("250").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("2m").unwrap(), Duration::from_secs(120));
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("1h").is_err());
+    }
+
+    #[test]
+    fn help_names_every_env_var() {
+        use clap::CommandFactory;
+        let help = Config::command().render_long_help().to_string();
+        for v in ["KVSTORE_SECRET", "PORT", "HOST", "KVSTORE_DB", "KVSTORE_GUEST", "KVSTORE_MAX_VALUE_BYTES", "KVSTORE_S3_URL", "KVSTORE_DURABILITY", "KVSTORE_SYNC_INTERVAL", "KVSTORE_ADMIN_ADDR"] {
+            assert!(help.contains(&format!("[env: {v}")), "--help lacks {v}");
+        }
+    }
+}

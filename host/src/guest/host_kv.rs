@@ -1,0 +1,152 @@
+//! The host side of the WIT `kv` and `config` interfaces: converts between
+//! the generated WIT types and the store's types, and maps `StoreError` to
+//! the WIT `kv-error` variant guests see.
+
+use std::time::Duration;
+
+use super::HostState;
+use super::sidekv::store::{config, kv, types};
+use crate::limits;
+use crate::store::{self, StoreError, Versionstamp, WriteOp, WriteResult};
+
+use types::{Entry, KvError};
+
+impl From<StoreError> for KvError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::InvalidKey(m) => KvError::InvalidKey(m),
+            StoreError::ValueTooLarge { limit, .. } => KvError::ValueTooLarge(limit as u64),
+            StoreError::InvalidArgument(m) => KvError::InvalidArgument(m),
+            StoreError::Unavailable(m) => KvError::Unavailable(m),
+            e @ (StoreError::StorageFull | StoreError::Internal(_)) => KvError::Internal(e.to_string()),
+        }
+    }
+}
+
+fn entry(e: store::Entry) -> Entry {
+    Entry { key: e.key, value: e.value, versionstamp: e.versionstamp.to_string(), expires_at: e.expires_at }
+}
+
+fn vs(s: &str, what: &str) -> Result<Versionstamp, KvError> {
+    s.parse().map_err(|e| KvError::InvalidArgument(format!("{what}: {e}")))
+}
+
+fn cond(o: &kv::WriteOptions) -> Result<store::Condition, KvError> {
+    Ok(store::Condition {
+        if_match: o.if_match.as_deref().map(|s| vs(s, "if-match")).transpose()?,
+        if_absent: o.if_absent,
+    })
+}
+
+fn outcome(r: WriteResult) -> kv::WriteOutcome {
+    match r {
+        WriteResult::Committed { versionstamp, .. } => kv::WriteOutcome::Committed(versionstamp.to_string()),
+        WriteResult::PreconditionFailed | WriteResult::CheckFailed(_) => kv::WriteOutcome::PreconditionFailed,
+    }
+}
+
+fn query(q: kv::ListQuery) -> store::ListQuery {
+    store::ListQuery {
+        prefix: q.prefix,
+        start: q.start,
+        end: q.end,
+        limit: q.limit,
+        reverse: q.reverse,
+        cursor: q.cursor,
+        keys_only: q.keys_only,
+    }
+}
+
+impl types::Host for HostState {}
+
+impl kv::Host for HostState {
+    async fn get(&mut self, key: String) -> Result<Option<Entry>, KvError> {
+        Ok(self.store.get(key).await?.map(entry))
+    }
+
+    async fn get_many(&mut self, keys: Vec<String>) -> Result<Vec<Option<Entry>>, KvError> {
+        Ok(self.store.get_many(keys).await?.into_iter().map(|e| e.map(entry)).collect())
+    }
+
+    async fn set(&mut self, key: String, value: Vec<u8>, options: kv::WriteOptions) -> Result<kv::WriteOutcome, KvError> {
+        let cond = cond(&options)?;
+        let r = self.store.write(WriteOp::Set { key, value, ttl_ms: options.ttl_ms, cond }).await?;
+        Ok(outcome(r))
+    }
+
+    async fn delete(&mut self, key: String, options: kv::WriteOptions) -> Result<kv::WriteOutcome, KvError> {
+        let cond = cond(&options)?;
+        Ok(outcome(self.store.write(WriteOp::Delete { key, cond }).await?))
+    }
+
+    async fn list(&mut self, q: kv::ListQuery) -> Result<kv::ListPage, KvError> {
+        let page = self.store.list(query(q)).await?;
+        Ok(kv::ListPage { entries: page.entries.into_iter().map(entry).collect(), cursor: page.cursor })
+    }
+
+    async fn count(&mut self, q: kv::ListQuery) -> Result<u64, KvError> {
+        Ok(self.store.count(query(q)).await?)
+    }
+
+    async fn delete_prefix(&mut self, prefix: String) -> Result<kv::DeletePrefixOutcome, KvError> {
+        match self.store.write(WriteOp::DeletePrefix { prefix }).await? {
+            WriteResult::Committed { versionstamp, deleted } => {
+                Ok(kv::DeletePrefixOutcome { deleted, versionstamp: versionstamp.to_string() })
+            }
+            other => Err(KvError::Internal(format!("unexpected outcome {other:?}"))),
+        }
+    }
+
+    async fn atomic(&mut self, checks: Vec<kv::Check>, mutations: Vec<kv::Mutation>) -> Result<kv::AtomicOutcome, KvError> {
+        let checks = checks
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| {
+                Ok(store::Check {
+                    key: c.key,
+                    versionstamp: c.versionstamp.as_deref().map(|s| vs(s, &format!("checks[{i}].versionstamp"))).transpose()?,
+                })
+            })
+            .collect::<Result<Vec<_>, KvError>>()?;
+        let mutations = mutations
+            .into_iter()
+            .map(|m| store::Mutation {
+                key: m.key,
+                ttl_ms: m.ttl_ms,
+                kind: match m.kind {
+                    kv::MutationKind::Set(v) => store::MutationKind::Set(v),
+                    kv::MutationKind::Delete => store::MutationKind::Delete,
+                    kv::MutationKind::Sum(x) => store::MutationKind::Sum(x),
+                    kv::MutationKind::Min(x) => store::MutationKind::Min(x),
+                    kv::MutationKind::Max(x) => store::MutationKind::Max(x),
+                },
+            })
+            .collect();
+        match self.store.write(WriteOp::Atomic { checks, mutations }).await? {
+            WriteResult::Committed { versionstamp, .. } => Ok(kv::AtomicOutcome::Committed(versionstamp.to_string())),
+            WriteResult::CheckFailed(i) => Ok(kv::AtomicOutcome::CheckFailed(i as u32)),
+            WriteResult::PreconditionFailed => Ok(kv::AtomicOutcome::CheckFailed(0)),
+        }
+    }
+
+    async fn watch(&mut self, key: String, since: Option<String>, timeout_ms: u32) -> Result<(bool, Option<Entry>), KvError> {
+        if timeout_ms > limits::MAX_WATCH_TIMEOUT_MS {
+            return Err(KvError::InvalidArgument(format!(
+                "watch timeout {timeout_ms} ms is over the {} ms limit",
+                limits::MAX_WATCH_TIMEOUT_MS
+            )));
+        }
+        let since = since.as_deref().map(|s| vs(s, "since")).transpose()?;
+        let started = std::time::Instant::now();
+        let r = self.store.watch(key, since, Duration::from_millis(timeout_ms as u64)).await;
+        self.deadline += started.elapsed();
+        let (changed, e) = r?;
+        Ok((changed, e.map(entry)))
+    }
+}
+
+impl config::Host for HostState {
+    async fn get(&mut self, name: String) -> Option<String> {
+        self.config.get(&name).cloned()
+    }
+}

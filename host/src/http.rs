@@ -1,0 +1,249 @@
+//! The HTTP front: hyper HTTP/1.1 on the main port, every request handed to
+//! the guest; plus the admin endpoints on their own address.
+//!
+//! ```text
+//!  accept ─▶ connection cap ─▶ hyper (header timeout, head size cap)
+//!         ─▶ body (size cap → 413) ─▶ App::guest().handle(req)
+//!         ─▶ response (+ host-made stream: SSE watch, NDJSON export)
+//! ```
+//!
+//! Until the store is open (restore from S3 in progress) every request gets
+//! 503 with a JSON error, never an empty answer.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited, StreamBody, combinators::BoxBody};
+use hyper::body::{Frame, Incoming};
+use hyper::header::{HeaderName, HeaderValue};
+use hyper::service::service_fn;
+use hyper::{Request as HttpRequest, Response as HttpResponse, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use crate::App;
+use crate::guest::{BodyStream, Request as GuestRequest, Response as GuestResponse};
+use crate::limits;
+use crate::metrics::METRICS;
+use crate::streams;
+
+pub type Body = BoxBody<Bytes, std::io::Error>;
+
+fn full(b: impl Into<Bytes>) -> Body {
+    Full::new(b.into()).map_err(|never: Infallible| match never {}).boxed()
+}
+
+/// A JSON error response: `{"error": msg}`.
+pub fn error_response(status: u16, msg: &str) -> HttpResponse<Body> {
+    let body = serde_json::json!({ "error": msg }).to_string();
+    HttpResponse::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(full(body))
+        .expect("static response parts are valid")
+}
+
+/// Serve the main port until `shutdown` resolves, then stop accepting and
+/// wait (bounded) for in-flight requests.
+pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>) {
+    let conns = Arc::new(Semaphore::new(app.config.max_connections));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, _peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(s) => s,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut shutdown => break,
+        };
+        let Ok(permit) = conns.clone().try_acquire_owned() else {
+            METRICS.connections_rejected.fetch_add(1, Relaxed);
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        let conn = hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits::HEADER_READ_TIMEOUT)
+            .max_buf_size(limits::MAX_HEADER_BYTES)
+            .keep_alive(true)
+            .serve_connection(
+                TokioIo::new(stream),
+                service_fn(move |req| {
+                    let app = app.clone();
+                    async move { Ok::<_, Infallible>(handle(app, req).await) }
+                }),
+            );
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            METRICS.connections_open.fetch_add(1, Relaxed);
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+            METRICS.connections_open.fetch_sub(1, Relaxed);
+            drop(permit);
+        });
+    }
+    drop(listener);
+    tokio::select! {
+        _ = graceful.shutdown() => {}
+        _ = tokio::time::sleep(limits::SHUTDOWN_GRACE) => {
+            tracing::warn!("in-flight requests did not finish within the shutdown grace period");
+        }
+    }
+}
+
+async fn handle(app: Arc<App>, req: HttpRequest<Incoming>) -> HttpResponse<Body> {
+    let started = Instant::now();
+    let method = req.method().as_str().to_owned();
+    let resp = handle_inner(&app, req).await;
+    METRICS.request(&method, resp.status().as_u16(), started.elapsed());
+    resp
+}
+
+async fn handle_inner(app: &Arc<App>, req: HttpRequest<Incoming>) -> HttpResponse<Body> {
+    let Some(guest) = app.guest() else {
+        return error_response(503, &app.not_ready_reason());
+    };
+    let max = app.config.max_body_bytes;
+    if let Some(len) = req.headers().get(hyper::header::CONTENT_LENGTH) {
+        if len.to_str().ok().and_then(|s| s.parse::<u64>().ok()).is_some_and(|n| n > max as u64) {
+            return error_response(413, &format!("the request body is over the {max}-byte limit (KVSTORE_MAX_BODY_BYTES)"));
+        }
+    }
+    let (parts, body) = req.into_parts();
+    let body = match Limited::new(body, max).collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(e) => {
+            if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
+                return error_response(413, &format!("the request body is over the {max}-byte limit (KVSTORE_MAX_BODY_BYTES)"));
+            }
+            return error_response(400, &format!("reading the request body: {e}"));
+        }
+    };
+    let path_with_query = parts.uri.path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".into());
+    let headers = parts
+        .headers
+        .iter()
+        .map(|(k, v)| (k.as_str().to_owned(), v.as_bytes().to_vec()))
+        .collect();
+    let greq = GuestRequest { method: parts.method.as_str().to_owned(), path_with_query, headers, body: body.to_vec() };
+    match guest.handle(greq).await {
+        Ok(resp) => match to_http(app, resp) {
+            Ok(r) => r,
+            Err(msg) => {
+                METRICS.guest_failure("bad_response");
+                tracing::warn!(guest = %guest.guest_name(), error = %msg, "guest returned an invalid response");
+                error_response(500, &format!("guest {} returned an invalid response: {msg}", guest.guest_name()))
+            }
+        },
+        Err(e) => error_response(e.http_status(), &e.to_string()),
+    }
+}
+
+fn to_http(app: &Arc<App>, resp: GuestResponse) -> Result<HttpResponse<Body>, String> {
+    let status = StatusCode::from_u16(resp.status)
+        .ok()
+        .filter(|s| s.as_u16() >= 200)
+        .ok_or_else(|| format!("status {} is not a final HTTP status", resp.status))?;
+    let mut out = HttpResponse::builder().status(status);
+    let headers = out.headers_mut().expect("builder is fresh");
+    for (name, value) in resp.headers {
+        let n = HeaderName::from_bytes(name.as_bytes()).map_err(|_| format!("header name {name:?} is invalid"))?;
+        let v = HeaderValue::from_bytes(&value).map_err(|_| format!("the value of header {name:?} is invalid"))?;
+        headers.append(n, v);
+    }
+    let body = match resp.stream {
+        None => full(resp.body),
+        Some(stream) => {
+            let store = app.store().ok_or("the store is not open")?.clone();
+            let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(16);
+            let prologue = resp.body;
+            tokio::spawn(async move {
+                if !prologue.is_empty() && tx.send(Ok(Frame::data(Bytes::from(prologue)))).await.is_err() {
+                    return;
+                }
+                match stream {
+                    BodyStream::WatchPrefix((prefix, after)) => streams::watch_prefix(store, prefix, after, tx).await,
+                    BodyStream::Export(prefix) => streams::export(store, prefix, tx).await,
+                }
+            });
+            StreamBody::new(tokio_stream_from(rx)).boxed()
+        }
+    };
+    out.body(body).map_err(|e| e.to_string())
+}
+
+fn tokio_stream_from<T: Send + 'static>(
+    mut rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures::Stream<Item = T> + Send + Sync + 'static {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
+
+/// The admin address: liveness, readiness and metrics, served by the host.
+pub async fn serve_admin(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>) {
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, _) = tokio::select! {
+            r = listener.accept() => match r { Ok(s) => s, Err(_) => { tokio::time::sleep(Duration::from_millis(50)).await; continue; } },
+            _ = &mut shutdown => return,
+        };
+        let app = app.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req: HttpRequest<Incoming>| {
+                let app = app.clone();
+                async move { Ok::<_, Infallible>(admin(&app, req.uri().path())) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits::HEADER_READ_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+fn admin(app: &App, path: &str) -> HttpResponse<Body> {
+    match path {
+        "/healthz" => HttpResponse::new(full("ok\n")),
+        "/readyz" => match app.readiness() {
+            Ok(()) => HttpResponse::new(full("ready\n")),
+            Err(why) => error_response(503, &why),
+        },
+        "/metrics" => HttpResponse::builder()
+            .header("content-type", "text/plain; version=0.0.4")
+            .body(full(METRICS.render(&app.replication_gauges())))
+            .expect("static response parts are valid"),
+        _ => error_response(404, "admin endpoints: /healthz, /readyz, /metrics"),
+    }
+}
+
+/// `sidekv health`: ask the admin endpoint whether the server is ready.
+pub async fn probe_ready(addr: std::net::SocketAddr) -> Result<(), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let io = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await.map_err(|e| format!("connecting to {addr}: {e}"))?;
+        s.write_all(b"GET /readyz HTTP/1.1\r\nhost: sidekv\r\nconnection: close\r\n\r\n").await.map_err(|e| e.to_string())?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await.map_err(|e| e.to_string())?;
+        let text = String::from_utf8_lossy(&buf);
+        if text.starts_with("HTTP/1.1 200") {
+            Ok(())
+        } else {
+            Err(text.split("\r\n\r\n").nth(1).unwrap_or("no answer").trim().to_string())
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(3), io).await.map_err(|_| "timed out".to_string())?
+}

@@ -1,0 +1,118 @@
+//! Every limit sidekv enforces, in one place.
+//!
+//! Each constant names the error that enforces it, so a reader can go from
+//! "why did I get this 4xx" to the number and back. Limits that operators
+//! may change have a `DEFAULT_` prefix and a matching setting in `config`.
+
+use std::time::Duration;
+
+// ---- keys and values (store::StoreError::InvalidKey / ValueTooLarge) ----
+
+/// Longest key, in UTF-8 bytes (as Deno KV). `InvalidKey` → 400.
+pub const MAX_KEY_BYTES: usize = 2048;
+/// Default largest value (`KVSTORE_MAX_VALUE_BYTES`). `ValueTooLarge` → 413.
+pub const DEFAULT_MAX_VALUE_BYTES: usize = 1 << 20;
+/// Hard ceiling for `KVSTORE_MAX_VALUE_BYTES`; larger values belong in S3 itself.
+pub const MAX_VALUE_BYTES_CEILING: usize = 64 << 20;
+
+// ---- reads (store::StoreError::InvalidArgument) ----
+
+/// Most entries one `list` page returns (`limit` above it → 400).
+pub const MAX_LIST_LIMIT: u32 = 1000;
+/// Page size when the client gives none (used by the default guest).
+pub const DEFAULT_LIST_LIMIT: u32 = 100;
+/// Most keys in one `get-many`.
+pub const MAX_GET_MANY_KEYS: usize = 1000;
+
+// ---- writes ----
+
+/// Most mutations in one atomic batch (as Deno KV). `InvalidArgument` → 400.
+pub const MAX_ATOMIC_MUTATIONS: usize = 1000;
+/// Most checks in one atomic batch. `InvalidArgument` → 400.
+pub const MAX_ATOMIC_CHECKS: usize = 100;
+/// Most write requests folded into one group commit (one transaction, one
+/// fsync). The 2-byte versionstamp suffix numbers writes inside a commit, so
+/// this must stay below 65536.
+pub const MAX_COMMIT_BATCH: usize = 4096;
+/// Longest TTL accepted: 100 years in milliseconds.
+pub const MAX_TTL_MS: u64 = 100 * 365 * 24 * 3600 * 1000;
+/// Writes queued for the writer thread beyond which new writes wait (backpressure).
+pub const WRITE_QUEUE_DEPTH: usize = 16 * 1024;
+
+// ---- watch ----
+
+/// Longest long-poll a client may ask for; longer → 400.
+pub const MAX_WATCH_TIMEOUT_MS: u32 = 300_000;
+/// Commits of change history kept locally so prefix watches can resume from
+/// an older versionstamp; older positions get 410 Gone.
+pub const WATCH_HISTORY_COMMITS: u64 = 10_000;
+/// Changes read per step of a prefix watch stream.
+pub const WATCH_STREAM_BATCH: u32 = 500;
+
+// ---- background maintenance ----
+
+/// How often expired keys are physically deleted (they are invisible to
+/// reads from the moment they expire).
+pub const EXPIRY_SWEEP_INTERVAL: Duration = Duration::from_secs(1);
+/// Most expired keys deleted per sweep transaction, so a sweep never holds
+/// the writer for long.
+pub const EXPIRY_SWEEP_BATCH: usize = 1000;
+
+// ---- guest sandbox (guest::GuestError) ----
+
+/// Default per-request guest deadline (`KVSTORE_GUEST_TIMEOUT_MS`); past it → 504.
+pub const DEFAULT_GUEST_TIMEOUT_MS: u64 = 5_000;
+/// Granularity of the epoch deadline: one engine tick.
+pub const EPOCH_TICK: Duration = Duration::from_millis(5);
+/// Default linear-memory cap per guest instance (`KVSTORE_GUEST_MEMORY_MB`).
+pub const DEFAULT_GUEST_MEMORY_MB: u64 = 128;
+/// Table elements per guest instance.
+pub const GUEST_MAX_TABLE_ELEMENTS: usize = 20_000;
+/// Host resources (WASI streams, ...) a guest may hold at once.
+pub const GUEST_MAX_RESOURCES: usize = 1_000;
+/// Default largest guest response body (`KVSTORE_MAX_RESPONSE_BYTES`); larger → 500.
+pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 32 << 20;
+/// Requests one reused instance serves before it is recycled, bounding any
+/// slow leak inside a guest.
+pub const INSTANCE_MAX_USES: u64 = 100_000;
+/// Most idle instances kept for reuse.
+pub const INSTANCE_POOL_IDLE: usize = 64;
+/// Most concurrent instances with the pooling allocator (fresh mode).
+pub const POOLING_MAX_INSTANCES: u32 = 256;
+
+// ---- HTTP (http::HttpError) ----
+
+/// Default largest request body (`KVSTORE_MAX_BODY_BYTES`); larger → 413.
+/// Must leave room for a max-size value base64-encoded inside `/_atomic`.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 16 << 20;
+/// A client must send its full request head within this time, or the
+/// connection is closed (slowloris).
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest request head (request line + headers); larger → 431.
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+/// Default cap on open client connections (`KVSTORE_MAX_CONNECTIONS`).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+/// How long graceful shutdown waits for in-flight requests.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+// ---- replication (replica::ReplicaError) ----
+
+/// Default time between outbox uploads in `local` durability mode.
+pub const DEFAULT_SYNC_INTERVAL_MS: u64 = 1_000;
+/// Largest uncompressed segment; a bigger backlog ships as several segments.
+pub const SEGMENT_MAX_BYTES: usize = 16 << 20;
+/// A new snapshot is taken once this many bytes of segments were shipped
+/// since the last one...
+pub const SNAPSHOT_AFTER_BYTES: u64 = 64 << 20;
+/// ...or this much time passed with any segment shipped.
+pub const SNAPSHOT_INTERVAL: Duration = Duration::from_secs(3600);
+/// Snapshots kept in S3 (with every segment after the oldest of them).
+pub const DEFAULT_SNAPSHOT_RETENTION: usize = 3;
+/// In `s3` mode, a write fails with 503 if its segment is not in S3 by then.
+pub const S3_ACK_TIMEOUT: Duration = Duration::from_secs(10);
+/// Timeout of one S3 operation attempt.
+pub const S3_OP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Backoff ceiling between failed uploads.
+pub const UPLOAD_BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// How long SIGTERM waits for the outbox to drain to S3.
+pub const SHUTDOWN_DRAIN_TIMEOUT: Duration = Duration::from_secs(15);

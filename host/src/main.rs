@@ -1,0 +1,164 @@
+//! The `sidekv` binary: parse config, start tracing, bind, `run`.
+//! Subcommands (`restore`, `snapshot`, `health`, `check-config`) are here too.
+
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use sidekv::config::{Command, Config};
+use sidekv::replica::Replica;
+use tracing_subscriber::EnvFilter;
+
+fn init_tracing(format: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if format == "json" {
+        b.json().flatten_event(true).init();
+    } else {
+        b.init();
+    }
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = signal(SignalKind::terminate()).expect("installing the SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn main() {
+    if let Err(e) = real_main() {
+        eprintln!("sidekv: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn real_main() -> anyhow::Result<()> {
+    let mut config = Config::parse();
+    init_tracing(&config.log_format);
+    if let Err(e) = config.validate() {
+        eprintln!("sidekv: invalid configuration: {e}");
+        std::process::exit(2);
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    rt.block_on(async move {
+        match config.command.clone() {
+            None | Some(Command::Serve) => {
+                if config.secret.is_none() {
+                    let secret = format!("{:032x}", rand::random::<u128>());
+                    // Printed once, on stdout, never logged.
+                    println!("generated KVSTORE_SECRET={secret} (set KVSTORE_SECRET to choose your own)");
+                    config.secret = Some(secret);
+                }
+                let listener = tokio::net::TcpListener::bind(config.listen_addr())
+                    .await
+                    .with_context(|| format!("binding {} (HOST/PORT)", config.listen_addr()))?;
+                let admin = match config.admin_addr {
+                    Some(a) => Some(tokio::net::TcpListener::bind(a).await.with_context(|| format!("binding KVSTORE_ADMIN_ADDR {a}"))?),
+                    None => None,
+                };
+                if let Some(a) = &admin {
+                    println!("admin on http://{}", a.local_addr()?);
+                }
+                sidekv::run(config, listener, admin, shutdown_signal()).await
+            }
+            Some(Command::Restore { to, at }) => {
+                let url = config.s3_url.clone().context("restore needs KVSTORE_S3_URL")?;
+                if to.exists() {
+                    bail!("{} exists; restore writes a new file", to.display());
+                }
+                let at = at.map(|s| s.parse()).transpose().context("--at")?;
+                let replica = Replica::new(&url, &config).await?;
+                let commit = replica.restore_to(&to, at).await?;
+                if !to.exists() {
+                    bail!("S3 holds no backup at {url}");
+                }
+                println!("restored {} at commit {commit}", to.display());
+                Ok(())
+            }
+            Some(Command::Snapshot) => {
+                let url = config.s3_url.clone().context("snapshot needs KVSTORE_S3_URL")?;
+                let replica = Arc::new(Replica::new(&url, &config).await?);
+                let store = sidekv::store::Store::open(
+                    &config.db,
+                    sidekv::store::StoreOptions { replicated: true, ..Default::default() },
+                )?;
+                replica.ship_pending(&store).await?;
+                replica.maybe_snapshot(&store, true).await?;
+                store.close();
+                println!("snapshot stored");
+                Ok(())
+            }
+            Some(Command::Health { addr }) => {
+                let addr = addr.or(config.admin_addr).context("health needs --addr or KVSTORE_ADMIN_ADDR")?;
+                let ok = sidekv::http::probe_ready(addr).await;
+                match ok {
+                    Ok(()) => {
+                        println!("ready");
+                        Ok(())
+                    }
+                    Err(e) => {
+                        eprintln!("not ready: {e}");
+                        std::process::exit(1);
+                    }
+                }
+            }
+            Some(Command::CheckConfig) => {
+                let mut problems = 0;
+                if let Some(url) = &config.s3_url {
+                    match Replica::new(url, &config).await {
+                        Ok(r) => match r.remote.probe().await {
+                            Ok(()) => println!("ok   S3 {url}: reachable, writable"),
+                            Err(e) => {
+                                problems += 1;
+                                println!("FAIL S3 {url}: {e}")
+                            }
+                        },
+                        Err(e) => {
+                            problems += 1;
+                            println!("FAIL S3: {e}")
+                        }
+                    }
+                } else {
+                    println!("ok   S3 backup off (KVSTORE_S3_URL unset)");
+                }
+                let store_dir = tempfile_dir()?;
+                let store = sidekv::store::Store::open(&store_dir.join("check.sqlite3"), Default::default())?;
+                let src = sidekv::guest_source(&config);
+                match sidekv::guest::GuestRuntime::new(&src, sidekv::guest_options(&config)?, store.clone()) {
+                    Ok(_) => println!("ok   guest {} loads", src.name()),
+                    Err(e) => {
+                        problems += 1;
+                        println!("FAIL guest: {e}")
+                    }
+                }
+                store.close();
+                let _ = std::fs::remove_dir_all(&store_dir);
+                if config.db.exists() {
+                    println!("ok   database {} exists", config.db.display());
+                } else {
+                    println!("ok   database {} will be created (or restored from S3)", config.db.display());
+                }
+                if problems > 0 {
+                    std::process::exit(1);
+                }
+                Ok(())
+            }
+        }
+    })
+}
+
+fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
+    let d = std::env::temp_dir().join(format!("sidekv-check-{}", std::process::id()));
+    std::fs::create_dir_all(&d)?;
+    Ok(d)
+}

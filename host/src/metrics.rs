@@ -1,0 +1,170 @@
+//! Process-wide metrics, rendered as Prometheus text on the admin address.
+//!
+//! Everything on the request path is a relaxed atomic (no locks): counters
+//! indexed by method and status code, and fixed-bucket histograms. Gauges
+//! that describe replication are read from their owners at scrape time.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+const METHODS: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "OTHER"];
+
+/// Upper bounds of the latency buckets, in seconds.
+const LATENCY_BOUNDS: [f64; 16] = [
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+];
+/// Upper bounds of the commit batch-size buckets.
+const BATCH_BOUNDS: [f64; 10] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 512.0, 4096.0];
+
+pub struct Histogram<const N: usize> {
+    bounds: [f64; N],
+    counts: [AtomicU64; N],
+    inf: AtomicU64,
+    /// Sum in micro-units (µs for seconds histograms, units otherwise).
+    sum_micros: AtomicU64,
+}
+
+impl<const N: usize> Histogram<N> {
+    const fn new(bounds: [f64; N]) -> Self {
+        Histogram { bounds, counts: [const { AtomicU64::new(0) }; N], inf: AtomicU64::new(0), sum_micros: AtomicU64::new(0) }
+    }
+
+    pub fn observe(&self, v: f64) {
+        self.sum_micros.fetch_add((v * 1e6) as u64, Relaxed);
+        for (i, b) in self.bounds.iter().enumerate() {
+            if v <= *b {
+                self.counts[i].fetch_add(1, Relaxed);
+                return;
+            }
+        }
+        self.inf.fetch_add(1, Relaxed);
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cum = 0;
+        for (i, b) in self.bounds.iter().enumerate() {
+            cum += self.counts[i].load(Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{b}\"}} {cum}");
+        }
+        cum += self.inf.load(Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cum}");
+        let _ = writeln!(out, "{name}_sum {}", self.sum_micros.load(Relaxed) as f64 / 1e6);
+        let _ = writeln!(out, "{name}_count {cum}");
+    }
+}
+
+pub struct Metrics {
+    requests: [[AtomicU64; 600]; METHODS.len()],
+    pub request_seconds: Histogram<16>,
+    pub guest_call_seconds: Histogram<16>,
+    pub commit_batch_writes: Histogram<10>,
+    guest_traps: AtomicU64,
+    guest_timeouts: AtomicU64,
+    guest_bad_responses: AtomicU64,
+    pub uploads_ok: AtomicU64,
+    pub uploads_failed: AtomicU64,
+    pub upload_bytes: AtomicU64,
+    /// Unix ms of the last successful segment upload (0 = never).
+    pub last_upload_ms: AtomicU64,
+    pub snapshots_ok: AtomicU64,
+    pub snapshot_last_seconds_micros: AtomicU64,
+    pub restore_seconds_micros: AtomicU64,
+    pub connections_open: AtomicU64,
+    pub connections_rejected: AtomicU64,
+}
+
+pub static METRICS: Metrics = Metrics {
+    requests: [const { [const { AtomicU64::new(0) }; 600] }; METHODS.len()],
+    request_seconds: Histogram::new(LATENCY_BOUNDS),
+    guest_call_seconds: Histogram::new(LATENCY_BOUNDS),
+    commit_batch_writes: Histogram::new(BATCH_BOUNDS),
+    guest_traps: AtomicU64::new(0),
+    guest_timeouts: AtomicU64::new(0),
+    guest_bad_responses: AtomicU64::new(0),
+    uploads_ok: AtomicU64::new(0),
+    uploads_failed: AtomicU64::new(0),
+    upload_bytes: AtomicU64::new(0),
+    last_upload_ms: AtomicU64::new(0),
+    snapshots_ok: AtomicU64::new(0),
+    snapshot_last_seconds_micros: AtomicU64::new(0),
+    restore_seconds_micros: AtomicU64::new(0),
+    connections_open: AtomicU64::new(0),
+    connections_rejected: AtomicU64::new(0),
+};
+
+/// Replication figures read at scrape time.
+#[derive(Default)]
+pub struct ReplicationGauges {
+    pub enabled: bool,
+    pub committed: u64,
+    pub shipped: u64,
+    pub lag_seconds: f64,
+    pub fenced: bool,
+}
+
+impl Metrics {
+    pub fn request(&self, method: &str, status: u16, elapsed: Duration) {
+        let m = METHODS.iter().position(|m| *m == method).unwrap_or(METHODS.len() - 1);
+        let s = (status as usize).min(599);
+        self.requests[m][s].fetch_add(1, Relaxed);
+        self.request_seconds.observe(elapsed.as_secs_f64());
+    }
+
+    pub fn guest_call(&self, elapsed: Duration) {
+        self.guest_call_seconds.observe(elapsed.as_secs_f64());
+    }
+
+    pub fn guest_failure(&self, kind: &str) {
+        match kind {
+            "timeout" => &self.guest_timeouts,
+            "trap" => &self.guest_traps,
+            _ => &self.guest_bad_responses,
+        }
+        .fetch_add(1, Relaxed);
+    }
+
+    pub fn render(&self, repl: &ReplicationGauges) -> String {
+        let mut out = String::with_capacity(8192);
+        out.push_str("# HELP sidekv_requests_total HTTP requests on the main port by method and status.\n# TYPE sidekv_requests_total counter\n");
+        for (mi, m) in METHODS.iter().enumerate() {
+            for (s, c) in self.requests[mi].iter().enumerate() {
+                let n = c.load(Relaxed);
+                if n > 0 {
+                    let _ = writeln!(out, "sidekv_requests_total{{method=\"{m}\",status=\"{s}\"}} {n}");
+                }
+            }
+        }
+        self.request_seconds.render(&mut out, "sidekv_request_duration_seconds", "Time from request head to response head.");
+        self.guest_call_seconds.render(&mut out, "sidekv_guest_call_duration_seconds", "Time spent in handler.handle, host calls included.");
+        self.commit_batch_writes.render(&mut out, "sidekv_commit_batch_writes", "Writes per group commit (one fsync each).");
+        let counter = |out: &mut String, name: &str, help: &str, v: u64| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+        };
+        let gauge = |out: &mut String, name: &str, help: &str, v: f64| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        };
+        counter(&mut out, "sidekv_guest_traps_total", "Guest calls that trapped.", self.guest_traps.load(Relaxed));
+        counter(&mut out, "sidekv_guest_timeouts_total", "Guest calls stopped at their deadline.", self.guest_timeouts.load(Relaxed));
+        counter(&mut out, "sidekv_guest_bad_responses_total", "Guest responses rejected (too large, invalid).", self.guest_bad_responses.load(Relaxed));
+        gauge(&mut out, "sidekv_connections_open", "Open client connections.", self.connections_open.load(Relaxed) as f64);
+        counter(&mut out, "sidekv_connections_rejected_total", "Connections closed at once because the cap was reached.", self.connections_rejected.load(Relaxed));
+        gauge(&mut out, "sidekv_commit_counter", "Last committed commit counter.", repl.committed as f64);
+        gauge(&mut out, "sidekv_replication_enabled", "1 when S3 backup is configured.", repl.enabled as u8 as f64);
+        if repl.enabled {
+            gauge(&mut out, "sidekv_replication_shipped_counter", "Last commit counter confirmed in S3.", repl.shipped as f64);
+            gauge(&mut out, "sidekv_outbox_commits", "Commits not yet in S3.", repl.committed.saturating_sub(repl.shipped) as f64);
+            gauge(&mut out, "sidekv_replication_lag_seconds", "Age of the oldest commit not yet in S3 (0 when caught up).", repl.lag_seconds);
+            gauge(&mut out, "sidekv_replication_fenced", "1 when another writer owns the S3 path and writes are refused.", repl.fenced as u8 as f64);
+            counter(&mut out, "sidekv_uploads_total", "Segments stored in S3.", self.uploads_ok.load(Relaxed));
+            counter(&mut out, "sidekv_upload_failures_total", "Failed segment uploads (retried).", self.uploads_failed.load(Relaxed));
+            counter(&mut out, "sidekv_upload_bytes_total", "Compressed bytes of segments stored in S3.", self.upload_bytes.load(Relaxed));
+            gauge(&mut out, "sidekv_last_upload_timestamp_seconds", "Unix time of the last successful upload.", self.last_upload_ms.load(Relaxed) as f64 / 1e3);
+            counter(&mut out, "sidekv_snapshots_total", "Snapshots stored in S3.", self.snapshots_ok.load(Relaxed));
+            gauge(&mut out, "sidekv_snapshot_last_duration_seconds", "Duration of the last snapshot.", self.snapshot_last_seconds_micros.load(Relaxed) as f64 / 1e6);
+            gauge(&mut out, "sidekv_restore_duration_seconds", "Duration of the restore at launch (0 = none).", self.restore_seconds_micros.load(Relaxed) as f64 / 1e6);
+        }
+        out
+    }
+}

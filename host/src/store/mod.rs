@@ -1,0 +1,584 @@
+//! The store: SQLite underneath, kept off the async runtime.
+//!
+//! Data flow:
+//!
+//! ```text
+//!  async callers ──WriteOp──▶ bounded queue ──▶ writer thread (one connection)
+//!                                               BEGIN IMMEDIATE
+//!                                               apply every queued write, each
+//!                                               with its own versionstamp
+//!                                               append them to `changelog`
+//!                                               COMMIT  (one fsync: group commit)
+//!                ◀──────── per-write result ─────┘   then `committed` advances
+//!
+//!  async callers ──closure──▶ reader threads (N connections, WAL snapshots)
+//! ```
+//!
+//! The `changelog` table is the replication outbox (see `replica`): it is
+//! written in the same transaction as the data, so a crash can never leave a
+//! commit that the backup does not know about. It also serves prefix watches.
+//!
+//! Expired entries are filtered by every read (`expires_at > now`), so a TTL
+//! takes effect at once; the writer's sweep only reclaims space.
+
+pub mod versionstamp;
+mod schema;
+mod reads;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::Connection;
+use tokio::sync::{oneshot, watch};
+
+pub use reads::{Change, ListPage, ListQuery};
+pub use schema::{open_reader, open_writer, read_meta_u64};
+pub use versionstamp::Versionstamp;
+
+use crate::limits;
+
+/// One stored key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub key: String,
+    pub value: Vec<u8>,
+    pub versionstamp: Versionstamp,
+    /// Unix milliseconds after which the entry is gone.
+    pub expires_at: Option<u64>,
+}
+
+/// Errors at the store boundary. `http_status` is the one mapping to HTTP.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum StoreError {
+    #[error("invalid key: {0}")]
+    InvalidKey(String),
+    #[error("value is {size} bytes, over the {limit}-byte limit (KVSTORE_MAX_VALUE_BYTES)")]
+    ValueTooLarge { size: usize, limit: usize },
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("the disk holding the database is full")]
+    StorageFull,
+    #[error("storage failure: {0}")]
+    Internal(String),
+}
+
+impl StoreError {
+    pub fn http_status(&self) -> u16 {
+        match self {
+            StoreError::InvalidKey(_) | StoreError::InvalidArgument(_) => 400,
+            StoreError::ValueTooLarge { .. } => 413,
+            StoreError::Unavailable(_) => 503,
+            StoreError::StorageFull => 507,
+            StoreError::Internal(_) => 500,
+        }
+    }
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        if let rusqlite::Error::SqliteFailure(code, _) = &e {
+            if code.code == rusqlite::ErrorCode::DiskFull {
+                return StoreError::StorageFull;
+            }
+        }
+        StoreError::Internal(e.to_string())
+    }
+}
+
+/// When a write counts as acknowledged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Durability {
+    /// After the commit is fsynced to the local disk.
+    Local,
+    /// After the segment holding the commit is stored in S3.
+    S3,
+}
+
+/// A condition on a single-key write.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Condition {
+    pub if_match: Option<Versionstamp>,
+    pub if_absent: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Check {
+    pub key: String,
+    /// `None`: the key must be absent.
+    pub versionstamp: Option<Versionstamp>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MutationKind {
+    Set(Vec<u8>),
+    Delete,
+    Sum(u64),
+    Min(u64),
+    Max(u64),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mutation {
+    pub key: String,
+    pub kind: MutationKind,
+    pub ttl_ms: Option<u64>,
+}
+
+/// A write request for the writer thread.
+#[derive(Clone, Debug)]
+pub enum WriteOp {
+    Set { key: String, value: Vec<u8>, ttl_ms: Option<u64>, cond: Condition },
+    Delete { key: String, cond: Condition },
+    DeletePrefix { prefix: String },
+    Atomic { checks: Vec<Check>, mutations: Vec<Mutation> },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WriteResult {
+    Committed { versionstamp: Versionstamp, deleted: u64 },
+    PreconditionFailed,
+    CheckFailed(usize),
+}
+
+/// Options for opening a store.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    pub max_value_bytes: usize,
+    pub readers: usize,
+    pub durability: Durability,
+    /// True when a replica ships the changelog; history is then kept until shipped.
+    pub replicated: bool,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            max_value_bytes: limits::DEFAULT_MAX_VALUE_BYTES,
+            readers: 2,
+            durability: Durability::Local,
+            replicated: false,
+        }
+    }
+}
+
+type ReadJob = Box<dyn FnOnce(&mut Connection) + Send>;
+
+pub(crate) enum WriterMsg {
+    Write(WriteOp, oneshot::Sender<Result<WriteResult, StoreError>>),
+    /// Run maintenance on the writer connection (replica bookkeeping).
+    Exec(Box<dyn FnOnce(&mut Connection, &mut writer::WriterState) + Send>),
+    Sweep,
+}
+
+struct Inner {
+    path: PathBuf,
+    writer_tx: Mutex<Option<crossbeam_channel::Sender<WriterMsg>>>,
+    reader_tx: Mutex<Option<crossbeam_channel::Sender<ReadJob>>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    committed: watch::Sender<u64>,
+    shipped: watch::Sender<u64>,
+    /// Why writes are refused right now (fenced, S3 down in s3 mode), if they are.
+    write_block: Mutex<Option<String>>,
+    write_blocked: AtomicBool,
+    opts: StoreOptions,
+}
+
+/// A cheap, cloneable handle to the store.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+pub fn validate_key(key: &str) -> Result<(), StoreError> {
+    if key.is_empty() {
+        return Err(StoreError::InvalidKey("the key is empty".into()));
+    }
+    if key.len() > limits::MAX_KEY_BYTES {
+        return Err(StoreError::InvalidKey(format!(
+            "the key is {} bytes, over the {}-byte limit",
+            key.len(),
+            limits::MAX_KEY_BYTES
+        )));
+    }
+    Ok(())
+}
+
+impl Store {
+    /// Open (creating if needed) the database at `path` and start the writer
+    /// and reader threads.
+    pub fn open(path: &Path, opts: StoreOptions) -> Result<Store, StoreError> {
+        let (conn, state) = schema::open_writer(path)?;
+        let counter = state.counter;
+        let shipped = state.shipped;
+        let (writer_tx, writer_rx) = crossbeam_channel::bounded(limits::WRITE_QUEUE_DEPTH);
+        let (reader_tx, reader_rx) = crossbeam_channel::unbounded::<ReadJob>();
+        let (committed, _) = watch::channel(counter);
+        let (shipped_tx, _) = watch::channel(shipped);
+        let inner = Arc::new(Inner {
+            path: path.to_path_buf(),
+            writer_tx: Mutex::new(Some(writer_tx)),
+            reader_tx: Mutex::new(Some(reader_tx)),
+            threads: Mutex::new(Vec::new()),
+            committed,
+            shipped: shipped_tx,
+            write_block: Mutex::new(None),
+            write_blocked: AtomicBool::new(false),
+            opts: opts.clone(),
+        });
+        let mut threads = Vec::new();
+        {
+            let committed = inner.committed.clone();
+            let replicated = opts.replicated;
+            threads.push(
+                std::thread::Builder::new()
+                    .name("sidekv-writer".into())
+                    .spawn(move || writer::run(conn, state, writer_rx, committed, replicated))
+                    .map_err(|e| StoreError::Internal(format!("spawning the writer thread: {e}")))?,
+            );
+        }
+        for i in 0..opts.readers.max(1) {
+            let mut conn = schema::open_reader(path)?;
+            let rx = reader_rx.clone();
+            threads.push(
+                std::thread::Builder::new()
+                    .name(format!("sidekv-reader-{i}"))
+                    .spawn(move || {
+                        while let Ok(job) = rx.recv() {
+                            job(&mut conn);
+                        }
+                    })
+                    .map_err(|e| StoreError::Internal(format!("spawning a reader thread: {e}")))?,
+            );
+        }
+        *inner.threads.lock().unwrap() = threads;
+        Ok(Store { inner })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    pub fn options(&self) -> &StoreOptions {
+        &self.inner.opts
+    }
+
+    /// Run `f` on a reader connection, off the async runtime.
+    pub async fn read<R, F>(&self, f: F) -> Result<R, StoreError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<R, StoreError> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let job: ReadJob = Box::new(move |conn| {
+            let _ = tx.send(f(conn));
+        });
+        {
+            let guard = self.inner.reader_tx.lock().unwrap();
+            let sender = guard.as_ref().ok_or_else(|| StoreError::Unavailable("the store is closed".into()))?;
+            sender.send(job).map_err(|_| StoreError::Unavailable("the store is closed".into()))?;
+        }
+        rx.await.map_err(|_| StoreError::Internal("a reader thread died".into()))?
+    }
+
+    pub async fn get(&self, key: String) -> Result<Option<Entry>, StoreError> {
+        validate_key(&key)?;
+        self.read(move |c| reads::get(c, &key, now_ms())).await
+    }
+
+    pub async fn get_many(&self, keys: Vec<String>) -> Result<Vec<Option<Entry>>, StoreError> {
+        if keys.len() > limits::MAX_GET_MANY_KEYS {
+            return Err(StoreError::InvalidArgument(format!(
+                "get-many takes at most {} keys, got {}",
+                limits::MAX_GET_MANY_KEYS,
+                keys.len()
+            )));
+        }
+        for k in &keys {
+            validate_key(k)?;
+        }
+        self.read(move |c| reads::get_many(c, &keys, now_ms())).await
+    }
+
+    pub async fn list(&self, q: ListQuery) -> Result<ListPage, StoreError> {
+        q.validate()?;
+        self.read(move |c| reads::list(c, &q, now_ms())).await
+    }
+
+    pub async fn count(&self, q: ListQuery) -> Result<u64, StoreError> {
+        self.read(move |c| reads::count(c, &q, now_ms())).await
+    }
+
+    /// Changes under `prefix` strictly after `after`, oldest first.
+    /// `Err(InvalidArgument)` when `after` is older than the kept history.
+    pub async fn changes(&self, prefix: String, after: Versionstamp, limit: u32) -> Result<Vec<Change>, StoreError> {
+        self.read(move |c| reads::changes(c, &prefix, after, limit)).await
+    }
+
+    /// Refuse writes (with this message) until `unblock_writes`.
+    pub fn block_writes(&self, why: String) {
+        *self.inner.write_block.lock().unwrap() = Some(why);
+        self.inner.write_blocked.store(true, Ordering::SeqCst);
+    }
+
+    pub fn unblock_writes(&self) {
+        *self.inner.write_block.lock().unwrap() = None;
+        self.inner.write_blocked.store(false, Ordering::SeqCst);
+    }
+
+    pub fn write_block_reason(&self) -> Option<String> {
+        if !self.inner.write_blocked.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.inner.write_block.lock().unwrap().clone()
+    }
+
+    fn validate_write(&self, op: &WriteOp) -> Result<(), StoreError> {
+        let max = self.inner.opts.max_value_bytes;
+        let check_value = |v: &[u8]| {
+            if v.len() > max {
+                Err(StoreError::ValueTooLarge { size: v.len(), limit: max })
+            } else {
+                Ok(())
+            }
+        };
+        let check_ttl = |t: Option<u64>| match t {
+            Some(0) => Err(StoreError::InvalidArgument("ttl must be at least 1 ms".into())),
+            Some(t) if t > limits::MAX_TTL_MS => Err(StoreError::InvalidArgument(format!(
+                "ttl {t} ms is over the {} ms limit",
+                limits::MAX_TTL_MS
+            ))),
+            _ => Ok(()),
+        };
+        match op {
+            WriteOp::Set { key, value, ttl_ms, .. } => {
+                validate_key(key)?;
+                check_value(value)?;
+                check_ttl(*ttl_ms)
+            }
+            WriteOp::Delete { key, .. } => validate_key(key),
+            WriteOp::DeletePrefix { prefix } => {
+                if prefix.is_empty() {
+                    return Err(StoreError::InvalidArgument("delete-prefix needs a non-empty prefix".into()));
+                }
+                validate_key(prefix)
+            }
+            WriteOp::Atomic { checks, mutations } => {
+                if checks.len() > limits::MAX_ATOMIC_CHECKS {
+                    return Err(StoreError::InvalidArgument(format!(
+                        "an atomic batch takes at most {} checks, got {}",
+                        limits::MAX_ATOMIC_CHECKS,
+                        checks.len()
+                    )));
+                }
+                if mutations.len() > limits::MAX_ATOMIC_MUTATIONS {
+                    return Err(StoreError::InvalidArgument(format!(
+                        "an atomic batch takes at most {} mutations, got {}",
+                        limits::MAX_ATOMIC_MUTATIONS,
+                        mutations.len()
+                    )));
+                }
+                for (i, c) in checks.iter().enumerate() {
+                    validate_key(&c.key).map_err(|e| StoreError::InvalidArgument(format!("checks[{i}]: {e}")))?;
+                }
+                for (i, m) in mutations.iter().enumerate() {
+                    let ctx = |e: StoreError| match e {
+                        StoreError::ValueTooLarge { size, limit } => StoreError::ValueTooLarge { size, limit },
+                        e => StoreError::InvalidArgument(format!("mutations[{i}]: {e}")),
+                    };
+                    validate_key(&m.key).map_err(ctx)?;
+                    if let MutationKind::Set(v) = &m.kind {
+                        check_value(v).map_err(ctx)?;
+                    }
+                    check_ttl(m.ttl_ms).map_err(ctx)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Queue a write and wait until it is acknowledged under the configured
+    /// durability mode.
+    pub async fn write(&self, op: WriteOp) -> Result<WriteResult, StoreError> {
+        self.validate_write(&op)?;
+        if let Some(why) = self.write_block_reason() {
+            return Err(StoreError::Unavailable(why));
+        }
+        let (tx, rx) = oneshot::channel();
+        let sender = self
+            .inner
+            .writer_tx
+            .lock()
+            .unwrap()
+            .clone()
+            .ok_or_else(|| StoreError::Unavailable("the store is shutting down".into()))?;
+        // The queue is bounded: when it is full, wait for room off the runtime.
+        match sender.try_send(WriterMsg::Write(op, tx)) {
+            Ok(()) => {}
+            Err(crossbeam_channel::TrySendError::Full(msg)) => {
+                tokio::task::spawn_blocking(move || sender.send(msg))
+                    .await
+                    .map_err(|e| StoreError::Internal(e.to_string()))?
+                    .map_err(|_| StoreError::Unavailable("the store is shutting down".into()))?;
+            }
+            Err(crossbeam_channel::TrySendError::Disconnected(_)) => {
+                return Err(StoreError::Unavailable("the store is shutting down".into()));
+            }
+        }
+        let result = rx.await.map_err(|_| StoreError::Internal("the writer thread stopped".into()))??;
+        if self.inner.opts.durability == Durability::S3 {
+            if let WriteResult::Committed { versionstamp, .. } = &result {
+                self.wait_shipped(versionstamp.counter).await?;
+            }
+        }
+        Ok(result)
+    }
+
+    async fn wait_shipped(&self, counter: u64) -> Result<(), StoreError> {
+        let mut rx = self.inner.shipped.subscribe();
+        let wait = async {
+            loop {
+                if *rx.borrow_and_update() >= counter {
+                    return Ok(());
+                }
+                if let Some(why) = self.write_block_reason() {
+                    return Err(StoreError::Unavailable(format!(
+                        "committed locally but not acknowledged: {why}"
+                    )));
+                }
+                if rx.changed().await.is_err() {
+                    return Err(StoreError::Unavailable("the store is shutting down".into()));
+                }
+            }
+        };
+        match tokio::time::timeout(limits::S3_ACK_TIMEOUT, wait).await {
+            Ok(r) => r,
+            Err(_) => Err(StoreError::Unavailable(format!(
+                "the commit did not reach S3 within {:?} (KVSTORE_DURABILITY=s3); it is durable locally and will be shipped when S3 answers",
+                limits::S3_ACK_TIMEOUT
+            ))),
+        }
+    }
+
+    /// The newest committed commit counter.
+    pub fn committed(&self) -> u64 {
+        *self.inner.committed.borrow()
+    }
+
+    pub fn subscribe_commits(&self) -> watch::Receiver<u64> {
+        self.inner.committed.subscribe()
+    }
+
+    /// The newest counter confirmed in S3.
+    pub fn shipped(&self) -> u64 {
+        *self.inner.shipped.borrow()
+    }
+
+    pub fn subscribe_shipped(&self) -> watch::Receiver<u64> {
+        self.inner.shipped.subscribe()
+    }
+
+    /// Record that every commit up to `counter` is in S3: persist it and
+    /// release the changelog rows no longer needed.
+    pub async fn mark_shipped(&self, counter: u64) -> Result<(), StoreError> {
+        self.exec(move |conn, state| writer::mark_shipped(conn, state, counter)).await?;
+        self.inner.shipped.send_if_modified(|v| {
+            if counter > *v {
+                *v = counter;
+                true
+            } else {
+                false
+            }
+        });
+        Ok(())
+    }
+
+    /// Wake s3-mode waiters so they see a new write block.
+    pub fn poke_waiters(&self) {
+        self.inner.shipped.send_modify(|_| {});
+    }
+
+    /// Run `f` on the writer connection, serialized with writes.
+    pub async fn exec<R, F>(&self, f: F) -> Result<R, StoreError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut Connection, &mut writer::WriterState) -> Result<R, StoreError> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let sender = self
+            .inner
+            .writer_tx
+            .lock()
+            .unwrap()
+            .clone()
+            .ok_or_else(|| StoreError::Unavailable("the store is shutting down".into()))?;
+        sender
+            .send(WriterMsg::Exec(Box::new(move |c, s| {
+                let _ = tx.send(f(c, s));
+            })))
+            .map_err(|_| StoreError::Unavailable("the store is shutting down".into()))?;
+        rx.await.map_err(|_| StoreError::Internal("the writer thread stopped".into()))?
+    }
+
+    /// Delete expired keys now (the background sweep calls this).
+    pub fn sweep(&self) {
+        if let Some(s) = self.inner.writer_tx.lock().unwrap().as_ref() {
+            let _ = s.try_send(WriterMsg::Sweep);
+        }
+    }
+
+    /// Stop the threads after the queued work is done, and checkpoint the WAL.
+    pub fn close(&self) {
+        self.inner.writer_tx.lock().unwrap().take();
+        self.inner.reader_tx.lock().unwrap().take();
+        let threads = std::mem::take(&mut *self.inner.threads.lock().unwrap());
+        for t in threads {
+            let _ = t.join();
+        }
+    }
+
+    /// Long-poll one key until its versionstamp differs from `since`.
+    pub async fn watch(
+        &self,
+        key: String,
+        since: Option<Versionstamp>,
+        timeout: Duration,
+    ) -> Result<(bool, Option<Entry>), StoreError> {
+        validate_key(&key)?;
+        let mut commits = self.subscribe_commits();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            commits.borrow_and_update();
+            let k = key.clone();
+            let current = self.read(move |c| reads::get(c, &k, now_ms())).await?;
+            let now_vs = current.as_ref().map(|e| e.versionstamp);
+            if now_vs != since {
+                return Ok((true, current));
+            }
+            // Wake at the next commit, or when the current entry expires.
+            let expiry = current.as_ref().and_then(|e| e.expires_at).map(|at| {
+                let in_ms = at.saturating_sub(now_ms()) + 1;
+                tokio::time::Instant::now() + Duration::from_millis(in_ms)
+            });
+            let wake = match expiry {
+                Some(e) if e < deadline => e,
+                _ => deadline,
+            };
+            tokio::select! {
+                r = commits.changed() => { if r.is_err() { return Ok((false, current)); } }
+                _ = tokio::time::sleep_until(wake) => {
+                    if wake == deadline { return Ok((false, current)); }
+                }
+            }
+        }
+    }
+}

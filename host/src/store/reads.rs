@@ -1,0 +1,235 @@
+//! Read queries, run on reader connections. Every read filters expired
+//! entries, so a TTL is exact without waiting for the sweep.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use rusqlite::{Connection, OptionalExtension, params_from_iter, types::Value};
+
+use super::{Entry, StoreError, Versionstamp, validate_key};
+use crate::limits;
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ListQuery {
+    pub prefix: String,
+    pub start: Option<String>,
+    pub end: Option<String>,
+    pub limit: u32,
+    pub reverse: bool,
+    pub cursor: Option<String>,
+    pub keys_only: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListPage {
+    pub entries: Vec<Entry>,
+    pub cursor: Option<String>,
+}
+
+/// One logged mutation; `value: None` is a delete.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Change {
+    pub versionstamp: Versionstamp,
+    pub key: String,
+    pub value: Option<Vec<u8>>,
+    pub expires_at: Option<u64>,
+}
+
+impl ListQuery {
+    pub fn validate(&self) -> Result<(), StoreError> {
+        if self.limit == 0 || self.limit > limits::MAX_LIST_LIMIT {
+            return Err(StoreError::InvalidArgument(format!(
+                "limit must be between 1 and {}, got {}",
+                limits::MAX_LIST_LIMIT,
+                self.limit
+            )));
+        }
+        if self.prefix.len() > limits::MAX_KEY_BYTES {
+            return Err(StoreError::InvalidArgument("the prefix is longer than the longest key".into()));
+        }
+        Ok(())
+    }
+}
+
+/// The smallest byte string greater than every string starting with `prefix`;
+/// `None` when there is none (empty prefix or all 0xff).
+pub fn prefix_upper_bound(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut p = prefix.to_vec();
+    while let Some(last) = p.pop() {
+        if last < 0xff {
+            p.push(last + 1);
+            return Some(p);
+        }
+    }
+    None
+}
+
+pub fn encode_cursor(key: &str) -> String {
+    URL_SAFE_NO_PAD.encode(key.as_bytes())
+}
+
+pub fn decode_cursor(c: &str) -> Result<String, StoreError> {
+    let bytes = URL_SAFE_NO_PAD
+        .decode(c.as_bytes())
+        .map_err(|_| StoreError::InvalidArgument("the cursor is not one this server returned".into()))?;
+    let key = String::from_utf8(bytes)
+        .map_err(|_| StoreError::InvalidArgument("the cursor is not one this server returned".into()))?;
+    validate_key(&key).map_err(|_| StoreError::InvalidArgument("the cursor is not one this server returned".into()))?;
+    Ok(key)
+}
+
+fn row_to_entry(r: &rusqlite::Row<'_>, keys_only: bool) -> rusqlite::Result<Entry> {
+    let key: Vec<u8> = r.get(0)?;
+    let value: Vec<u8> = if keys_only { Vec::new() } else { r.get(1)? };
+    let version: i64 = r.get(2)?;
+    let expires_at: Option<i64> = r.get(3)?;
+    Ok(Entry {
+        // Keys only ever enter the store as validated UTF-8.
+        key: String::from_utf8(key).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned()),
+        value,
+        versionstamp: Versionstamp::from_i64(version),
+        expires_at: expires_at.map(|v| v as u64),
+    })
+}
+
+pub fn get(conn: &Connection, key: &str, now: u64) -> Result<Option<Entry>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT key, value, version, expires_at FROM kv
+         WHERE key = ?1 AND (expires_at IS NULL OR expires_at > ?2)",
+    )?;
+    Ok(stmt.query_row(rusqlite::params![key.as_bytes(), now as i64], |r| row_to_entry(r, false)).optional()?)
+}
+
+pub fn get_many(conn: &mut Connection, keys: &[String], now: u64) -> Result<Vec<Option<Entry>>, StoreError> {
+    // One read transaction: every key from the same snapshot.
+    let tx = conn.transaction()?;
+    let mut out = Vec::with_capacity(keys.len());
+    for k in keys {
+        out.push(get(&tx, k, now)?);
+    }
+    tx.finish()?;
+    Ok(out)
+}
+
+/// Lower (inclusive) and upper (exclusive) byte bounds of a query, before the cursor.
+fn bounds(q: &ListQuery) -> (Vec<u8>, Option<Vec<u8>>) {
+    let mut lower = q.prefix.as_bytes().to_vec();
+    if let Some(s) = &q.start {
+        if s.as_bytes() > lower.as_slice() {
+            lower = s.as_bytes().to_vec();
+        }
+    }
+    let mut upper = prefix_upper_bound(q.prefix.as_bytes());
+    if let Some(e) = &q.end {
+        upper = Some(match upper {
+            Some(u) if u.as_slice() < e.as_bytes() => u,
+            _ => e.as_bytes().to_vec(),
+        });
+    }
+    (lower, upper)
+}
+
+pub fn list(conn: &Connection, q: &ListQuery, now: u64) -> Result<ListPage, StoreError> {
+    let (lower, upper) = bounds(q);
+    let cursor = q.cursor.as_deref().map(decode_cursor).transpose()?;
+    if let Some(c) = &cursor {
+        if !c.as_bytes().starts_with(q.prefix.as_bytes()) {
+            return Err(StoreError::InvalidArgument("the cursor belongs to another prefix".into()));
+        }
+    }
+    let mut sql = String::from(
+        "SELECT key, value, version, expires_at FROM kv WHERE (expires_at IS NULL OR expires_at > ?) AND key >= ?",
+    );
+    let mut args: Vec<Value> = vec![Value::Integer(now as i64), Value::Blob(lower)];
+    if let Some(u) = upper {
+        sql.push_str(" AND key < ?");
+        args.push(Value::Blob(u));
+    }
+    if let Some(c) = &cursor {
+        sql.push_str(if q.reverse { " AND key < ?" } else { " AND key > ?" });
+        args.push(Value::Blob(c.as_bytes().to_vec()));
+    }
+    sql.push_str(if q.reverse { " ORDER BY key DESC LIMIT ?" } else { " ORDER BY key ASC LIMIT ?" });
+    args.push(Value::Integer(q.limit as i64 + 1));
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let mut entries = stmt
+        .query_map(params_from_iter(args), |r| row_to_entry(r, q.keys_only))?
+        .collect::<Result<Vec<_>, _>>()?;
+    let cursor = if entries.len() > q.limit as usize {
+        entries.truncate(q.limit as usize);
+        entries.last().map(|e| encode_cursor(&e.key))
+    } else {
+        None
+    };
+    Ok(ListPage { entries, cursor })
+}
+
+pub fn count(conn: &Connection, q: &ListQuery, now: u64) -> Result<u64, StoreError> {
+    let (lower, upper) = bounds(q);
+    let mut sql = String::from("SELECT count(*) FROM kv WHERE (expires_at IS NULL OR expires_at > ?) AND key >= ?");
+    let mut args: Vec<Value> = vec![Value::Integer(now as i64), Value::Blob(lower)];
+    if let Some(u) = upper {
+        sql.push_str(" AND key < ?");
+        args.push(Value::Blob(u));
+    }
+    let mut stmt = conn.prepare_cached(&sql)?;
+    let n: i64 = stmt.query_row(params_from_iter(args), |r| r.get(0))?;
+    Ok(n as u64)
+}
+
+/// Logged changes under `prefix` after `after`, oldest first. Fails with
+/// `InvalidArgument` when the history after `after` has been pruned.
+pub fn changes(conn: &mut Connection, prefix: &str, after: Versionstamp, limit: u32) -> Result<Vec<Change>, StoreError> {
+    let tx = conn.transaction()?;
+    let pruned_below = super::read_meta_u64(&tx, "pruned_below")?.unwrap_or(0);
+    if after.counter + 1 < pruned_below {
+        return Err(StoreError::InvalidArgument(format!(
+            "changes after {after} are no longer kept; the oldest resumable versionstamp is {}",
+            Versionstamp::commit_start(pruned_below.saturating_sub(1))
+        )));
+    }
+    let mut sql = String::from(
+        "SELECT version, key, value, expires_at FROM changelog WHERE version > ? AND key >= ?",
+    );
+    let mut args: Vec<Value> = vec![Value::Integer(after.to_i64()), Value::Blob(prefix.as_bytes().to_vec())];
+    if let Some(u) = prefix_upper_bound(prefix.as_bytes()) {
+        sql.push_str(" AND key < ?");
+        args.push(Value::Blob(u));
+    }
+    sql.push_str(" ORDER BY version, n LIMIT ?");
+    args.push(Value::Integer(limit as i64));
+    let out = {
+        let mut stmt = tx.prepare_cached(&sql)?;
+        stmt.query_map(params_from_iter(args), |r| {
+            let key: Vec<u8> = r.get(1)?;
+            Ok(Change {
+                versionstamp: Versionstamp::from_i64(r.get(0)?),
+                key: String::from_utf8_lossy(&key).into_owned(),
+                value: r.get(2)?,
+                expires_at: r.get::<_, Option<i64>>(3)?.map(|v| v as u64),
+            })
+        })?
+        .collect::<Result<Vec<_>, _>>()?
+    };
+    tx.finish()?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_bounds() {
+        assert_eq!(prefix_upper_bound(b"ab"), Some(b"ac".to_vec()));
+        assert_eq!(prefix_upper_bound(b"a\xff"), Some(b"b".to_vec()));
+        assert_eq!(prefix_upper_bound(b"\xff\xff"), None);
+        assert_eq!(prefix_upper_bound(b""), None);
+    }
+
+    #[test]
+    fn cursor_round_trip_and_garbage() {
+        assert_eq!(decode_cursor(&encode_cursor("a/b ü")).unwrap(), "a/b ü");
+        assert!(decode_cursor("!!!").is_err());
+        assert!(decode_cursor("").is_err());
+    }
+}

@@ -1,0 +1,112 @@
+//! The SQLite schema and connection settings.
+//!
+//! Keys are stored as BLOBs (their UTF-8 bytes) so every comparison is a
+//! plain memcmp and a prefix's upper bound is a byte increment. A snapshot of
+//! this database is readable with the `sqlite3` CLI:
+//! `SELECT CAST(key AS TEXT), value FROM kv`.
+
+use std::path::Path;
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
+
+use super::StoreError;
+use super::writer::WriterState;
+
+pub const SCHEMA_VERSION: i64 = 1;
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS kv (
+    key        BLOB PRIMARY KEY,
+    value      BLOB NOT NULL,
+    version    INTEGER NOT NULL,   -- versionstamp: counter << 16 | index
+    expires_at INTEGER             -- unix ms, NULL = never
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS kv_expires ON kv(expires_at) WHERE expires_at IS NOT NULL;
+-- The replication outbox and watch history: every mutation, in commit order.
+-- value NULL = delete. Counters are logged as the value they produced, so a
+-- replay is only sets and deletes.
+CREATE TABLE IF NOT EXISTS changelog (
+    version    INTEGER NOT NULL,
+    n          INTEGER NOT NULL,
+    key        BLOB NOT NULL,
+    value      BLOB,
+    expires_at INTEGER,
+    PRIMARY KEY (version, n)
+) WITHOUT ROWID;
+-- counter: last commit; shipped: last commit confirmed in S3;
+-- db_id: identity of this database's history (kept across restores).
+CREATE TABLE IF NOT EXISTS meta (
+    name  TEXT PRIMARY KEY,
+    value
+) WITHOUT ROWID;
+";
+
+fn base_pragmas(conn: &Connection) -> Result<(), StoreError> {
+    conn.busy_timeout(std::time::Duration::from_secs(30))?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "cache_size", -8192)?; // 8 MiB per connection
+    conn.pragma_update(None, "temp_store", "MEMORY")?;
+    Ok(())
+}
+
+pub fn read_meta_u64(conn: &Connection, name: &str) -> Result<Option<u64>, StoreError> {
+    Ok(conn
+        .query_row("SELECT value FROM meta WHERE name = ?1", [name], |r| r.get::<_, i64>(0))
+        .optional()?
+        .map(|v| v as u64))
+}
+
+/// Open the writer connection, creating the schema, and read its state.
+pub fn open_writer(path: &Path) -> Result<(Connection, WriterState), StoreError> {
+    if let Some(dir) = path.parent() {
+        if !dir.as_os_str().is_empty() && !dir.exists() {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| StoreError::Internal(format!("creating {}: {e}", dir.display())))?;
+        }
+    }
+    let conn = Connection::open(path).map_err(|e| StoreError::Internal(format!("opening {}: {e}", path.display())))?;
+    let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Internal(format!("could not switch {} to WAL (got {mode})", path.display())));
+    }
+    base_pragmas(&conn)?;
+    // Checkpoints run in the writer; keep the WAL from growing without bound.
+    conn.pragma_update(None, "wal_autocheckpoint", 4000)?;
+    conn.execute_batch(SCHEMA)?;
+    let found: Option<i64> = conn
+        .query_row("SELECT value FROM meta WHERE name = 'schema'", [], |r| r.get(0))
+        .optional()?;
+    match found {
+        None => {
+            let db_id = format!("{:016x}", rand::random::<u64>());
+            conn.execute_batch(&format!(
+                "INSERT OR IGNORE INTO meta VALUES ('schema', {SCHEMA_VERSION});
+                 INSERT OR IGNORE INTO meta VALUES ('counter', 0);
+                 INSERT OR IGNORE INTO meta VALUES ('shipped', 0);
+                 INSERT OR IGNORE INTO meta VALUES ('db_id', '{db_id}');"
+            ))?;
+        }
+        Some(v) if v == SCHEMA_VERSION => {}
+        Some(v) => {
+            return Err(StoreError::Internal(format!(
+                "{} has schema version {v}; this sidekv understands {SCHEMA_VERSION}",
+                path.display()
+            )))
+        }
+    }
+    let counter = read_meta_u64(&conn, "counter")?.unwrap_or(0);
+    let shipped = read_meta_u64(&conn, "shipped")?.unwrap_or(0);
+    let db_id: String = conn.query_row("SELECT value FROM meta WHERE name='db_id'", [], |r| r.get(0))?;
+    Ok((conn, WriterState { counter, shipped, db_id, commits_since_prune: 0 }))
+}
+
+/// Open a read-only connection to an existing database.
+pub fn open_reader(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI,
+    )
+    .map_err(|e| StoreError::Internal(format!("opening {} for reading: {e}", path.display())))?;
+    base_pragmas(&conn)?;
+    Ok(conn)
+}

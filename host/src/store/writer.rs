@@ -1,0 +1,365 @@
+//! The writer thread: the only connection that writes.
+//!
+//! Group commit: it blocks for one message, then drains whatever else is
+//! queued (up to `MAX_COMMIT_BATCH`) into one `BEGIN IMMEDIATE … COMMIT`, so
+//! N concurrent writers share one fsync. Inside the commit every write that
+//! applies gets the next index of the commit's versionstamp, so results stay
+//! per request. A write whose condition fails, or that is invalid, changes
+//! nothing and does not consume an index. An SQLite error fails every write of
+//! that commit (nothing of it is visible), never just some of them.
+
+use std::collections::HashMap;
+
+use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
+use tokio::sync::watch;
+
+use super::versionstamp::MAX_COUNTER;
+use super::{
+    Check, Condition, MutationKind, StoreError, Versionstamp, WriteOp, WriteResult, WriterMsg, now_ms,
+    reads::prefix_upper_bound,
+};
+use crate::limits;
+
+/// What the writer knows about the database between commits.
+pub struct WriterState {
+    /// The last committed commit counter.
+    pub counter: u64,
+    /// The last counter confirmed in S3.
+    pub shipped: u64,
+    pub db_id: String,
+    pub commits_since_prune: u64,
+}
+
+enum ApplyError {
+    /// This request is invalid; it wrote nothing, the others proceed.
+    Request(StoreError),
+    /// SQLite failed; the whole commit is abandoned.
+    Sql(rusqlite::Error),
+}
+
+impl From<rusqlite::Error> for ApplyError {
+    fn from(e: rusqlite::Error) -> Self {
+        ApplyError::Sql(e)
+    }
+}
+
+type Reply = tokio::sync::oneshot::Sender<Result<WriteResult, StoreError>>;
+
+pub(crate) fn run(
+    mut conn: Connection,
+    mut state: WriterState,
+    rx: crossbeam_channel::Receiver<WriterMsg>,
+    committed: watch::Sender<u64>,
+    replicated: bool,
+) {
+    let mut writes: Vec<(WriteOp, Reply)> = Vec::with_capacity(64);
+    while let Ok(first) = rx.recv() {
+        let mut pending = Some(first);
+        loop {
+            match pending.take() {
+                Some(WriterMsg::Write(op, reply)) => writes.push((op, reply)),
+                Some(other) => {
+                    // Keep order: commit the writes queued before this message.
+                    commit_batch(&mut conn, &mut state, &mut writes, &committed, replicated);
+                    match other {
+                        WriterMsg::Exec(f) => f(&mut conn, &mut state),
+                        WriterMsg::Sweep => {
+                            if let Err(e) = sweep(&conn) {
+                                tracing::warn!(error = %e, "expiry sweep failed");
+                            }
+                        }
+                        WriterMsg::Write(..) => unreachable!(),
+                    }
+                }
+                None => {}
+            }
+            if writes.len() >= limits::MAX_COMMIT_BATCH {
+                break;
+            }
+            match rx.try_recv() {
+                Ok(m) => pending = Some(m),
+                Err(_) => break,
+            }
+        }
+        commit_batch(&mut conn, &mut state, &mut writes, &committed, replicated);
+    }
+    // Queue closed: shut down cleanly, leaving no WAL behind.
+    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())) {
+        tracing::warn!(error = %e, "final WAL checkpoint failed");
+    }
+}
+
+fn commit_batch(
+    conn: &mut Connection,
+    state: &mut WriterState,
+    writes: &mut Vec<(WriteOp, Reply)>,
+    committed: &watch::Sender<u64>,
+    replicated: bool,
+) {
+    if writes.is_empty() {
+        return;
+    }
+    let batch: Vec<(WriteOp, Reply)> = std::mem::take(writes);
+    crate::metrics::METRICS.commit_batch_writes.observe(batch.len() as f64);
+    let counter = state.counter + 1;
+    if counter > MAX_COUNTER {
+        for (_, reply) in batch {
+            let _ = reply.send(Err(StoreError::Internal("the commit counter is exhausted".into())));
+        }
+        return;
+    }
+    let now = now_ms();
+    let mut results: Vec<Result<WriteResult, StoreError>> = Vec::with_capacity(batch.len());
+    let outcome = (|| -> Result<u16, rusqlite::Error> {
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut index: u16 = 0;
+        for (op, _) in &batch {
+            let vs = Versionstamp::new(counter, index);
+            match apply(&tx, op, vs, now) {
+                Ok(r) => {
+                    if matches!(r, WriteResult::Committed { .. }) {
+                        index += 1;
+                    }
+                    results.push(Ok(r));
+                }
+                Err(ApplyError::Request(e)) => results.push(Err(e)),
+                Err(ApplyError::Sql(e)) => return Err(e),
+            }
+        }
+        if index > 0 {
+            tx.execute("UPDATE meta SET value = ?1 WHERE name = 'counter'", [counter as i64])?;
+            tx.commit()?;
+        } else {
+            tx.rollback()?;
+        }
+        Ok(index)
+    })();
+    match outcome {
+        Ok(applied) => {
+            if applied > 0 {
+                state.counter = counter;
+                committed.send_replace(counter);
+                state.commits_since_prune += 1;
+                if state.commits_since_prune >= 256 {
+                    state.commits_since_prune = 0;
+                    if let Err(e) = prune(conn, state, replicated) {
+                        tracing::warn!(error = %e, "pruning the change log failed");
+                    }
+                }
+            }
+            for ((_, reply), r) in batch.into_iter().zip(results) {
+                let _ = reply.send(r);
+            }
+        }
+        Err(e) => {
+            let err = StoreError::from(e);
+            tracing::error!(error = %err, writes = batch.len(), "group commit failed; nothing of it was written");
+            for (_, reply) in batch {
+                let _ = reply.send(Err(err.clone()));
+            }
+        }
+    }
+}
+
+/// The live versionstamp of `key` inside the transaction.
+fn current_version(tx: &Transaction<'_>, key: &str, now: u64) -> rusqlite::Result<Option<Versionstamp>> {
+    let mut stmt = tx.prepare_cached(
+        "SELECT version FROM kv WHERE key = ?1 AND (expires_at IS NULL OR expires_at > ?2)",
+    )?;
+    Ok(stmt
+        .query_row(params![key.as_bytes(), now as i64], |r| r.get::<_, i64>(0))
+        .optional()?
+        .map(Versionstamp::from_i64))
+}
+
+fn current_value(tx: &Transaction<'_>, key: &str, now: u64) -> rusqlite::Result<Option<Vec<u8>>> {
+    let mut stmt = tx.prepare_cached(
+        "SELECT value FROM kv WHERE key = ?1 AND (expires_at IS NULL OR expires_at > ?2)",
+    )?;
+    stmt.query_row(params![key.as_bytes(), now as i64], |r| r.get(0)).optional()
+}
+
+fn condition_holds(tx: &Transaction<'_>, key: &str, cond: &Condition, now: u64) -> rusqlite::Result<bool> {
+    if cond.if_match.is_none() && !cond.if_absent {
+        return Ok(true);
+    }
+    let cur = current_version(tx, key, now)?;
+    if cond.if_absent && cur.is_some() {
+        return Ok(false);
+    }
+    if let Some(want) = cond.if_match {
+        return Ok(cur == Some(want));
+    }
+    Ok(true)
+}
+
+fn expiry(now: u64, ttl: Option<u64>) -> Option<i64> {
+    ttl.map(|t| now.saturating_add(t) as i64)
+}
+
+fn put(tx: &Transaction<'_>, key: &str, value: &[u8], vs: Versionstamp, n: u32, expires_at: Option<i64>) -> rusqlite::Result<()> {
+    let mut s = tx.prepare_cached("INSERT OR REPLACE INTO kv (key, value, version, expires_at) VALUES (?1, ?2, ?3, ?4)")?;
+    s.execute(params![key.as_bytes(), value, vs.to_i64(), expires_at])?;
+    log(tx, vs, n, key, Some(value), expires_at)
+}
+
+fn del(tx: &Transaction<'_>, key: &str, vs: Versionstamp, n: u32) -> rusqlite::Result<()> {
+    let mut s = tx.prepare_cached("DELETE FROM kv WHERE key = ?1")?;
+    s.execute(params![key.as_bytes()])?;
+    log(tx, vs, n, key, None, None)
+}
+
+fn log(tx: &Transaction<'_>, vs: Versionstamp, n: u32, key: &str, value: Option<&[u8]>, expires_at: Option<i64>) -> rusqlite::Result<()> {
+    let mut s = tx.prepare_cached("INSERT INTO changelog (version, n, key, value, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)")?;
+    s.execute(params![vs.to_i64(), n, key.as_bytes(), value, expires_at])?;
+    Ok(())
+}
+
+fn parse_counter(v: &[u8]) -> Option<u64> {
+    if v.is_empty() || v.len() > 20 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(v).ok()?.parse().ok()
+}
+
+fn apply(tx: &Transaction<'_>, op: &WriteOp, vs: Versionstamp, now: u64) -> Result<WriteResult, ApplyError> {
+    match op {
+        WriteOp::Set { key, value, ttl_ms, cond } => {
+            if !condition_holds(tx, key, cond, now)? {
+                return Ok(WriteResult::PreconditionFailed);
+            }
+            put(tx, key, value, vs, 0, expiry(now, *ttl_ms))?;
+            Ok(WriteResult::Committed { versionstamp: vs, deleted: 0 })
+        }
+        WriteOp::Delete { key, cond } => {
+            if !condition_holds(tx, key, cond, now)? {
+                return Ok(WriteResult::PreconditionFailed);
+            }
+            let existed = current_version(tx, key, now)?.is_some();
+            del(tx, key, vs, 0)?;
+            Ok(WriteResult::Committed { versionstamp: vs, deleted: existed as u64 })
+        }
+        WriteOp::DeletePrefix { prefix } => {
+            let keys: Vec<(Vec<u8>, Option<i64>)> = {
+                let (sql, upper) = match prefix_upper_bound(prefix.as_bytes()) {
+                    Some(u) => ("SELECT key, expires_at FROM kv WHERE key >= ?1 AND key < ?2", Some(u)),
+                    None => ("SELECT key, expires_at FROM kv WHERE key >= ?1 AND ?2 IS NULL", None),
+                };
+                let mut s = tx.prepare_cached(sql)?;
+                s.query_map(params![prefix.as_bytes(), upper], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<Result<_, _>>()?
+            };
+            let mut live = 0u64;
+            for (n, (k, exp)) in keys.iter().enumerate() {
+                if exp.is_none_or(|e| e as u64 > now) {
+                    live += 1;
+                }
+                let key = String::from_utf8_lossy(k);
+                del(tx, &key, vs, n as u32)?;
+            }
+            Ok(WriteResult::Committed { versionstamp: vs, deleted: live })
+        }
+        WriteOp::Atomic { checks, mutations } => apply_atomic(tx, checks, mutations, vs, now),
+    }
+}
+
+/// All reads and validation first, writes last: a failed check or an invalid
+/// mutation leaves no trace (denokv commits the earlier mutations of a
+/// failing batch; we do not).
+fn apply_atomic(
+    tx: &Transaction<'_>,
+    checks: &[Check],
+    mutations: &[super::Mutation],
+    vs: Versionstamp,
+    now: u64,
+) -> Result<WriteResult, ApplyError> {
+    for (i, c) in checks.iter().enumerate() {
+        if current_version(tx, &c.key, now)? != c.versionstamp {
+            return Ok(WriteResult::CheckFailed(i));
+        }
+    }
+    // The batch's view of each key it touches: Some(value) or None (deleted).
+    let mut overlay: HashMap<&str, Option<Vec<u8>>> = HashMap::new();
+    let mut planned: Vec<(&str, Option<Vec<u8>>, Option<i64>)> = Vec::with_capacity(mutations.len());
+    for (i, m) in mutations.iter().enumerate() {
+        let key = m.key.as_str();
+        let current = match overlay.get(key) {
+            Some(v) => v.clone(),
+            None => current_value(tx, key, now)?,
+        };
+        let operand_of = |cur: &Option<Vec<u8>>| -> Result<Option<u64>, ApplyError> {
+            match cur {
+                None => Ok(None),
+                Some(v) => parse_counter(v).map(Some).ok_or_else(|| {
+                    ApplyError::Request(StoreError::InvalidArgument(format!(
+                        "mutations[{i}]: key {key:?} holds a value that is not a decimal u64 counter"
+                    )))
+                }),
+            }
+        };
+        let new: Option<Vec<u8>> = match &m.kind {
+            MutationKind::Set(v) => Some(v.clone()),
+            MutationKind::Delete => None,
+            MutationKind::Sum(x) => Some(operand_of(&current)?.unwrap_or(0).wrapping_add(*x).to_string().into_bytes()),
+            MutationKind::Min(x) => Some(operand_of(&current)?.map_or(*x, |c| c.min(*x)).to_string().into_bytes()),
+            MutationKind::Max(x) => Some(operand_of(&current)?.map_or(*x, |c| c.max(*x)).to_string().into_bytes()),
+        };
+        overlay.insert(key, new.clone());
+        planned.push((key, new, expiry(now, m.ttl_ms)));
+    }
+    for (n, (key, value, exp)) in planned.into_iter().enumerate() {
+        match value {
+            Some(v) => put(tx, key, &v, vs, n as u32, exp)?,
+            None => del(tx, key, vs, n as u32)?,
+        }
+    }
+    Ok(WriteResult::Committed { versionstamp: vs, deleted: 0 })
+}
+
+fn sweep(conn: &Connection) -> rusqlite::Result<usize> {
+    let mut s = conn.prepare_cached(
+        "DELETE FROM kv WHERE key IN (SELECT key FROM kv WHERE expires_at IS NOT NULL AND expires_at <= ?1 LIMIT ?2)",
+    )?;
+    s.execute(params![now_ms() as i64, limits::EXPIRY_SWEEP_BATCH as i64])
+}
+
+/// Drop change-log rows that are shipped (or not replicated) and older than
+/// the watch history.
+fn prune(conn: &Connection, state: &WriterState, replicated: bool) -> rusqlite::Result<()> {
+    let history_floor = state.counter.saturating_sub(limits::WATCH_HISTORY_COMMITS) + 1;
+    let below = if replicated { history_floor.min(state.shipped + 1) } else { history_floor };
+    conn.execute(
+        "DELETE FROM changelog WHERE version < ?1",
+        [Versionstamp::commit_start(below).to_i64()],
+    )?;
+    conn.execute(
+        "INSERT INTO meta VALUES ('pruned_below', ?1)
+         ON CONFLICT(name) DO UPDATE SET value = max(value, excluded.value)",
+        [below as i64],
+    )?;
+    Ok(())
+}
+
+pub(crate) fn mark_shipped(conn: &mut Connection, state: &mut WriterState, counter: u64) -> Result<(), StoreError> {
+    if counter <= state.shipped {
+        return Ok(());
+    }
+    conn.execute("UPDATE meta SET value = ?1 WHERE name = 'shipped'", [counter as i64])?;
+    state.shipped = counter;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_counter;
+
+    #[test]
+    fn counters_parse_only_decimal_u64() {
+        assert_eq!(parse_counter(b"0"), Some(0));
+        assert_eq!(parse_counter(b"18446744073709551615"), Some(u64::MAX));
+        assert_eq!(parse_counter(b"18446744073709551616"), None);
+        assert_eq!(parse_counter(b"-1"), None);
+        assert_eq!(parse_counter(b""), None);
+        assert_eq!(parse_counter(b" 1"), None);
+    }
+}

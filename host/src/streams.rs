@@ -1,0 +1,112 @@
+//! Response streams the host produces after the guest has authorized them:
+//! Server-Sent Events for prefix watches and NDJSON for exports. They hold
+//! no guest instance and end when the client goes away.
+
+use std::time::Duration;
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use bytes::Bytes;
+use hyper::body::Frame;
+use tokio::sync::mpsc::Sender;
+
+use crate::limits;
+use crate::store::{Change, Entry, ListQuery, Store, Versionstamp};
+
+type Tx = Sender<Result<Frame<Bytes>, std::io::Error>>;
+
+async fn send(tx: &Tx, s: String) -> bool {
+    tx.send(Ok(Frame::data(Bytes::from(s)))).await.is_ok()
+}
+
+/// One JSON line for an entry (export) — also the format `/_import` reads.
+pub fn entry_json(e: &Entry) -> String {
+    serde_json::json!({
+        "key": e.key,
+        "value": STANDARD.encode(&e.value),
+        "versionstamp": e.versionstamp.to_string(),
+        "expires_at": e.expires_at,
+    })
+    .to_string()
+}
+
+fn change_event(c: &Change) -> String {
+    let data = serde_json::json!({
+        "key": c.key,
+        "value": c.value.as_ref().map(|v| STANDARD.encode(v)),
+        "versionstamp": c.versionstamp.to_string(),
+        "expires_at": c.expires_at,
+    });
+    format!("id: {}\nevent: {}\ndata: {}\n\n", c.versionstamp, if c.value.is_some() { "set" } else { "delete" }, data)
+}
+
+/// Stream every change under `prefix` after `after` (default: from now on).
+pub async fn watch_prefix(store: Store, prefix: String, after: Option<String>, tx: Tx) {
+    let mut commits = store.subscribe_commits();
+    let mut pos = match after.as_deref().map(str::parse::<Versionstamp>) {
+        Some(Ok(v)) => v,
+        Some(Err(e)) => {
+            let _ = send(&tx, format!("event: error\ndata: {}\n\n", serde_json::json!({ "error": e.to_string() }))).await;
+            return;
+        }
+        None => Versionstamp::new(store.committed(), u16::MAX),
+    };
+    if !send(&tx, format!(": watching prefix {prefix:?} after {pos}\nretry: 1000\n\n")).await {
+        return;
+    }
+    loop {
+        commits.borrow_and_update();
+        match store.changes(prefix.clone(), pos, limits::WATCH_STREAM_BATCH).await {
+            Ok(changes) if !changes.is_empty() => {
+                for c in &changes {
+                    if !send(&tx, change_event(c)).await {
+                        return;
+                    }
+                    pos = c.versionstamp;
+                }
+                continue;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                let _ = send(&tx, format!("event: error\ndata: {}\n\n", serde_json::json!({ "error": e.to_string() }))).await;
+                return;
+            }
+        }
+        tokio::select! {
+            r = commits.changed() => if r.is_err() { return; },
+            _ = tokio::time::sleep(Duration::from_secs(15)) => {
+                if !send(&tx, ": keep-alive\n\n".into()).await { return; }
+            }
+            _ = tx.closed() => return,
+        }
+    }
+}
+
+/// Stream every live entry under `prefix` as NDJSON, in key order, page by
+/// page (each page is a consistent snapshot; the export as a whole is not).
+pub async fn export(store: Store, prefix: String, tx: Tx) {
+    let mut cursor = None;
+    loop {
+        let q = ListQuery { prefix: prefix.clone(), limit: limits::MAX_LIST_LIMIT, cursor: cursor.take(), ..Default::default() };
+        match store.list(q).await {
+            Ok(page) => {
+                let mut chunk = String::new();
+                for e in &page.entries {
+                    chunk.push_str(&entry_json(e));
+                    chunk.push('\n');
+                }
+                if !chunk.is_empty() && !send(&tx, chunk).await {
+                    return;
+                }
+                match page.cursor {
+                    Some(c) => cursor = Some(c),
+                    None => return,
+                }
+            }
+            Err(e) => {
+                let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
+                return;
+            }
+        }
+    }
+}
