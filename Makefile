@@ -4,11 +4,10 @@ CARGO ?= cargo
 VENV := .venv
 GUEST_WASM := target/wasm/wasm32-wasip2/release/sidekv_guest.wasm
 BIN := target/release/sidekv
-export KVSTORE_SECRET ?= denorocks
 
 .PHONY: run build guest examples setup setup-wasm setup-py test test-unit test-e2e bench soak lint clean
 
-## run: set up what is missing, build, serve on 127.0.0.1:8000 (KVSTORE_SECRET defaults to denorocks here)
+## run: set up what is missing, build, serve on 127.0.0.1:8000 (prints a generated secret unless KVSTORE_SECRET is set)
 run: build
 	$(BIN)
 
