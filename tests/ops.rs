@@ -1,1 +1,383 @@
+//! Operations and sandbox: misbehaving guests cost only their own request,
+//! hot reload, health/readiness, metrics, JSON logs, the Dockerfile.
+
 mod common;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn wasm(name: &str) -> PathBuf {
+    repo_root().join("target/wasm/wasm32-wasip2/release").join(name)
+}
+
+fn chaos_opts() -> Opts {
+    Opts::default()
+        .env("KVSTORE_GUEST", wasm("chaos_guest.wasm").to_str().unwrap())
+        .env("KVSTORE_GUEST_TIMEOUT_MS", "500")
+        .env("KVSTORE_GUEST_MEMORY_MB", "64")
+        .env("KVSTORE_ADMIN_ADDR", "127.0.0.1:0")
+}
+
+/// Keep a well-behaved client busy; count wrong answers.
+fn spawn_steady_client(c: Client, stop: Arc<AtomicBool>, ok: Arc<AtomicU64>, bad: Arc<AtomicU64>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut i = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            let key = format!("steady{}", i % 50);
+            let val = format!("v{i}");
+            let w = c.http.post(c.url(&format!("/{key}"))).body(val.clone()).send().await;
+            let r = c.http.get(c.url(&format!("/{key}"))).send().await;
+            let good = match (w, r) {
+                (Ok(w), Ok(r)) if w.status() == 200 && r.status() == 200 => r.bytes().await.map(|b| b == val.as_bytes()).unwrap_or(false),
+                _ => false,
+            };
+            if good {
+                ok.fetch_add(1, Ordering::Relaxed);
+            } else {
+                bad.fetch_add(1, Ordering::Relaxed);
+            }
+            i += 1;
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn misbehaving_guest_costs_only_its_own_requests() {
+    let dir = tempdir();
+    let s = Server::start_at(&dir.path().join("db.sqlite3"), chaos_opts());
+    let c = s.client();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, bad) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let steady = spawn_steady_client(c.clone(), stop.clone(), ok.clone(), bad.clone());
+
+    let expect = [("/loop", 504, "deadline"), ("/alloc", 500, "failed"), ("/trap", 500, "failed"), ("/huge", 500, "limit"), ("/badstatus", 500, "status"), ("/badheader", 500, "header")];
+    for (path, status, needle) in expect {
+        let t = Instant::now();
+        let r = c.http.get(c.url(path)).send().await.unwrap();
+        assert_eq!(r.status().as_u16(), status, "{path}");
+        let body = r.text().await.unwrap();
+        assert!(body.contains(needle), "{path}: {body}");
+        assert!(body.contains("chaos_guest.wasm"), "error names the guest: {body}");
+        assert!(t.elapsed() < Duration::from_secs(5), "{path} took {:?}", t.elapsed());
+    }
+    // Two loops at once must not starve the steady client (the guest yields every tick).
+    let before = ok.load(Ordering::Relaxed);
+    let l1 = c.http.get(c.url("/loop")).send();
+    let l2 = c.http.get(c.url("/loop")).send();
+    let (a, b) = tokio::join!(l1, l2);
+    assert_eq!(a.unwrap().status(), 504);
+    assert_eq!(b.unwrap().status(), 504);
+    let during = ok.load(Ordering::Relaxed) - before;
+    stop.store(true, Ordering::Relaxed);
+    steady.await.unwrap();
+    assert_eq!(bad.load(Ordering::Relaxed), 0, "the well-behaved client saw wrong answers");
+    assert!(during > 10, "the steady client made only {during} round trips while two guests spun for 500 ms");
+
+    let log = s.log();
+    assert!(log.contains("guest timed out") && log.contains("guest trapped"), "{log}");
+    let metrics = reqwest::get(format!("{}/metrics", s.admin_url.as_ref().unwrap())).await.unwrap().text().await.unwrap();
+    assert!(metric(&metrics, "sidekv_guest_timeouts_total") >= 3.0, "{metrics}");
+    assert!(metric(&metrics, "sidekv_guest_traps_total") >= 2.0, "{metrics}");
+    assert!(metric(&metrics, "sidekv_guest_bad_responses_total") >= 3.0, "{metrics}");
+}
+
+fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hot_reload_under_load_and_broken_guest_keeps_old() {
+    let dir = tempdir();
+    let guest = dir.path().join("guest.wasm");
+    std::fs::copy(wasm("chaos_guest.wasm"), &guest).unwrap();
+    let s = Server::start_at(&dir.path().join("db.sqlite3"), Opts::default().env("KVSTORE_GUEST", guest.to_str().unwrap()));
+    let c = s.client();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, bad) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let steady = spawn_steady_client(c.clone(), stop.clone(), ok.clone(), bad.clone());
+
+    // Reload the same guest several times under load.
+    for _ in 0..5 {
+        s.signal(1);
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    // A broken file: rejected, the old guest keeps serving.
+    std::fs::write(&guest, b"not wasm").unwrap();
+    s.signal(1);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    steady.await.unwrap();
+    assert_eq!(bad.load(Ordering::Relaxed), 0, "requests failed during reloads");
+    assert!(ok.load(Ordering::Relaxed) > 20);
+    let log = s.log();
+    assert!(log.matches("guest reloaded").count() >= 5, "{log}");
+    assert!(log.contains("guest reload failed; the previous guest keeps serving"), "{log}");
+    assert_eq!(c.http.get(c.url("/steady1")).send().await.unwrap().status(), 200);
+
+    // Swap in a different guest: the scoped-tokens example now decides.
+    std::fs::copy(wasm("scoped_tokens_guest.wasm"), &guest).unwrap();
+    s.signal(1);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if c.http.get(c.url("/steady1")).send().await.unwrap().status() == 401 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "new guest never took over");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scoped_tokens_example() {
+    let dir = tempdir();
+    let s = Server::start_at(
+        &dir.path().join("db.sqlite3"),
+        Opts::default()
+            .env("KVSTORE_GUEST", wasm("scoped_tokens_guest.wasm").to_str().unwrap())
+            .env("KVSTORE_GUEST_TOKENS", "app-token=rw:users/,sessions/;report-token=r:*"),
+    );
+    let http = reqwest::Client::new();
+    let u = |p: &str| format!("{}{p}", s.url);
+    let send = |m: reqwest::Method, p: &str, tok: Option<&str>| {
+        let mut r = http.request(m, u(p)).body("v");
+        if let Some(t) = tok {
+            r = r.header("authorization", format!("Bearer {t}"));
+        }
+        r.send()
+    };
+    use reqwest::Method as M;
+    assert_eq!(send(M::POST, "/users/1", Some("app-token")).await.unwrap().status(), 200);
+    assert_eq!(send(M::POST, "/admin/1", Some("app-token")).await.unwrap().status(), 403);
+    assert_eq!(send(M::POST, "/users/2", Some("report-token")).await.unwrap().status(), 403);
+    assert_eq!(send(M::GET, "/users/1", Some("report-token")).await.unwrap().status(), 200);
+    assert_eq!(send(M::GET, "/users/1", Some("wrong")).await.unwrap().status(), 401);
+    assert_eq!(send(M::GET, "/users/1", None).await.unwrap().status(), 401);
+    let list = send(M::GET, "/?prefix=users/", Some("app-token")).await.unwrap().text().await.unwrap();
+    assert_eq!(list, r#"{"keys":["users/1"]}"#);
+    assert_eq!(send(M::GET, "/?prefix=", Some("app-token")).await.unwrap().status(), 403);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_readiness_and_metrics() {
+    let dir = tempdir();
+    let s = Server::start_at(&dir.path().join("db.sqlite3"), Opts::default().env("KVSTORE_ADMIN_ADDR", "127.0.0.1:0"));
+    let admin = s.admin_url.clone().expect("admin address printed");
+    assert_eq!(reqwest::get(format!("{admin}/healthz")).await.unwrap().status(), 200);
+    assert_eq!(reqwest::get(format!("{admin}/readyz")).await.unwrap().status(), 200);
+    let c = s.client();
+    for i in 0..7 {
+        c.set(&format!("m{i}"), "x").await;
+    }
+    for _ in 0..3 {
+        assert_eq!(c.http.get(c.url("/nope")).header("authorization", SECRET).send().await.unwrap().status(), 404);
+    }
+    let text = reqwest::get(format!("{admin}/metrics")).await.unwrap().text().await.unwrap();
+    assert_eq!(metric(&text, r#"sidekv_requests_total{method="POST",status="200"}"#), 7.0, "{text}");
+    assert_eq!(metric(&text, r#"sidekv_requests_total{method="GET",status="404"}"#), 3.0, "{text}");
+    assert!(metric(&text, "sidekv_commit_batch_writes_count") >= 7.0);
+    assert!(metric(&text, "sidekv_guest_call_duration_seconds_count") >= 10.0);
+    parse_prometheus(&text);
+    assert!(!text.contains(SECRET));
+
+    // `sidekv health` (the container HEALTHCHECK) agrees.
+    let addr = admin.trim_start_matches("http://");
+    let st = base_command(dir.path()).args(["health", "--addr", addr]).status().unwrap();
+    assert!(st.success());
+    let st = base_command(dir.path()).args(["health", "--addr", &format!("127.0.0.1:{}", free_port())]).status().unwrap();
+    assert!(!st.success());
+}
+
+/// A strict-enough parser of the Prometheus text format: every sample line
+/// is `name{labels} value` with a declared TYPE, values are numbers, and
+/// histogram buckets are cumulative.
+fn parse_prometheus(text: &str) {
+    let mut types = std::collections::HashMap::new();
+    let mut last_bucket: Option<(String, f64)> = None;
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut it = rest.split(' ');
+            let (n, t) = (it.next().unwrap(), it.next().unwrap());
+            assert!(["counter", "gauge", "histogram"].contains(&t), "{line}");
+            types.insert(n.to_string(), t.to_string());
+            continue;
+        }
+        if line.starts_with('#') || line.is_empty() {
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("bad line {line:?}"));
+        let v: f64 = value.parse().unwrap_or_else(|_| panic!("bad value in {line:?}"));
+        let name = series.split('{').next().unwrap();
+        assert!(name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'), "{line}");
+        if let Some(labels) = series.strip_prefix(name) {
+            if !labels.is_empty() {
+                assert!(labels.starts_with('{') && labels.ends_with('}'), "{line}");
+                for kv in labels[1..labels.len() - 1].split(',') {
+                    let (k, val) = kv.split_once('=').unwrap_or_else(|| panic!("{line}"));
+                    assert!(!k.is_empty() && val.starts_with('"') && val.ends_with('"'), "{line}");
+                }
+            }
+        }
+        let base = ["_bucket", "_sum", "_count"].iter().find_map(|s| name.strip_suffix(s)).filter(|b| types.get(*b).is_some_and(|t| t == "histogram"));
+        let declared = base.unwrap_or(name);
+        assert!(types.contains_key(declared), "no TYPE for {name}");
+        if name.ends_with("_bucket") {
+            if let Some((prev_name, prev)) = &last_bucket {
+                if prev_name == name {
+                    assert!(v >= *prev, "buckets not cumulative: {line}");
+                }
+            }
+            last_bucket = Some((name.to_string(), v));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_parse_and_never_hold_the_secret_or_values() {
+    let dir = tempdir();
+    let mut s = Server::start_at(&dir.path().join("db.sqlite3"), Opts::default().env("KVSTORE_LOG_FORMAT", "json").env("RUST_LOG", "debug"));
+    let c = s.client();
+    c.set("k", "very-private-value-123").await;
+    let _ = c.http.get(c.url("/k")).header("authorization", "wrong-secret-xyz").send().await.unwrap();
+    s.terminate(Duration::from_secs(20));
+    let log = s.log();
+    let mut n = 0;
+    for line in log.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(v.get("level").is_some() && v.get("timestamp").is_some(), "{line}");
+        n += 1;
+    }
+    assert!(n >= 3, "{log}");
+    assert!(log.contains("\"versionstamp\""), "a debug line per request carries the versionstamp: {log}");
+    for secret in [SECRET, "very-private-value-123", "wrong-secret-xyz"] {
+        assert!(!log.contains(secret), "log holds {secret:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_waits_for_restore_then_serves() {
+    let s3 = S3::start();
+    s3.create_bucket("ready").await;
+    s3.pause();
+    let dir = tempdir();
+    let (port, admin) = (free_port(), free_port());
+    let opts = s3
+        .env(Opts::default(), "ready", "p")
+        .env("KVSTORE_ADMIN_ADDR", &format!("127.0.0.1:{admin}"))
+        .env("PORT", &port.to_string());
+    let mut cmd = base_command(dir.path());
+    cmd.env("KVSTORE_SECRET", SECRET).env("KVSTORE_DB", dir.path().join("db.sqlite3"));
+    for (k, v) in &opts.env {
+        cmd.env(k, v);
+    }
+    cmd.stdout(std::process::Stdio::null()).stderr(std::process::Stdio::null());
+    let mut child = cmd.spawn().unwrap();
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let ready_url = format!("http://127.0.0.1:{admin}/readyz");
+    let r = loop {
+        if let Ok(r) = http.get(&ready_url).send().await {
+            break r;
+        }
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(r.status(), 503);
+    assert!(r.text().await.unwrap().contains("restoring"));
+    let main = http.get(format!("http://127.0.0.1:{port}/k")).header("authorization", SECRET).send().await.unwrap();
+    assert_eq!(main.status(), 503, "requests during restore get 503, not empty answers");
+    s3.resume();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while http.get(&ready_url).send().await.map(|r| r.status().as_u16()).unwrap_or(0) != 200 {
+        assert!(Instant::now() < deadline, "never became ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let main = http.get(format!("http://127.0.0.1:{port}/k")).header("authorization", SECRET).send().await.unwrap();
+    assert_eq!(main.status(), 404);
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_config_reports_problems() {
+    let s3 = S3::start();
+    s3.create_bucket("check-cfg").await;
+    let dir = tempdir();
+    let run = |opts: Opts| {
+        let mut cmd = base_command(dir.path());
+        for (k, v) in &opts.env {
+            cmd.env(k, v);
+        }
+        cmd.env("KVSTORE_DB", dir.path().join("db.sqlite3")).arg("check-config");
+        cmd.output().unwrap()
+    };
+    let good = run(s3.env(Opts::default(), "check-cfg", "p"));
+    let out = String::from_utf8_lossy(&good.stdout);
+    assert!(good.status.success(), "{out}");
+    assert!(out.contains("reachable, writable") && out.contains("guest default loads"), "{out}");
+    let bad = run(s3.env(Opts::default(), "no-such-bucket", "p"));
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stdout).contains("FAIL S3"));
+    let bad_url = run(Opts::default().env("KVSTORE_S3_URL", "http://nope"));
+    assert_eq!(bad_url.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad_url.stdout).contains("KVSTORE_S3_URL"));
+}
+
+/// Docker cannot run here; keep the Dockerfile honest anyway.
+#[test]
+fn dockerfile_matches_the_project() {
+    let root = repo_root();
+    let df = std::fs::read_to_string(root.join("Dockerfile")).unwrap();
+    let makefile = std::fs::read_to_string(root.join("Makefile")).unwrap();
+    let mut copies = 0;
+    for line in df.lines() {
+        let l = line.trim();
+        if let Some(rest) = l.strip_prefix("COPY ") {
+            if rest.starts_with("--from") {
+                continue;
+            }
+            let parts: Vec<&str> = rest.split_whitespace().collect();
+            for src in &parts[..parts.len() - 1] {
+                assert!(root.join(src).exists(), "Dockerfile copies {src}, which does not exist");
+                copies += 1;
+            }
+        }
+        if let Some(cmd) = l.strip_prefix("RUN make ") {
+            let target = cmd.split_whitespace().next().unwrap();
+            assert!(makefile.lines().any(|m| m.starts_with(&format!("{target}:"))), "Makefile has no target {target}");
+        }
+    }
+    assert!(copies >= 5);
+    // Every workspace member the build needs is copied.
+    let ws = std::fs::read_to_string(root.join("Cargo.toml")).unwrap();
+    let members = ws.split("members = [").nth(1).unwrap().split(']').next().unwrap();
+    for m in members.split(',').map(|m| m.trim().trim_matches('"')).filter(|m| !m.is_empty()) {
+        assert!(
+            df.lines().any(|l| l.starts_with("COPY ") && (l.contains(&format!(" {m} ")) || m.starts_with(l.split_whitespace().nth(1).unwrap_or("-")))),
+            "workspace member {m} is not copied into the image"
+        );
+    }
+    // The image's settings are real settings with matching defaults.
+    let help = String::from_utf8(std::process::Command::new(bin()).arg("--help").output().unwrap().stdout).unwrap();
+    let env_line = df.split("ENV ").nth(1).unwrap().split("\nEXPOSE").next().unwrap();
+    for pair in env_line.split_whitespace().filter(|p| p.contains('=')) {
+        let (k, v) = pair.split_once('=').unwrap();
+        assert!(help.contains(&format!("[env: {k}")), "image sets {k}, which sidekv does not read");
+        if k == "PORT" || k == "KVSTORE_DB" {
+            assert!(help.contains(&format!("[default: {v}]")), "image {k}={v} differs from the binary's default");
+        }
+    }
+    assert!(df.contains("EXPOSE 8000"));
+    assert!(df.contains("HEALTHCHECK") && df.contains("\"sidekv\", \"health\""));
+    assert!(help.contains("health"), "the HEALTHCHECK subcommand exists");
+    assert!(df.contains("USER 10001"), "runs as non-root");
+    let di = std::fs::read_to_string(root.join(".dockerignore")).unwrap();
+    assert!(di.lines().any(|l| l.trim() == "target"));
+}

@@ -349,9 +349,15 @@ fn get_key(req: &Request, q: &Query, key: String) -> Result<Resp, Resp> {
     }
 }
 
+/// `X-Versionstamp` on every committed write (the host logs it per request).
+fn with_vs(mut r: Resp, vs: &str) -> Resp {
+    r.headers.push(("x-versionstamp".into(), vs.as_bytes().to_vec()));
+    r
+}
+
 fn commit_response(o: kv::WriteOutcome) -> Resp {
     match o {
-        kv::WriteOutcome::Committed(vs) => json_resp(200, json!({ "ok": true, "versionstamp": vs })),
+        kv::WriteOutcome::Committed(vs) => with_vs(json_resp(200, json!({ "ok": true, "versionstamp": vs })), &vs),
         kv::WriteOutcome::PreconditionFailed => json_resp(412, json!({ "ok": false })),
     }
 }
@@ -485,7 +491,7 @@ fn atomic(req: &Request) -> Result<Resp, Resp> {
     let checks = body.checks.iter().enumerate().map(|(i, c)| parse_check(i, c)).collect::<Result<Vec<_>, _>>()?;
     let mutations = body.mutations.iter().enumerate().map(|(i, m)| parse_mutation(i, m)).collect::<Result<Vec<_>, _>>()?;
     match kv::atomic(&checks, &mutations).map_err(kv_error)? {
-        kv::AtomicOutcome::Committed(vs) => Ok(json_resp(200, json!({ "ok": true, "versionstamp": vs }))),
+        kv::AtomicOutcome::Committed(vs) => Ok(with_vs(json_resp(200, json!({ "ok": true, "versionstamp": vs })), &vs)),
         kv::AtomicOutcome::CheckFailed(i) => Ok(json_resp(409, json!({ "ok": false, "failed_check": i }))),
     }
 }

@@ -108,8 +108,15 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
 async fn handle(app: Arc<App>, req: HttpRequest<Incoming>) -> HttpResponse<Body> {
     let started = Instant::now();
     let method = req.method().as_str().to_owned();
+    // The path only: a query string may carry credentials of a custom guest.
+    let path = if tracing::enabled!(tracing::Level::DEBUG) { req.uri().path().to_owned() } else { String::new() };
     let resp = handle_inner(&app, req).await;
-    METRICS.request(&method, resp.status().as_u16(), started.elapsed());
+    let elapsed = started.elapsed();
+    METRICS.request(&method, resp.status().as_u16(), elapsed);
+    if tracing::enabled!(tracing::Level::DEBUG) {
+        let vs = resp.headers().get("x-versionstamp").and_then(|v| v.to_str().ok()).unwrap_or("");
+        tracing::debug!(method = %method, path = %path, status = resp.status().as_u16(), us = elapsed.as_micros() as u64, versionstamp = vs, "request");
+    }
     resp
 }
 

@@ -1,1 +1,137 @@
+//! Example guest: scoped tokens.
+//!
+//! The operator passes the tokens through the guest config:
+//!
+//! ```text
+//! KVSTORE_GUEST_TOKENS='app-token=rw:users/,sessions/;report-token=r:*'
+//! ```
+//!
+//! Each entry is `token=r|rw:prefix,prefix,…` (`*` = every key). A request
+//! sends `Authorization: Bearer <token>`. Routes: `GET/HEAD /{key}`,
+//! `POST/PUT /{key}`, `DELETE /{key}`, `GET /?prefix=` (the prefix must lie
+//! inside the token's scope). Everything else is the host's `kv` interface.
 
+use sha2::{Digest, Sha256};
+use std::sync::OnceLock;
+
+wit_bindgen::generate!({ path: "../../wit", world: "guest" });
+
+use exports::sidekv::store::handler::{Guest, Request, Response};
+use sidekv::store::{config, kv};
+
+struct Token {
+    hash: [u8; 32],
+    write: bool,
+    prefixes: Vec<String>,
+}
+
+fn tokens() -> &'static [Token] {
+    static T: OnceLock<Vec<Token>> = OnceLock::new();
+    T.get_or_init(|| {
+        config::get("tokens")
+            .unwrap_or_default()
+            .split(';')
+            .filter_map(|e| {
+                let (tok, scope) = e.trim().split_once('=')?;
+                let (perm, prefixes) = scope.split_once(':')?;
+                Some(Token {
+                    hash: Sha256::digest(tok.as_bytes()).into(),
+                    write: perm == "rw",
+                    prefixes: prefixes.split(',').map(|p| p.trim().to_string()).filter(|p| !p.is_empty()).collect(),
+                })
+            })
+            .collect()
+    })
+}
+
+fn reply(status: u16, body: &str) -> Response {
+    Response {
+        status,
+        headers: vec![("content-type".into(), b"application/json".to_vec())],
+        body: body.as_bytes().to_vec(),
+        stream: None,
+    }
+}
+
+/// The one decision: which token (if any) is presented, and does its scope
+/// cover `key` for this kind of access. Compares against every token without
+/// stopping early, on hashes, so timing reveals nothing about the tokens.
+fn authorize(req: &Request, key: &str, write: bool) -> Result<(), Response> {
+    let presented = req.headers.iter().find(|(k, _)| k == "authorization").map(|(_, v)| v.as_slice()).unwrap_or(&[]);
+    let presented = presented.strip_prefix(b"Bearer ").unwrap_or(presented);
+    let h: [u8; 32] = Sha256::digest(presented).into();
+    let mut found: Option<&Token> = None;
+    for t in tokens() {
+        let mut diff = 0u8;
+        for i in 0..32 {
+            diff |= t.hash[i] ^ h[i];
+        }
+        if std::hint::black_box(diff) == 0 {
+            found = Some(t);
+        }
+    }
+    let Some(t) = found.filter(|_| !presented.is_empty()) else {
+        return Err(reply(401, r#"{"error":"unknown or missing bearer token"}"#));
+    };
+    if write && !t.write {
+        return Err(reply(403, r#"{"error":"this token is read-only"}"#));
+    }
+    if !t.prefixes.iter().any(|p| p == "*" || key.starts_with(p.as_str())) {
+        return Err(reply(403, r#"{"error":"this token may not use this key"}"#));
+    }
+    Ok(())
+}
+
+fn err(e: sidekv::store::types::KvError) -> Response {
+    use sidekv::store::types::KvError::*;
+    let (s, m) = match e {
+        InvalidKey(m) | InvalidArgument(m) => (400, m),
+        ValueTooLarge(l) => (413, format!("value over {l} bytes")),
+        Unavailable(m) => (503, m),
+        Internal(m) => (500, m),
+    };
+    reply(s, &format!("{{\"error\":{m:?}}}"))
+}
+
+struct Component;
+export!(Component);
+
+impl Guest for Component {
+    fn handle(req: Request) -> Response {
+        let (path, query) = req.path_with_query.split_once('?').unwrap_or((&req.path_with_query, ""));
+        let key = path.trim_start_matches('/').to_string();
+        if key.is_empty() && req.method == "GET" {
+            let prefix = query.split('&').find_map(|p| p.strip_prefix("prefix=")).unwrap_or("").to_string();
+            if let Err(r) = authorize(&req, &prefix, false) {
+                return r;
+            }
+            let q = kv::ListQuery { prefix, start: None, end: None, limit: 100, reverse: false, cursor: None, keys_only: true };
+            return match kv::list(&q) {
+                Ok(page) => {
+                    let keys: Vec<String> = page.entries.iter().map(|e| format!("{:?}", e.key)).collect();
+                    reply(200, &format!("{{\"keys\":[{}]}}", keys.join(",")))
+                }
+                Err(e) => err(e),
+            };
+        }
+        let write = !matches!(req.method.as_str(), "GET" | "HEAD");
+        if let Err(r) = authorize(&req, &key, write) {
+            return r;
+        }
+        let opts = kv::WriteOptions { ttl_ms: None, if_match: None, if_absent: false };
+        let r = match req.method.as_str() {
+            "GET" | "HEAD" => match kv::get(&key) {
+                Ok(Some(e)) => Ok(Response { status: 200, headers: vec![], body: e.value, stream: None }),
+                Ok(None) => Ok(reply(404, r#"{"error":"not found"}"#)),
+                Err(e) => Err(e),
+            },
+            "POST" | "PUT" => kv::set(&key, &req.body, &opts).map(|o| match o {
+                kv::WriteOutcome::Committed(vs) => reply(200, &format!(r#"{{"ok":true,"versionstamp":"{vs}"}}"#)),
+                kv::WriteOutcome::PreconditionFailed => reply(412, r#"{"ok":false}"#),
+            }),
+            "DELETE" => kv::delete(&key, &opts).map(|_| reply(200, r#"{"ok":true}"#)),
+            _ => Ok(reply(405, r#"{"error":"method not allowed"}"#)),
+        };
+        r.unwrap_or_else(err)
+    }
+}

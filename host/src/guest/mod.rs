@@ -280,7 +280,10 @@ impl GuestRuntime {
             if Instant::now() >= ctx.data().deadline {
                 Ok(UpdateDeadline::Interrupt)
             } else {
-                Ok(UpdateDeadline::Yield(1))
+                // tokio's yield_now puts the task at the back of the run
+                // queue; a plain self-wake would take the LIFO slot and
+                // starve every other request on this worker.
+                Ok(UpdateDeadline::YieldCustom(1, Box::pin(tokio::task::yield_now())))
             }
         });
         store.set_epoch_deadline(1);
@@ -357,9 +360,16 @@ fn trap_message(e: &wasmtime::Error) -> String {
         Some(Trap::UnreachableCodeReached) => "it trapped (unreachable; a Rust guest panicked or aborted)".into(),
         Some(t) => format!("it trapped: {t}"),
         None => {
-            let s = format!("{e:#}");
-            // Keep log lines bounded; the first line says what happened.
-            s.lines().next().unwrap_or("").chars().take(300).collect()
+            // The root cause says what happened; the outer layers only add
+            // "error while executing" and a wasm backtrace.
+            let s = e.root_cause().to_string();
+            let s = s.lines().next().unwrap_or("").trim();
+            let s = if s.contains("memory growth failure") || s.contains("memory minimum size") {
+                "it ran out of memory (KVSTORE_GUEST_MEMORY_MB)"
+            } else {
+                s
+            };
+            s.chars().take(300).collect()
         }
     }
 }

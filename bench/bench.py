@@ -1,0 +1,399 @@
+#!/usr/bin/env python3
+"""Helpers for bench/run.sh: load keys, run wrk, time start-to-ready, record
+peak RSS, scrape sidekv's /metrics, and write BENCHMARKS.md.
+
+Every measurement is appended as one JSON line to $BENCH_OUT/results.jsonl;
+`report` turns that file into the markdown. Standard library only.
+"""
+
+import http.client
+import json
+import os
+import platform
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+import urllib.request
+
+OUT = os.environ.get("BENCH_OUT", "bench/out/run")
+RESULTS = os.path.join(OUT, "results.jsonl")
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def record(rec):
+    os.makedirs(OUT, exist_ok=True)
+    with open(RESULTS, "a") as f:
+        f.write(json.dumps(rec) + "\n")
+
+
+def load_results():
+    if not os.path.exists(RESULTS):
+        return []
+    with open(RESULTS) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+# ---------------------------------------------------------------- load ----
+
+def cmd_load(base, n, secret, size=100):
+    """POST keys k0..k(n-1) with `size`-byte values over one keep-alive connection."""
+    u = urllib.parse.urlparse(base)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
+    value = b"v" * int(size)
+    bad = 0
+    t0 = time.perf_counter()
+    for i in range(int(n)):
+        conn.request("POST", f"/k{i}", body=value, headers={"Authorization": secret, "Content-Type": "text/plain"})
+        r = conn.getresponse()
+        r.read()
+        if r.status != 200:
+            bad += 1
+    # Spot-check that the keys read back.
+    conn.request("GET", "/k0")
+    r = conn.getresponse()
+    body = r.read()
+    conn.close()
+    if bad or r.status != 200 or body != value:
+        sys.exit(f"loading {base}: {bad} failed writes, GET /k0 -> {r.status} {body[:40]!r}")
+    print(f"loaded {n} keys ({size}-byte values) in {time.perf_counter() - t0:.2f}s")
+
+
+# ----------------------------------------------------------------- wrk ----
+
+def scrape(url):
+    """Sums and counts of sidekv's request/guest/commit-batch histograms
+    (Prometheus text at `url`: sidekv's admin /metrics, native's /_metrics)."""
+    if not url:
+        return None
+    try:
+        text = urllib.request.urlopen(url, timeout=5).read().decode()
+    except OSError:
+        return None
+    out = {}
+    for name in ("sidekv_request_duration_seconds", "sidekv_guest_call_duration_seconds", "sidekv_commit_batch_writes"):
+        for suffix in ("sum", "count"):
+            m = re.search(rf"^{name}_{suffix} (\S+)$", text, re.M)
+            out[f"{name}_{suffix}"] = float(m.group(1)) if m else 0.0
+    return out
+
+
+def cmd_wrk(target, workload, base, metrics_url=None):
+    mode = {"GET": "get", "POST": "post", "MIX": "mix"}[workload]
+    threads = os.environ.get("BENCH_WRK_THREADS", "2")
+    conns = os.environ.get("BENCH_WRK_CONNS", "32")
+    dur = os.environ.get("BENCH_WRK_SECONDS", "10")
+    env = dict(os.environ, BENCH_MODE=mode, BENCH_TAG=f"{int(time.time())}{mode}")
+    before = scrape(metrics_url)
+    cmd = ["wrk", "-t", threads, "-c", conns, "-d", f"{dur}s", "--latency", "-s", os.path.join(HERE, "wrk", "kv.lua"), base]
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    after = scrape(metrics_url)
+    with open(os.path.join(OUT, f"wrk-{target}-{workload}.txt".replace(" ", "_").replace("/", "_")), "w") as f:
+        f.write(p.stdout + p.stderr)
+    m = re.search(r"^RESULT (\{.*\})$", p.stdout, re.M)
+    if p.returncode != 0 or not m:
+        sys.exit(f"wrk failed for {target} {workload}:\n{p.stdout}\n{p.stderr}")
+    r = json.loads(m.group(1))
+    r.update(kind="wrk", target=target, workload=workload, rps=r["requests"] / (r["duration_us"] / 1e6),
+             threads=int(threads), conns=int(conns), seconds=int(dur))
+    if before and after:
+        d = {k: after[k] - before[k] for k in after}
+        rq, gc, cb = (d.get(f"{n}_count", 0) for n in ("sidekv_request_duration_seconds", "sidekv_guest_call_duration_seconds", "sidekv_commit_batch_writes"))
+        r["server_request_mean_us"] = d["sidekv_request_duration_seconds_sum"] / rq * 1e6 if rq else None
+        r["server_guest_mean_us"] = d["sidekv_guest_call_duration_seconds_sum"] / gc * 1e6 if gc else None
+        r["writes_per_commit"] = d["sidekv_commit_batch_writes_sum"] / cb if cb else None
+    record(r)
+    errs = sum(r[k] for k in ("err_connect", "err_read", "err_write", "err_status", "err_timeout"))
+    print(f"  {target:<28} {workload:<5} {r['rps']:>9.0f} req/s  p50 {r['p50_us']/1e3:6.2f} ms  p99 {r['p99_us']/1e3:6.2f} ms"
+          + (f"  ERRORS {errs}" if errs else ""))
+
+
+# ----------------------------------------------------------------- rss ----
+
+def vm_hwm_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    return None
+
+
+def cmd_rss(target, pid, *extra):
+    """Peak RSS of `pid`; `extra` are PIDs of helper processes reported beside it."""
+    kib = vm_hwm_kib(pid)
+    helpers = {}
+    for spec in extra:
+        name, _, p = spec.partition("=")
+        try:
+            helpers[name] = vm_hwm_kib(p)
+        except OSError:
+            pass
+    record(dict(kind="rss", target=target, kib=kib, helpers=helpers))
+    print(f"  {target:<28} peak RSS {kib/1024:.1f} MiB" + "".join(f" (+ {k} {v/1024:.1f} MiB)" for k, v in helpers.items() if v))
+
+
+# --------------------------------------------------------------- ready ----
+
+def cmd_ready(target, runs, *cmd):
+    """Spawn `cmd` (empty db each time) and time spawn → `listening on` line.
+    One untimed run first warms the compiled-guest cache."""
+    times, loads = [], []
+    for i in range(int(runs) + 1):
+        with tempfile.TemporaryDirectory(prefix="sidekv-ready-") as d:
+            env = dict(os.environ, KVSTORE_DB=os.path.join(d, "db.sqlite3"), PORT="0")
+            err = open(os.path.join(d, "stderr"), "w+")
+            t0 = time.perf_counter()
+            p = subprocess.Popen(list(cmd), stdout=subprocess.PIPE, stderr=err, env=env, text=True)
+            ok = False
+            for line in p.stdout:
+                if "listening on" in line:
+                    ok = True
+                    break
+            t1 = time.perf_counter()
+            p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+            err.seek(0)
+            log = re.sub(r"\x1b\[[0-9;]*m", "", err.read())
+            if not ok:
+                sys.exit(f"{target} never printed `listening on`:\n{log[-2000:]}")
+            m = re.search(r"guest loaded.*?from_cache=(\w+).*?ms=(\d+)", log)
+            if i == 0:
+                continue  # warm-up (fills the cache)
+            times.append((t1 - t0) * 1e3)
+            if m:
+                loads.append({"from_cache": m.group(1) == "true", "ms": int(m.group(2))})
+    rec = dict(kind="ready", target=target, runs_ms=times, median_ms=statistics.median(times), guest_load=loads)
+    record(rec)
+    print(f"  {target:<28} start-to-ready median {rec['median_ms']:.1f} ms  (runs: {', '.join(f'{t:.1f}' for t in times)})")
+
+
+# --------------------------------------------------------------- fsync ----
+
+def cmd_fsync(target, n=200):
+    """Mean latency of a 4 KiB write + fdatasync in $BENCH_OUT: the disk's state
+    right before a target's writes (it varies a lot on this kind of VM)."""
+    path = os.path.join(OUT, ".fsync-probe")
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    buf = b"\0" * 4096
+    lat = []
+    try:
+        for i in range(int(n)):
+            t0 = time.perf_counter()
+            os.pwrite(fd, buf, (i % 64) * 4096)
+            os.fdatasync(fd)
+            lat.append((time.perf_counter() - t0) * 1e6)
+    finally:
+        os.close(fd)
+        os.unlink(path)
+    lat.sort()
+    rec = dict(kind="fsync", target=target, mean_us=statistics.mean(lat), p50_us=lat[len(lat) // 2], p99_us=lat[int(len(lat) * 0.99)])
+    record(rec)
+    print(f"  {target:<28} disk: 4 KiB write+fdatasync mean {rec['mean_us']:.0f} µs, p50 {rec['p50_us']:.0f} µs, p99 {rec['p99_us']:.0f} µs")
+
+
+# ---------------------------------------------------------------- note ----
+
+def cmd_note(key, *text):
+    record(dict(kind="note", key=key, text=" ".join(text)))
+
+
+def cmd_machine():
+    cpu = "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    mem = ""
+    try:
+        with open("/proc/meminfo") as f:
+            kib = int(f.readline().split()[1])
+            mem = f"{kib / 1024 / 1024:.0f} GiB"
+    except OSError:
+        pass
+    wrk_v = subprocess.run(["wrk", "-v"], capture_output=True, text=True)
+    m = re.search(r"wrk \S*?(\d+\.\d+\.\d+)", wrk_v.stdout + wrk_v.stderr)
+    wrk_v = f"wrk {m.group(1)}" if m else "wrk"
+    record(dict(kind="machine", nproc=os.cpu_count(), cpu=cpu, kernel=platform.release(), mem=mem,
+                date=time.strftime("%Y-%m-%d %H:%M:%S %Z"), wrk=wrk_v))
+
+
+# -------------------------------------------------------------- report ----
+
+SIDEKV = "sidekv"
+NATIVE = "native"
+SEED = "seed"
+
+
+def cmd_report():
+    res = load_results()
+    machine = next((r for r in res if r["kind"] == "machine"), {})
+    notes = {r["key"]: r["text"] for r in res if r["kind"] == "note"}
+    wrk = {(r["target"], r["workload"]): r for r in res if r["kind"] == "wrk"}
+    rss = {r["target"]: r for r in res if r["kind"] == "rss"}
+    ready = {r["target"]: r for r in res if r["kind"] == "ready"}
+    targets = []
+    for r in res:
+        if r["kind"] == "wrk" and r["target"] not in targets:
+            targets.append(r["target"])
+
+    def ms(us):
+        return f"{us / 1e3:.2f} ms"
+
+    def ratio(a, b):
+        return f"{a / b:.2f}×" if a is not None and b else "n/a"
+
+    o = []
+    w = o.append
+    w("# Benchmarks\n")
+    w("Generated by `make bench` (`bench/run.sh`); every number below comes from the same run. "
+      "Do not edit by hand: the analysis at the end comes from `bench/analysis.md`.\n")
+    w(f"- date: {machine.get('date', '?')}")
+    w(f"- machine: {machine.get('nproc', '?')} CPUs (`nproc`), {machine.get('cpu', '?')}, kernel {machine.get('kernel', '?')}, {machine.get('mem', '?')} RAM")
+    w(f"- load: {machine.get('wrk', 'wrk')}, {next(iter(wrk.values()), {}).get('threads', 2)} threads, "
+      f"{next(iter(wrk.values()), {}).get('conns', 32)} connections, {next(iter(wrk.values()), {}).get('seconds', 10)} s per row, "
+      "keep-alive, on the same machine as the server (they share the cores; nothing is pinned); runs are sequential")
+    w("- data: 1000 keys with 100-byte values loaded first; GET = random existing key; POST = a fresh key with a 100-byte body; "
+      "MIX = 90% GET / 10% POST (fresh keys)")
+    w("- targets:")
+    w("  - **sidekv**: `target/release/sidekv`, default guest, `KVSTORE_INSTANCE_MODE=reuse`, `KVSTORE_PUBLIC_READS=true`, "
+      "local durability, no S3, fresh database")
+    w("  - **native**: `bench/native` (`sidekv-native-bench`): the same `Store` and hyper settings, routing in Rust, no wasm")
+    w("  - **seed**: `/work/shared/peers/seed-deno` (Deno KV + litestream replicating to a local moto S3)")
+    w("  - **sidekv fresh**: as sidekv with `KVSTORE_INSTANCE_MODE=fresh` (a new pooled instance per request)")
+    w("  - **sidekv s3**: as sidekv with `KVSTORE_DURABILITY=s3` (a write is acknowledged once its segment is in S3), local moto")
+    w("  - **sidekv local+S3 backup**: as sidekv with S3 backup on (`KVSTORE_S3_URL`) but local durability: the seed's setup")
+    for k, v in notes.items():
+        w(f"\n> **{k}**: {v}")
+    w("")
+
+    w("## Throughput and latency\n")
+    w("| target | workload | req/s | p50 | p99 | req/s vs seed | req/s vs native | p99 vs seed | errors |")
+    w("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    for t in targets:
+        for wl in ("GET", "POST", "MIX"):
+            r = wrk.get((t, wl))
+            if not r:
+                continue
+            s = wrk.get((SEED, wl))
+            n = wrk.get((NATIVE, wl))
+            errs = sum(r[k] for k in ("err_connect", "err_read", "err_write", "err_status", "err_timeout"))
+            vs_seed = ratio(r["rps"], s["rps"]) if s and t != SEED else "—"
+            vs_native = ratio(r["rps"], n["rps"]) if n and t != NATIVE else "—"
+            p99_seed = ratio(r["p99_us"], s["p99_us"]) if s and t != SEED else "—"
+            w(f"| {t} | {wl} | {r['rps']:.0f} | {ms(r['p50_us'])} | {ms(r['p99_us'])} | {vs_seed} | {vs_native} | {p99_seed} | {errs} |")
+    w("")
+
+    w("## Memory and start\n")
+    w("| target | peak RSS (VmHWM, after all its runs) | vs seed | vs native |")
+    w("|---|---:|---:|---:|")
+    for t in rss:
+        r = rss[t]
+        extra = "".join(f" (+ {k} {v / 1024:.1f} MiB)" for k, v in r.get("helpers", {}).items() if v)
+        vs_s = ratio(r["kib"], rss[SEED]["kib"]) if SEED in rss and t != SEED else "—"
+        vs_n = ratio(r["kib"], rss[NATIVE]["kib"]) if NATIVE in rss and t != NATIVE else "—"
+        w(f"| {t} | {r['kib'] / 1024:.1f} MiB{extra} | {vs_s} | {vs_n} |")
+    w("")
+    for t, r in ready.items():
+        loads = ", ".join(f"{g['ms']} ms{'' if g['from_cache'] else ' (compiled)'}" for g in r["guest_load"])
+        w(f"Start-to-ready of **{t}** (spawn → `listening on` line, empty database, warm compiled-guest cache; "
+          f"median of {len(r['runs_ms'])}): **{r['median_ms']:.1f} ms** (runs: {', '.join(f'{x:.1f}' for x in r['runs_ms'])} ms; "
+          f"guest load as logged: {loads or 'n/a'}).\n")
+
+    breakdown = [(t, wl, wrk[(t, wl)]) for t in targets for wl in ("GET", "POST", "MIX")
+                 if (t, wl) in wrk and wrk[(t, wl)].get("server_request_mean_us") is not None]
+    if breakdown:
+        w("## Server-side view (sidekv's own /metrics over each run)\n")
+        w("Mean time from request head to response head as sidekv measures it, the part of it spent inside "
+          "the guest's `handle` (host `kv` calls included), and writes per group commit (one fsync each).\n")
+        w("| target | workload | server mean | guest call mean | writes per commit |")
+        w("|---|---|---:|---:|---:|")
+        for t, wl, r in breakdown:
+            g = r.get("server_guest_mean_us")
+            b = r.get("writes_per_commit")
+            w(f"| {t} | {wl} | {r['server_request_mean_us']:.0f} µs | {'%.0f µs' % g if g is not None else 'n/a'} | {'%.1f' % b if b else '—'} |")
+        w("")
+
+    # ---- targets ----
+    w("## Targets\n")
+    w("| goal | measured | holds? | margin |")
+    w("|---|---|:---:|---|")
+
+    def goal(name, value, want, ok, unit_fmt, higher_better=True):
+        if value is None or want is None:
+            w(f"| {name} | n/a | n/a | not measured in this run |")
+            return
+        if higher_better:
+            margin = f"{(value / want - 1) * 100:+.0f}% vs goal" if want else ""
+        else:
+            margin = f"{(1 - value / want) * 100:+.0f}% headroom" if ok else f"{(value / want - 1) * 100:.0f}% over the goal"
+        if not ok and higher_better:
+            margin = f"misses by {(1 - value / want) * 100:.0f}% (needs {unit_fmt(want)})"
+        w(f"| {name} | {unit_fmt(value)} | {'yes' if ok else '**no**'} | {margin} |")
+
+    def rps(t, wl):
+        r = wrk.get((t, wl))
+        return r["rps"] if r else None
+
+    def p99(t, wl):
+        r = wrk.get((t, wl))
+        return r["p99_us"] if r else None
+
+    fx = lambda v: f"{v:.2f}×"
+    for wl, seed_x in (("GET", 3.0), ("POST", 8.0)):
+        a, s, n = rps(SIDEKV, wl), rps(SEED, wl), rps(NATIVE, wl)
+        v = a / s if a and s else None
+        goal(f"{wl} ≥ {seed_x:g}× seed", v, seed_x, v is not None and v >= seed_x, fx)
+        v = a / n if a and n else None
+        goal(f"{wl} ≥ 0.75× native", v, 0.75, v is not None and v >= 0.75, fx)
+    for wl in ("GET", "POST", "MIX"):
+        a, s = p99(SIDEKV, wl), p99(SEED, wl)
+        v = a / s if a and s else None
+        goal(f"{wl} p99 ≤ ½ seed p99", v, 0.5, v is not None and v <= 0.5, fx, higher_better=False)
+    a, s = rps("sidekv s3", "POST"), rps(SEED, "POST")
+    v = a / s if a and s else None
+    goal("s3-mode POST ≥ seed POST", v, 1.0, v is not None and v >= 1.0, fx)
+    r = rss.get(SIDEKV)
+    mib = r["kib"] / 1024 if r else None
+    goal("peak RSS ≤ 64 MiB (sidekv)", mib, 64.0, mib is not None and mib <= 64, lambda x: f"{x:.1f} MiB", higher_better=False)
+    r = ready.get(SIDEKV)
+    st = r["median_ms"] if r else None
+    goal("start-to-ready ≤ 100 ms", st, 100.0, st is not None and st <= 100, lambda x: f"{x:.1f} ms", higher_better=False)
+    w("")
+
+    analysis = os.path.join(HERE, "analysis.md")
+    if os.path.exists(analysis):
+        with open(analysis) as f:
+            w(f.read().rstrip() + "\n")
+    print("\n".join(o))
+
+
+def main():
+    if len(sys.argv) < 2:
+        sys.exit(__doc__)
+    cmd, args = sys.argv[1], sys.argv[2:]
+    {
+        "load": cmd_load,
+        "wrk": cmd_wrk,
+        "rss": cmd_rss,
+        "ready": cmd_ready,
+        "note": cmd_note,
+        "fsync": cmd_fsync,
+        "machine": cmd_machine,
+        "report": cmd_report,
+    }[cmd](*args)
+
+
+if __name__ == "__main__":
+    main()
