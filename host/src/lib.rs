@@ -128,6 +128,10 @@ pub async fn run(
     admin: Option<TcpListener>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    // Registered first: a SIGHUP during start-up must never fall through to
+    // the default action (terminate); it is handled once the guest is loaded.
+    #[cfg(unix)]
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let app = Arc::new(App::new(config.clone()));
     let local = listener.local_addr()?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -198,7 +202,6 @@ pub async fn run(
     let reloader = {
         let app = app.clone();
         tokio::spawn(async move {
-            let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else { return };
             while hup.recv().await.is_some() {
                 let src = guest_source(&app.config);
                 if let Some(g) = app.guest() {
