@@ -20,7 +20,7 @@ guest: setup-wasm
 
 ## examples: the example guests (Rust, JS, Python, wasi:keyvalue)
 examples: setup-wasm
-	scripts/build-guest.sh scoped-tokens-guest chaos-guest
+	scripts/build-guest.sh scoped-tokens-guest chaos-guest kv-only-guest
 
 setup: setup-wasm setup-py
 
@@ -33,7 +33,7 @@ setup-py:
 
 ## test: unit tests, then integration tests against the real binary and a real S3 server
 test: setup build examples
-	$(CARGO) test --release --workspace --exclude sidekv-guest --exclude scoped-tokens-guest --exclude chaos-guest -- --test-threads=4
+	$(CARGO) test --release --workspace --exclude sidekv-guest --exclude scoped-tokens-guest --exclude chaos-guest --exclude kv-only-guest -- --test-threads=4
 	$(CARGO) test --release -p sidekv-guest --lib
 
 ## bench: side-by-side numbers → BENCHMARKS.md

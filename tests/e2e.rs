@@ -581,6 +581,66 @@ fn generated_secret_is_printed_once_and_never_logged() {
 
 // ------------------------------------------------------ guest sandbox ----
 //
-// A guest that traps or loops forever: the repository has no such test
-// guests (examples/ holds only an empty scoped-tokens crate and no wasm), so
-// that behaviour is not covered here.
+// The repository has no purpose-built trapping or looping guests (examples/
+// holds only an empty scoped-tokens crate, and target/wasm only the default
+// guest), so the default guest is pushed past its sandbox limits instead: a
+// request body larger than its linear-memory cap makes it trap, and a tiny
+// deadline makes a heavy request time out. A guest that loops forever is
+// not covered.
+
+#[tokio::test(flavor = "multi_thread")]
+async fn guest_trap_does_not_take_the_server_down() {
+    let s = start(Opts::default().env("KVSTORE_GUEST_MEMORY_MB", "4"));
+    let c = s.client();
+    c.set("before", "1").await;
+    let big = vec![b'x'; 8 << 20]; // cannot fit in 4 MiB of guest memory
+    for round in 0..3 {
+        // A normal writer keeps going while the guest traps.
+        let writer = {
+            let c = c.clone();
+            tokio::spawn(async move {
+                for i in 0..10 {
+                    c.set(&format!("during/{round}/{i}"), "ok").await;
+                }
+            })
+        };
+        let r = c.req(Method::POST, "/huge").body(big.clone()).send().await.unwrap();
+        let msg = expect_error(r, 500, "trapping request").await;
+        assert!(msg.contains("guest"), "{msg}");
+        writer.await.unwrap();
+        assert_eq!(c.get(&format!("during/{round}/9")).await.unwrap(), b"ok");
+    }
+    assert_eq!(c.get("huge").await, None);
+    assert_eq!(c.get("before").await.unwrap(), b"1");
+    let vs = c.set("after", "2").await;
+    assert!(is_vs(&vs));
+    assert!(s.log().contains("guest trapped"), "the trap is logged");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn guest_deadline_answers_504_and_the_server_keeps_serving() {
+    let s = start(Opts::default().env("KVSTORE_GUEST_TIMEOUT_MS", "5"));
+    let c = s.client();
+    // ~14 MB of JSON for the guest to parse and decode: far more than 5 ms of work.
+    let batch = json!({"mutations": [{"type": "set", "key": "slow", "value": base64_encode(&vec![b'x'; 10 << 20])}]}).to_string();
+    let r = c.req(Method::POST, "/_atomic").body(batch).send().await.unwrap();
+    let msg = expect_error(r, 504, "slow request").await;
+    assert!(msg.contains("deadline") && msg.contains("KVSTORE_GUEST_TIMEOUT_MS"), "{msg}");
+    // Small requests still work (retrying a 504 at most a few times: 5 ms is tight).
+    for (i, m) in [Method::POST, Method::GET, Method::DELETE].into_iter().enumerate() {
+        let mut ok = false;
+        for _ in 0..5 {
+            let r = c.req(m.clone(), "/small").body("v").send().await.unwrap();
+            match r.status().as_u16() {
+                200 => {
+                    ok = true;
+                    break;
+                }
+                504 => continue,
+                st => panic!("request {i} ({m}): {st} {}", r.text().await.unwrap()),
+            }
+        }
+        assert!(ok, "{m} /small never succeeded after the timeout");
+    }
+    assert!(s.log().contains("guest timed out"), "the timeout is logged");
+}

@@ -384,3 +384,54 @@ fn dockerfile_matches_the_project() {
     let di = std::fs::read_to_string(root.join(".dockerignore")).unwrap();
     assert!(di.lines().any(|l| l.trim() == "target"));
 }
+
+/// A guest that uses only wasi:keyvalue runs on sidekv, on the same store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wasi_keyvalue_guest_runs_on_the_same_store() {
+    let dir = tempdir();
+    let db = dir.path().join("db.sqlite3");
+    let mut s = Server::start_at(&db, Opts::default().env("KVSTORE_GUEST", wasm("kv_only_guest.wasm").to_str().unwrap()));
+    let http = reqwest::Client::new();
+    let u = |p: &str| format!("{}{p}", s.url);
+    let text = |r: reqwest::Response| async move { (r.status().as_u16(), r.text().await.unwrap()) };
+    assert_eq!(text(http.post(u("/a")).body("1").send().await.unwrap()).await, (200, "ok".into()));
+    assert_eq!(text(http.get(u("/a")).send().await.unwrap()).await, (200, "1".into()));
+    assert_eq!(text(http.get(u("/exists/a")).send().await.unwrap()).await, (200, "true".into()));
+    assert_eq!(text(http.get(u("/nope")).send().await.unwrap()).await, (404, "not found".into()));
+    // Buckets are prefixes.
+    assert_eq!(text(http.post(u("/x?bucket=users")).body("u").send().await.unwrap()).await.0, 200);
+    assert_eq!(text(http.get(u("/x?bucket=users")).send().await.unwrap()).await, (200, "u".into()));
+    assert_eq!(text(http.get(u("/x")).send().await.unwrap()).await.0, 404);
+    // Concurrent increments: every one counted, each result distinct.
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let (http, url) = (http.clone(), u("/incr/n"));
+        tasks.push(tokio::spawn(async move { http.post(url).body("1").send().await.unwrap().text().await.unwrap().parse::<u64>().unwrap() }));
+    }
+    let mut got: Vec<u64> = Vec::new();
+    for t in tasks {
+        got.push(t.await.unwrap());
+    }
+    got.sort();
+    assert_eq!(got, (1..=20).collect::<Vec<_>>());
+    assert_eq!(text(http.post(u("/batch")).body("b1=x;b2=y").send().await.unwrap()).await.0, 200);
+    assert_eq!(text(http.get(u("/many/b1,zz,b2")).send().await.unwrap()).await, (200, "b1=x,-,b2=y".into()));
+    // list-keys pages through more than one store page.
+    let many: String = (0..1500).map(|i| format!("p{i:04}=v")).collect::<Vec<_>>().join(";");
+    assert_eq!(http.post(u("/batch?bucket=pages")).body(many).send().await.unwrap().status(), 200);
+    let (st, keys) = text(http.get(u("/?bucket=pages")).send().await.unwrap()).await;
+    assert_eq!(st, 200);
+    let keys: Vec<&str> = keys.split(',').collect();
+    assert_eq!(keys.len(), 1500);
+    assert_eq!(keys[0], "p0000");
+    assert_eq!(keys[1499], "p1499");
+    assert_eq!(text(http.delete(u("/a")).send().await.unwrap()).await.0, 200);
+    s.terminate(Duration::from_secs(20));
+
+    // The default guest sees the same data.
+    let s = Server::start_at(&db, Opts::default());
+    let c = s.client();
+    assert_eq!(c.get("n").await.unwrap(), b"20");
+    assert_eq!(c.get("users/x").await.unwrap(), b"u");
+    assert_eq!(c.get("a").await, None);
+}

@@ -36,6 +36,9 @@ pub const MAX_ATOMIC_CHECKS: usize = 100;
 pub const MAX_COMMIT_BATCH: usize = 4096;
 /// Longest TTL accepted: 100 years in milliseconds.
 pub const MAX_TTL_MS: u64 = 100 * 365 * 24 * 3600 * 1000;
+/// Attempts of a compare-and-set loop (wasi:keyvalue `increment`) before
+/// it reports contention to the guest.
+pub const MAX_CAS_RETRIES: usize = 100;
 /// Writes queued for the writer thread beyond which new writes wait (backpressure).
 pub const WRITE_QUEUE_DEPTH: usize = 16 * 1024;
 

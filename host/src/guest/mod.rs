@@ -32,6 +32,7 @@
 
 mod cache;
 mod host_kv;
+mod keyvalue;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -48,10 +49,15 @@ use crate::store::Store;
 
 wasmtime::component::bindgen!({
     path: "../wit",
-    world: "guest",
+    world: "sidekv-host",
     imports: { default: async },
     exports: { default: async },
+    with: { "wasi:keyvalue/store.bucket": keyvalue::Bucket },
 });
+
+/// The generated names for what a guest exports.
+type Guest = SidekvHost;
+type GuestPre<T> = SidekvHostPre<T>;
 
 pub use exports::sidekv::store::handler::{BodyStream, Request, Response};
 
