@@ -22,6 +22,12 @@ guest: setup-wasm
 examples: setup-wasm
 	scripts/build-guest.sh scoped-tokens-guest chaos-guest kv-only-guest
 
+## examples-polyglot: the JavaScript (componentize-js, npm) and Python (componentize-py, PyPI) example guests → target/wasm/examples/
+.PHONY: examples-polyglot
+examples-polyglot: setup-py
+	examples/js-hmac/build.sh
+	examples/python-allowlist/build.sh
+
 setup: setup-wasm setup-py
 
 setup-wasm:
@@ -32,7 +38,7 @@ setup-py:
 	@test -x $(VENV)/bin/moto_server || { python3 -m venv $(VENV) && $(VENV)/bin/pip install -q 'moto[server]>=5,<6'; }
 
 ## test: unit tests, then integration tests against the real binary and a real S3 server
-test: setup build examples
+test: setup build examples examples-polyglot
 	$(CARGO) test --release --workspace --exclude sidekv-guest --exclude scoped-tokens-guest --exclude chaos-guest --exclude kv-only-guest -- --test-threads=4
 	$(CARGO) test --release -p sidekv-guest --lib
 

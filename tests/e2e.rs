@@ -324,19 +324,44 @@ async fn oversize_values_and_bodies_get_413() {
     assert_eq!(c.get("big").await.unwrap(), vec![b'y'; 1000]);
 
     // A body over KVSTORE_MAX_BODY_BYTES, with a Content-Length...
-    let m = expect_error(c.req(Method::POST, "/big").body(vec![b'z'; 2001]).send().await.unwrap(), 413, "2001-byte body").await;
+    // (Sent on connections that are not reused: the server closes them after
+    // this 413 without saying so, see `body_limit_413_announces_connection_close`.)
+    let once = common::Client { base: s.url.clone(), http: reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap() };
+    let m = expect_error(once.req(Method::POST, "/big").body(vec![b'z'; 2001]).send().await.unwrap(), 413, "2001-byte body").await;
     assert!(m.contains("KVSTORE_MAX_BODY_BYTES") && m.contains("2000"), "{m}");
     // ...and chunked, without one.
-    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = (0..5).map(|_| Ok(vec![b'z'; 1000])).collect();
-    let body = reqwest::Body::wrap_stream(futures::stream::iter(chunks));
-    let m = expect_error(c.req(Method::POST, "/big").body(body).send().await.unwrap(), 413, "chunked 5000-byte body").await;
+    let m = expect_error(once.req(Method::POST, "/big").body(chunked(5, 1000)).send().await.unwrap(), 413, "chunked 5000-byte body").await;
     assert!(m.contains("KVSTORE_MAX_BODY_BYTES"), "{m}");
+    // Exactly at the body limit is fine (the value limit then applies).
+    expect_error(c.req(Method::POST, "/big").body(vec![b'z'; 2000]).send().await.unwrap(), 413, "2000-byte value").await;
     // An oversize value inside an atomic batch is refused too.
     let b64 = base64_encode(&[b'q'; 1001]);
     let batch = json!({"mutations": [{"type": "set", "key": "big2", "value": b64}]}).to_string();
     expect_error(c.req(Method::POST, "/_atomic").body(batch).send().await.unwrap(), 413, "atomic oversize").await;
     assert_eq!(c.get("big2").await, None);
     assert_eq!(c.get("big").await.unwrap(), vec![b'y'; 1000], "unchanged by refused writes");
+}
+
+fn chunked(n: usize, size: usize) -> reqwest::Body {
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = (0..n).map(|_| Ok(vec![b'z'; size])).collect();
+    reqwest::Body::wrap_stream(futures::stream::iter(chunks))
+}
+
+/// After a 413 for a body it did not read, the server closes the connection;
+/// it must say so (`Connection: close`, RFC 9112 §9.6), or keep-alive clients
+/// reuse the dead connection and their next request fails
+/// (hyper: IncompleteMessage; seen intermittently with reqwest).
+#[tokio::test(flavor = "multi_thread")]
+#[ignore = "BUG: host/src/http.rs handle_inner(): the body-limit 413 does not send `Connection: close` although the connection is then closed"]
+async fn body_limit_413_announces_connection_close() {
+    let s = start(Opts::default().env("KVSTORE_MAX_VALUE_BYTES", "1000").env("KVSTORE_MAX_BODY_BYTES", "2000"));
+    let c = s.client();
+    let r = c.req(Method::POST, "/big").body(vec![b'z'; 5000]).send().await.unwrap();
+    assert_eq!(r.status(), 413);
+    assert_eq!(r.headers().get("connection").map(|v| v.to_str().unwrap().to_string()).as_deref(), Some("close"));
+    let r = c.req(Method::POST, "/big").body(chunked(5, 1000)).send().await.unwrap();
+    assert_eq!(r.status(), 413);
+    assert_eq!(r.headers().get("connection").map(|v| v.to_str().unwrap().to_string()).as_deref(), Some("close"));
 }
 
 fn base64_encode(b: &[u8]) -> String {

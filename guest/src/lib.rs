@@ -68,6 +68,7 @@ fn kv_error(e: KvError) -> Resp {
         KvError::ValueTooLarge(limit) => error(413, format!("the value is over the {limit}-byte limit")),
         KvError::InvalidArgument(m) => error(400, m),
         KvError::Unavailable(m) => error(503, m),
+        KvError::StorageFull => error(507, "the disk holding the database is full; nothing was written"),
         KvError::Internal(m) => error(500, m),
     }
 }

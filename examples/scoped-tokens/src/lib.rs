@@ -88,6 +88,7 @@ fn err(e: sidekv::store::types::KvError) -> Response {
         InvalidKey(m) | InvalidArgument(m) => (400, m),
         ValueTooLarge(l) => (413, format!("value over {l} bytes")),
         Unavailable(m) => (503, m),
+        StorageFull => (507, "disk full".to_string()),
         Internal(m) => (500, m),
     };
     reply(s, &format!("{{\"error\":{m:?}}}"))

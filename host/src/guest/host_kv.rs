@@ -18,7 +18,8 @@ impl From<StoreError> for KvError {
             StoreError::ValueTooLarge { limit, .. } => KvError::ValueTooLarge(limit as u64),
             StoreError::InvalidArgument(m) => KvError::InvalidArgument(m),
             StoreError::Unavailable(m) => KvError::Unavailable(m),
-            e @ (StoreError::StorageFull | StoreError::Internal(_)) => KvError::Internal(e.to_string()),
+            StoreError::StorageFull => KvError::StorageFull,
+            e @ StoreError::Internal(_) => KvError::Internal(e.to_string()),
         }
     }
 }
