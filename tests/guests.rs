@@ -155,6 +155,13 @@ async fn js_hmac_guest_accepts_only_signed_requests() {
     assert_eq!(st, 200);
     assert!(b == big, "the large value round-trips");
 
+    // A store error (a key over the 2048-byte limit) reaches the client as
+    // the guest maps it: invalid-key → 400 with the host's message.
+    let long = format!("/{}", "k".repeat(3000));
+    let (st, b) = signed(&http, base, Method::GET, &long, vec![]).await;
+    assert_eq!(st, 400, "{}", String::from_utf8_lossy(&b));
+    assert!(json(&b)["error"].as_str().is_some_and(|m| !m.is_empty()));
+
     // DELETE, then the key is gone.
     let (st, b) = signed(&http, base, Method::DELETE, "/greeting", vec![]).await;
     assert_eq!(st, 200, "{}", String::from_utf8_lossy(&b));
@@ -218,6 +225,11 @@ async fn python_allowlist_guest_lets_in_only_listed_clients() {
         }
         let r = http.get(format!("{base}/invoices/1")).header("authorization", common::SECRET).send().await.unwrap();
         assert_eq!(r.status(), 403, "the host's secret means nothing to this guest");
+
+        // A store error (a key over the 2048-byte limit) becomes a 400.
+        let (st, b) = as_client(&http, base, Method::POST, &"k".repeat(3000), Some("billing"), b"v".to_vec()).await;
+        assert_eq!(st, 400, "{}", String::from_utf8_lossy(&b));
+        assert!(json(&b)["error"].as_str().is_some_and(|m| !m.is_empty()));
 
         // Only GET and POST/PUT are routed.
         let (st, _) = as_client(&http, base, Method::DELETE, "invoices/1", Some("billing"), vec![]).await;
