@@ -42,6 +42,10 @@ test: setup build examples examples-polyglot
 	$(CARGO) test --release --workspace --exclude sidekv-guest --exclude scoped-tokens-guest --exclude chaos-guest --exclude kv-only-guest -- --test-threads=4
 	$(CARGO) test --release -p sidekv-guest --lib
 
+## soak: the long robustness profile (500 crash rounds, 50 linearizability rounds)
+soak: setup build
+	SIDEKV_SOAK=1 $(CARGO) test --release -p sidekv --test robustness -- --nocapture
+
 ## bench: side-by-side numbers → BENCHMARKS.md
 bench: setup build
 	$(CARGO) build --release -p sidekv-native-bench

@@ -40,7 +40,7 @@ impl Ctx {
     }
 
     fn opts(&self, extra: &[(&str, &str)]) -> Opts {
-        let mut o = self.s3.env(Opts::default(), &self.bucket, &self.prefix);
+        let mut o = self.s3.env(Opts::default(), &self.bucket, &self.prefix).env("NO_COLOR", "1");
         for (k, v) in extra {
             o = o.env(k, v);
         }
@@ -80,7 +80,29 @@ impl Ctx {
 }
 
 fn text(o: &Output) -> String {
-    format!("status {}\nstdout:\n{}\nstderr:\n{}", o.status, String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+    plain(&format!("status {}\nstdout:\n{}\nstderr:\n{}", o.status, String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
+}
+
+/// Without ANSI colour sequences (the env sets NO_COLOR; this is belt and braces).
+fn plain(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut it = s.chars();
+    while let Some(ch) = it.next() {
+        if ch == '\u{1b}' {
+            for c in it.by_ref() {
+                if c.is_ascii_alphabetic() {
+                    break;
+                }
+            }
+        } else {
+            out.push(ch);
+        }
+    }
+    out
+}
+
+fn log(s: &Server) -> String {
+    plain(&s.log())
 }
 
 /// Remove the database and its WAL/SHM files.
@@ -197,14 +219,14 @@ async fn wait_caught_up(s: &Server, within: Duration) {
         if gauge(s, "sidekv_outbox_commits").await == 0.0 {
             return;
         }
-        assert!(Instant::now() < deadline, "the outbox did not drain within {within:?}:\n{}", s.log());
+        assert!(Instant::now() < deadline, "the outbox did not drain within {within:?}:\n{}", log(&s));
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
 fn terminate(s: &mut Server) {
     let st = tokio::task::block_in_place(|| s.terminate(Duration::from_secs(30)));
-    assert!(st.success(), "sidekv exited with {st} after SIGTERM:\n{}", s.log());
+    assert!(st.success(), "sidekv exited with {st} after SIGTERM:\n{}", log(&s));
 }
 
 fn assert_has_all(restored: &State, acked: &State, what: &str) {
@@ -263,11 +285,11 @@ async fn relaunch_after_sigterm_restores_every_acknowledged_write() {
     acked.remove("k0399");
     assert_eq!(dump(&c).await, acked, "served state before the restart");
     terminate(&mut s);
-    assert!(s.log().contains("outbox drained to S3"), "{}", s.log());
+    assert!(log(&s).contains("outbox drained to S3"), "{}", log(&s));
     wipe(&db);
 
     let s2 = ctx.start(&db, &env);
-    assert!(s2.log().contains("restore complete"), "{}", s2.log());
+    assert!(log(&s2).contains("restore complete"), "{}", log(&s2));
     let c2 = s2.client();
     let restored = dump(&c2).await;
     assert_eq!(restored.len(), acked.len());
@@ -448,7 +470,11 @@ async fn s3_outage() {
 
     // ---- s3 mode (another prefix) ----
     let db2 = ctx.path("s3mode.sqlite3");
-    let env2 = [("KVSTORE_DURABILITY", "s3"), ("KVSTORE_S3_URL", &format!("s3://{}/{}-s3mode", ctx.bucket, ctx.prefix))];
+    // The guest deadline (default 5 s) must exceed the s3-mode ack timeout
+    // (10 s) for the 503 to reach the client: see
+    // `s3_mode_outage_with_default_settings_answers_503` (BUG).
+    let url = format!("s3://{}/{}-s3mode", ctx.bucket, ctx.prefix);
+    let env2 = [("KVSTORE_DURABILITY", "s3"), ("KVSTORE_S3_URL", &url), ("KVSTORE_GUEST_TIMEOUT_MS", "30000")];
     let mut s = ctx.start(&db2, &env2);
     let c = s.client();
     let mut acked = State::new();
@@ -473,7 +499,7 @@ async fn s3_outage() {
         match try_set(&c, "back", "z").await {
             Ok(vs) => break vs,
             Err((503, _)) if t.elapsed() < Duration::from_secs(45) => tokio::time::sleep(Duration::from_millis(200)).await,
-            Err(e) => panic!("s3 mode after S3 came back: {e:?}\n{}", s.log()),
+            Err(e) => panic!("s3 mode after S3 came back: {e:?}\n{}", log(&s)),
         }
     };
     eprintln!("s3 mode: writes failed after {took:?}; accepted again {:?} after resume", t.elapsed());
@@ -490,6 +516,29 @@ async fn s3_outage() {
     // The 503s said "committed locally, not acknowledged": they shipped later.
     let extra: Vec<_> = restored.keys().filter(|k| !acked.contains_key(*k)).cloned().collect();
     assert!(extra.iter().all(|k| k == "lost-1" || k == "lost-2"), "{extra:?}");
+}
+
+/// With default settings, an s3-mode write during an S3 outage should get
+/// the store's explanatory 503 ("did not reach S3 within 10s ...").
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "BUG: limits::S3_ACK_TIMEOUT (10 s) exceeds limits::DEFAULT_GUEST_TIMEOUT_MS (5 s), so the guest deadline fires first and the client gets 504 'guest default did not answer within its 5000 ms deadline' instead of the 503"]
+async fn s3_mode_outage_with_default_settings_answers_503() {
+    let ctx = Ctx::new("outagedefault").await;
+    let db = ctx.db();
+    let mut s = ctx.start(&db, &[("KVSTORE_DURABILITY", "s3")]);
+    let c = s.client();
+    try_set(&c, "ok", "1").await.unwrap();
+    ctx.s3.pause();
+    let t = Instant::now();
+    let r = try_set(&c, "during", "2").await;
+    let took = t.elapsed();
+    ctx.s3.resume();
+    match r {
+        Err((503, msg)) => assert!(msg.contains("S3"), "{msg}"),
+        other => panic!("expected 503 after {took:?}, got {other:?}"),
+    }
+    assert!(took < Duration::from_secs(15));
+    terminate(&mut s);
 }
 
 // ---------------------------------------------------------------- 5 ----
@@ -528,15 +577,15 @@ async fn fencing_two_writers() {
     let (winner, loser, w_acked, l_err, w_db, wn, ln) = match (&ra.1, &rb.1) {
         (None, Some(e)) => (&mut a, &mut b, ra.0.clone(), e.clone(), &db_a, "a", "b"),
         (Some(e), None) => (&mut b, &mut a, rb.0.clone(), e.clone(), &db_b, "b", "a"),
-        _ => panic!("expected exactly one fenced writer: a {:?}, b {:?}\nA:\n{}\nB:\n{}", ra.1, rb.1, a.log(), b.log()),
+        _ => panic!("expected exactly one fenced writer: a {:?}, b {:?}\nA:\n{}\nB:\n{}", ra.1, rb.1, log(&a), log(&b)),
     };
     let ((status, msg), when) = l_err;
     eprintln!("{ln} fenced after {when:?}: {msg}");
     assert_eq!(status, 503, "{msg}");
     assert!(msg.contains("another"), "the 503 should name another writer: {msg}");
     assert!(when < Duration::from_secs(4), "fenced only after {when:?}");
-    assert!(loser.log().contains("FENCED"), "{}", loser.log());
-    assert!(!winner.log().contains("FENCED"), "{}", winner.log());
+    assert!(log(loser).contains("FENCED"), "{}", log(loser));
+    assert!(!log(winner).contains("FENCED"), "{}", log(winner));
     // The loser still serves reads, is not ready, and keeps refusing writes.
     assert!(get_vs(&loser.client(), &format!("{ln}-0000")).await.is_some());
     assert_eq!(reqwest::get(format!("{}/readyz", loser.admin_url.as_ref().unwrap())).await.unwrap().status(), 503);
@@ -574,15 +623,15 @@ async fn serve_must_fail(ctx: &Ctx, db: &Path, extra: &[(&str, &str)]) -> String
         if let Some(st) = s.child.try_wait().unwrap() {
             break st;
         }
-        assert!(Instant::now() < deadline, "sidekv kept running on a corrupt backup:\n{}", s.log());
+        assert!(Instant::now() < deadline, "sidekv kept running on a corrupt backup:\n{}", log(&s));
         if let Ok(r) = http.get(format!("http://127.0.0.1:{port}/k00")).header("authorization", common::SECRET).send().await {
             assert_ne!(r.status(), 200, "sidekv served a read from a backup it could not restore");
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    assert!(!status.success(), "sidekv exited with {status}:\n{}", s.log());
+    assert!(!status.success(), "sidekv exited with {status}:\n{}", log(&s));
     assert!(!db.exists(), "a failed restore left a database behind at {}", db.display());
-    s.log()
+    log(&s)
 }
 
 /// A corrupted or missing segment makes restore (at launch and with
@@ -604,11 +653,11 @@ async fn corrupt_or_missing_segment_fails_loudly() {
     let segs = ctx.objects("segments").await;
     assert!(segs.len() >= 5, "expected a segment per write, got {segs:?}");
     let mid = segs[segs.len() / 2].clone();
-    let original = ctx.s3.get_object(&ctx.bucket, &mid).await;
+    let original = ctx.s3.get_signed(&ctx.bucket, &mid).await;
     wipe(&db);
 
     // 1. Garbage instead of a segment.
-    ctx.s3.put_object(&ctx.bucket, &mid, b"this is not a segment at all".to_vec()).await;
+    ctx.s3.put_signed(&ctx.bucket, &mid, b"this is not a segment at all".to_vec()).await;
     let log = serve_must_fail(&ctx, &db, &env).await;
     assert!(log.contains("corrupt") && log.contains(&mid), "the failure should say the segment is corrupt:\n{log}");
     let to = ctx.path("r1.sqlite3");
@@ -620,20 +669,20 @@ async fn corrupt_or_missing_segment_fails_loudly() {
     let mut raw = zstd::decode_all(&original[..]).unwrap();
     let n = raw.len();
     raw[n - 8] ^= 0x10;
-    ctx.s3.put_object(&ctx.bucket, &mid, zstd::encode_all(&raw[..], 3).unwrap()).await;
+    ctx.s3.put_signed(&ctx.bucket, &mid, zstd::encode_all(&raw[..], 3).unwrap()).await;
     let log = serve_must_fail(&ctx, &db, &env).await;
     assert!(log.contains("checksum"), "the failure should name the checksum:\n{log}");
     let out = ctx.restore(&to, None);
     assert!(!out.status.success() && text(&out).contains("checksum mismatch"), "{}", text(&out));
 
     // 3. The original bytes back: restore works and is exact (the failures were the corruption).
-    ctx.s3.put_object(&ctx.bucket, &mid, original).await;
+    ctx.s3.put_signed(&ctx.bucket, &mid, original).await;
     let out = ctx.restore(&to, None);
     assert!(out.status.success(), "{}", text(&out));
     assert_eq!(read_db(&to), acked);
 
     // 4. A missing middle segment: restore refuses to skip the gap and names the commit.
-    ctx.s3.delete_object(&ctx.bucket, &mid).await;
+    ctx.s3.delete_signed(&ctx.bucket, &mid).await;
     let gap = format!("commit {} is in no segment", counter_of(&mid));
     let to2 = ctx.path("r2.sqlite3");
     let out = ctx.restore(&to2, None);
@@ -713,7 +762,7 @@ async fn snapshots_and_retention() {
     let full = state_at(&hist, &last_vs);
     assert_eq!(dump(&c).await, full);
     let taken = gauge(&s, "sidekv_snapshots_total").await;
-    assert!(taken >= 3.0, "only {taken} snapshots were taken:\n{}", s.log());
+    assert!(taken >= 3.0, "only {taken} snapshots were taken:\n{}", log(&s));
     terminate(&mut s);
 
     // Retention: the newest 2 snapshots, and only segments after the oldest kept one.
@@ -728,7 +777,7 @@ async fn snapshots_and_retention() {
     }
     // Each snapshot is zstd(SQLite) holding exactly the state at its commit.
     for key in &snaps {
-        let raw = zstd::decode_all(&ctx.s3.get_object(&ctx.bucket, key).await[..]).unwrap();
+        let raw = zstd::decode_all(&ctx.s3.get_signed(&ctx.bucket, key).await[..]).unwrap();
         assert_eq!(&raw[..16], b"SQLite format 3\0", "{key} is not a plain SQLite file");
         let f = ctx.path(&format!("snap-{}.sqlite3", counter_of(key)));
         std::fs::write(&f, &raw).unwrap();
@@ -739,7 +788,7 @@ async fn snapshots_and_retention() {
     }
     if which_zstd() {
         let f = ctx.path("cli.sqlite3.zst");
-        std::fs::write(&f, ctx.s3.get_object(&ctx.bucket, &snaps[1]).await).unwrap();
+        std::fs::write(&f, ctx.s3.get_signed(&ctx.bucket, &snaps[1]).await).unwrap();
         let st = std::process::Command::new("zstd").args(["-q", "-d"]).arg(&f).status().unwrap();
         assert!(st.success());
         assert_eq!(read_db(&ctx.path("cli.sqlite3")), state_at(&hist, &format!("{:016x}ffff", counter_of(&snaps[1]))));
@@ -749,7 +798,7 @@ async fn snapshots_and_retention() {
     wipe(&db);
     let mut s = ctx.start(&db, &env);
     let newest = counter_of(&snaps[1]);
-    let log = s.log();
+    let log = log(&s);
     assert!(log.contains("snapshot downloaded") && log.contains(&format!("snapshot_commit={newest}")), "{log}");
     let c = s.client();
     assert_eq!(dump(&c).await, full, "restored from snapshot {newest} + segments");
@@ -761,7 +810,7 @@ async fn snapshots_and_retention() {
     }
     terminate(&mut s);
     let final_counter = meta_u64(&db, "counter").unwrap();
-    let out = ctx.command(&["snapshot"], &[("KVSTORE_DB", db.to_str().unwrap())]);
+    let out = ctx.command(&["snapshot"], &[("KVSTORE_DB", db.to_str().unwrap()), ("KVSTORE_SNAPSHOT_RETENTION", "2")]);
     assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("snapshot stored"), "{}", text(&out));
     let snaps = ctx.objects("snapshots").await;
     assert_eq!(snaps.len(), 2, "{snaps:?}");

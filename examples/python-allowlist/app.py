@@ -64,6 +64,8 @@ def _kv_error(e: Err) -> Response:
         return _reply(413, {"error": f"value over {err.value} bytes"})
     if isinstance(err, types.KvError_Unavailable):
         return _reply(503, {"error": err.value})
+    if isinstance(err, types.KvError_StorageFull):
+        return _reply(507, {"error": "the disk holding the database is full; nothing was written"})
     return _reply(500, {"error": str(getattr(err, "value", err))})
 
 

@@ -319,3 +319,39 @@ impl Drop for S3 {
 pub fn tempdir() -> tempfile::TempDir {
     tempfile::Builder::new().prefix("sidekv-test-").tempdir().unwrap()
 }
+
+/// Signed object access. Moto 5 answers unsigned GETs (and overwrites) of
+/// objects with 403, so `get_object` / `put_object` / `delete_object` above
+/// only work for new objects; these go through the AWS SDK instead.
+impl S3 {
+    pub fn sdk(&self) -> aws_sdk_s3::Client {
+        let conf = aws_sdk_s3::config::Builder::new()
+            .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+            .region(aws_sdk_s3::config::Region::new("us-east-1"))
+            .endpoint_url(&self.endpoint)
+            .force_path_style(true)
+            .credentials_provider(aws_sdk_s3::config::Credentials::new("test", "test", None, None, "sidekv-tests"))
+            .build();
+        aws_sdk_s3::Client::from_conf(conf)
+    }
+
+    pub async fn get_signed(&self, bucket: &str, key: &str) -> Vec<u8> {
+        let o = self.sdk().get_object().bucket(bucket).key(key).send().await.unwrap_or_else(|e| panic!("GET {key}: {e:?}"));
+        o.body.collect().await.unwrap().into_bytes().to_vec()
+    }
+
+    pub async fn put_signed(&self, bucket: &str, key: &str, body: Vec<u8>) {
+        self.sdk()
+            .put_object()
+            .bucket(bucket)
+            .key(key)
+            .body(aws_sdk_s3::primitives::ByteStream::from(body))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("PUT {key}: {e:?}"));
+    }
+
+    pub async fn delete_signed(&self, bucket: &str, key: &str) {
+        self.sdk().delete_object().bucket(bucket).key(key).send().await.unwrap_or_else(|e| panic!("DELETE {key}: {e:?}"));
+    }
+}

@@ -197,6 +197,8 @@ function kvError(e) {
       return reply(413, { error: `value over ${err.val} bytes` });
     case 'unavailable':
       return reply(503, { error: err.val });
+    case 'storage-full':
+      return reply(507, { error: 'the disk holding the database is full; nothing was written' });
     default:
       return reply(500, { error: String(err.val) });
   }

@@ -1,0 +1,433 @@
+//! Robustness: a crash loop (kill -9 at random moments, relaunch with and
+//! without the local database) and a linearizability check of concurrent
+//! histories recorded across crashes.
+//!
+//! Quick profile in `make test`; `make soak` sets SIDEKV_SOAK=1 for the long
+//! one (SIDEKV_CRASH_ROUNDS overrides the round count).
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn rounds(quick: usize, soak: usize) -> usize {
+    if let Ok(n) = std::env::var("SIDEKV_CRASH_ROUNDS") {
+        return n.parse().unwrap();
+    }
+    if std::env::var("SIDEKV_SOAK").is_ok() { soak } else { quick }
+}
+
+/// A small deterministic PRNG (xorshift), seeded per test and printed, so a
+/// failing run can be replayed with SIDEKV_SEED.
+struct Rng(u64);
+impl Rng {
+    fn seeded() -> Rng {
+        let seed = std::env::var("SIDEKV_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1
+        });
+        eprintln!("seed: SIDEKV_SEED={seed}");
+        Rng(seed)
+    }
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// What a worker knows about one of its keys.
+#[derive(Clone, Debug, Default)]
+struct KeyModel {
+    /// Last acknowledged state: value (None = deleted) and its versionstamp.
+    acked: Option<(Option<Vec<u8>>, String)>,
+    /// States of writes whose outcome is unknown (in flight at the kill).
+    maybe: Vec<Option<Vec<u8>>>,
+}
+
+static ACKED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn value_for(worker: usize, seq: u64, size: usize) -> Vec<u8> {
+    let mut v = format!("w{worker}-s{seq}-").into_bytes();
+    let mut x = seq.wrapping_mul(0x9e3779b97f4a7c15) | 1;
+    while v.len() < size {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        v.push(x as u8);
+    }
+    v
+}
+
+async fn worker(c: Client, w: usize, model: Arc<Mutex<HashMap<String, KeyModel>>>, seed: u64, stop: Arc<std::sync::atomic::AtomicBool>) {
+    let mut rng = Rng(seed | 1);
+    let mut seq = 0u64;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        seq += 1;
+        let key = format!("w{w}/k{}", rng.below(8));
+        let current = model.lock().unwrap().get(&key).cloned().unwrap_or_default();
+        let op = rng.below(10);
+        let size = [64usize, 200, 1024, 8192, 65536][rng.below(5) as usize];
+        let (req, new_state): (reqwest::RequestBuilder, Option<Vec<u8>>) = if op < 6 {
+            let v = value_for(w, seq, size);
+            (c.req(reqwest::Method::POST, &format!("/{key}")).body(v.clone()), Some(v))
+        } else if op < 8 {
+            (c.req(reqwest::Method::DELETE, &format!("/{key}")), None)
+        } else {
+            // Conditional write on what we believe is current.
+            let v = value_for(w, seq, size);
+            let mut r = c.req(reqwest::Method::POST, &format!("/{key}")).body(v.clone());
+            r = match &current.acked {
+                Some((Some(_), vs)) => r.header("if-match", format!("\"{vs}\"")),
+                _ => r.header("if-none-match", "*"),
+            };
+            (r, Some(v))
+        };
+        model.lock().unwrap().entry(key.clone()).or_default().maybe.push(new_state.clone());
+        match req.timeout(Duration::from_secs(20)).send().await {
+            Ok(r) if r.status() == 200 => {
+                let body: serde_json::Value = r.json().await.unwrap();
+                let vs = body["versionstamp"].as_str().unwrap().to_string();
+                let mut m = model.lock().unwrap();
+                let km = m.get_mut(&key).unwrap();
+                if let Some((_, prev)) = &km.acked {
+                    assert!(vs > *prev, "versionstamps must increase: {vs} after {prev} on {key}");
+                }
+                km.acked = Some((new_state, vs));
+                km.maybe.clear();
+                ACKED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            Ok(r) if r.status() == 412 => {
+                let mut m = model.lock().unwrap();
+                m.get_mut(&key).unwrap().maybe.pop();
+                // Only possible if our belief was stale, i.e. an earlier maybe-write applied.
+                assert!(!m[&key].maybe.is_empty() || op >= 8, "unexpected 412 on {key}");
+            }
+            Ok(r) if r.status().is_server_error() => {
+                // 503 while shutting down: outcome unknown, stays in `maybe`.
+            }
+            Ok(r) => panic!("unexpected {} on {key}: {}", r.status(), r.text().await.unwrap_or_default()),
+            Err(_) => {
+                // Connection died (kill -9): outcome unknown.
+                return;
+            }
+        }
+    }
+}
+
+/// Check the server against the model; adopt maybe-applied writes that did apply.
+async fn verify(c: &Client, model: &Mutex<HashMap<String, KeyModel>>) -> String {
+    let keys: Vec<String> = model.lock().unwrap().keys().cloned().collect();
+    let mut max_vs = String::new();
+    for key in keys {
+        let r = c.req(reqwest::Method::GET, &format!("/{key}")).send().await.unwrap();
+        let (got, etag) = match r.status().as_u16() {
+            200 => {
+                let etag = r.headers()["etag"].to_str().unwrap().trim_matches('"').to_string();
+                (Some(r.bytes().await.unwrap().to_vec()), Some(etag))
+            }
+            404 => (None, None),
+            s => panic!("GET {key}: {s}"),
+        };
+        let mut m = model.lock().unwrap();
+        let km = m.get_mut(&key).unwrap();
+        let acked_value = km.acked.as_ref().map(|(v, _)| v.clone()).unwrap_or(None);
+        if got == acked_value {
+            if let (Some(e), Some((Some(_), vs))) = (&etag, &km.acked) {
+                assert_eq!(e, vs, "{key}: value right but versionstamp differs");
+            }
+        } else {
+            assert!(
+                km.maybe.iter().any(|m| *m == got),
+                "{key}: an acknowledged write was lost or a phantom appeared (got {:?} bytes, acked {:?} bytes, {} maybe-writes)",
+                got.as_ref().map(|v| v.len()),
+                acked_value.as_ref().map(|v| v.len()),
+                km.maybe.len()
+            );
+            // It applied: that is now the known state (versionstamp from the ETag).
+            km.acked = Some((got.clone(), etag.clone().unwrap_or_else(|| km.acked.as_ref().map(|a| a.1.clone()).unwrap_or_default())));
+        }
+        km.maybe.clear();
+        if let Some((_, vs)) = &km.acked {
+            if *vs > max_vs {
+                max_vs = vs.clone();
+            }
+        }
+    }
+    max_vs
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_loop_loses_no_acknowledged_write() {
+    let n = rounds(20, 500);
+    let s3 = S3::start();
+    s3.create_bucket("crash-loop").await;
+    let dir = tempdir();
+    let db = dir.path().join("db.sqlite3");
+    let opts = || {
+        s3.env(Opts::default(), "crash-loop", "p")
+            .env("KVSTORE_DURABILITY", "s3")
+            .env("KVSTORE_SNAPSHOT_BYTES", "200000")
+            .env("RUST_LOG", "warn")
+    };
+    let mut rng = Rng::seeded();
+    let model: Arc<Mutex<HashMap<String, KeyModel>>> = Arc::default();
+    let mut high_water = String::new();
+    let started = Instant::now();
+    let mut wiped = 0;
+    for round in 0..n {
+        let wipe = round % 2 == 1;
+        if wipe {
+            wiped += 1;
+            for ext in ["", "-wal", "-shm"] {
+                let _ = std::fs::remove_file(format!("{}{ext}", db.display()));
+            }
+        } else if db.exists() {
+            let conn = rusqlite::Connection::open(&db).unwrap();
+            let ok: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
+            assert_eq!(ok, "ok", "round {round}: integrity_check after kill -9");
+        }
+        let mut s = Server::start_at(&db, opts());
+        let c = s.client();
+        let max_vs = verify(&c, &model).await;
+        assert!(max_vs >= high_water, "round {round}: state went back in time ({max_vs} < {high_water})");
+        high_water = max_vs;
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let workers: Vec<_> = (0..4).map(|w| tokio::spawn(worker(c.clone(), w, model.clone(), rng.next(), stop.clone()))).collect();
+        tokio::time::sleep(Duration::from_millis(150 + rng.below(500))).await;
+        s.kill9();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for w in workers {
+            w.await.unwrap();
+        }
+    }
+    let s = Server::start_at(&db, opts());
+    let final_vs = verify(&s.client(), &model).await;
+    let vs = s.client().set("after-the-storm", "x").await;
+    assert!(vs > final_vs, "new writes get larger versionstamps");
+    let keys = model.lock().unwrap().len();
+    eprintln!("crash loop: {n} rounds ({wiped} with the local database wiped), {} acknowledged writes over {keys} keys, in {:?}", ACKED.load(std::sync::atomic::Ordering::Relaxed), started.elapsed());
+    assert!(ACKED.load(std::sync::atomic::Ordering::Relaxed) > n as u64 * 4, "the load did not get going");
+}
+
+// ---------------------------------------------------------------- linearizability ----
+
+#[derive(Clone, Debug)]
+enum Op {
+    Write(u64),
+    /// Write `new` if the current value is `expect` (via If-Match on the
+    /// versionstamp a read returned with it).
+    Cas { expect: Option<u64>, new: u64 },
+    Read,
+}
+
+#[derive(Clone, Debug)]
+enum Outcome {
+    Ok,
+    Failed,
+    Value(Option<u64>),
+    /// No answer (the server died): it may or may not have applied.
+    Unknown,
+}
+
+#[derive(Clone, Debug)]
+struct Event {
+    op: Op,
+    outcome: Outcome,
+    invoke: u64,
+    ret: u64,
+}
+
+/// Wing & Gong search with memoisation (as in Porcupine/Knossos) for one
+/// register. Operations with an unknown outcome return at +∞ and may be
+/// linearized anywhere after their invocation, or not at all.
+fn linearizable(events: &[Event]) -> bool {
+    let n = events.len();
+    assert!(n <= 128, "history too long for the bitset");
+    let mut seen: HashSet<(u128, Option<u64>)> = HashSet::new();
+    fn step(state: Option<u64>, e: &Event) -> Option<Option<u64>> {
+        match (&e.op, &e.outcome) {
+            (Op::Write(v), Outcome::Ok | Outcome::Unknown) => Some(Some(*v)),
+            (Op::Read, Outcome::Value(v)) => (*v == state).then_some(state),
+            (Op::Read, Outcome::Unknown) => Some(state),
+            (Op::Cas { expect, new }, Outcome::Ok) => (*expect == state).then_some(Some(*new)),
+            (Op::Cas { expect, .. }, Outcome::Failed) => (*expect != state).then_some(state),
+            (Op::Cas { expect, new }, Outcome::Unknown) => Some(if *expect == state { Some(*new) } else { state }),
+            _ => None,
+        }
+    }
+    fn dfs(events: &[Event], done: u128, state: Option<u64>, seen: &mut HashSet<(u128, Option<u64>)>) -> bool {
+        let n = events.len();
+        let all_known_done = (0..n).all(|i| done & (1 << i) != 0 || matches!(events[i].outcome, Outcome::Unknown));
+        if all_known_done {
+            return true;
+        }
+        if !seen.insert((done, state)) {
+            return false;
+        }
+        // The earliest return among pending ops bounds which ops may go next.
+        let min_ret = (0..n).filter(|i| done & (1 << i) == 0).map(|i| events[i].ret).min().unwrap();
+        for i in 0..n {
+            if done & (1 << i) != 0 || events[i].invoke > min_ret {
+                continue;
+            }
+            if let Some(next) = step(state, &events[i]) {
+                if dfs(events, done | (1 << i), next, seen) {
+                    return true;
+                }
+            }
+        }
+        false
+    }
+    dfs(events, 0, None, &mut seen)
+}
+
+#[test]
+fn checker_accepts_and_rejects() {
+    let e = |op, outcome, invoke, ret| Event { op, outcome, invoke, ret };
+    // Sequential and consistent.
+    assert!(linearizable(&[e(Op::Write(1), Outcome::Ok, 0, 1), e(Op::Read, Outcome::Value(Some(1)), 2, 3)]));
+    // A stale read after a completed write is not linearizable.
+    assert!(!linearizable(&[
+        e(Op::Write(1), Outcome::Ok, 0, 1),
+        e(Op::Write(2), Outcome::Ok, 2, 3),
+        e(Op::Read, Outcome::Value(Some(1)), 4, 5)
+    ]));
+    // Overlapping: either order is fine.
+    assert!(linearizable(&[e(Op::Write(1), Outcome::Ok, 0, 10), e(Op::Read, Outcome::Value(None), 1, 2)]));
+    // An unknown write may be observed later, or never.
+    assert!(linearizable(&[e(Op::Write(7), Outcome::Unknown, 0, u64::MAX), e(Op::Read, Outcome::Value(Some(7)), 5, 6)]));
+    assert!(linearizable(&[e(Op::Write(7), Outcome::Unknown, 0, u64::MAX), e(Op::Read, Outcome::Value(None), 5, 6)]));
+    // But not un-observed once seen.
+    assert!(!linearizable(&[
+        e(Op::Write(7), Outcome::Unknown, 0, u64::MAX),
+        e(Op::Read, Outcome::Value(Some(7)), 5, 6),
+        e(Op::Read, Outcome::Value(None), 7, 8)
+    ]));
+    // CAS that succeeded against the wrong value is caught.
+    assert!(!linearizable(&[e(Op::Write(1), Outcome::Ok, 0, 1), e(Op::Cas { expect: Some(2), new: 3 }, Outcome::Ok, 2, 3)]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn histories_are_linearizable_across_crashes() {
+    let n_rounds = rounds(3, 50);
+    let dir = tempdir();
+    let db = dir.path().join("db.sqlite3");
+    let mut rng = Rng::seeded();
+    let clock = Instant::now();
+    let now = move || clock.elapsed().as_nanos() as u64;
+    let history: Arc<Mutex<HashMap<String, Vec<Event>>>> = Arc::default();
+    // value → versionstamp of the write that produced it (for CAS via If-Match).
+    let vs_of: Arc<Mutex<HashMap<u64, String>>> = Arc::default();
+    let counter = Arc::new(std::sync::atomic::AtomicU64::new(1));
+    for round in 0..n_rounds {
+        let mut s = Server::start_at(&db, Opts::default().env("RUST_LOG", "warn"));
+        let c = s.client();
+        let mut tasks = Vec::new();
+        for _client in 0..6 {
+            let (c, history, vs_of, counter) = (c.clone(), history.clone(), vs_of.clone(), counter.clone());
+            let mut r = Rng(rng.next() | 1);
+            tasks.push(tokio::spawn(async move {
+                for _ in 0..12 {
+                    let key = format!("lin/r{round}-{}", r.below(3));
+                    let choice = r.below(3);
+                    let invoke = now();
+                    let (op, outcome) = match choice {
+                        0 => {
+                            let v = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            let res = c.req(reqwest::Method::POST, &format!("/{key}")).body(v.to_string()).timeout(Duration::from_secs(5)).send().await;
+                            let out = match res {
+                                Ok(r) if r.status() == 200 => {
+                                    let b: serde_json::Value = r.json().await.unwrap();
+                                    vs_of.lock().unwrap().insert(v, b["versionstamp"].as_str().unwrap().to_string());
+                                    Outcome::Ok
+                                }
+                                Ok(r) if r.status().is_server_error() => Outcome::Unknown,
+                                Ok(r) => panic!("write: {}", r.status()),
+                                Err(_) => Outcome::Unknown,
+                            };
+                            (Op::Write(v), out)
+                        }
+                        1 => {
+                            let res = c.req(reqwest::Method::GET, &format!("/{key}")).timeout(Duration::from_secs(5)).send().await;
+                            let out = match res {
+                                Ok(r) if r.status() == 200 => {
+                                    let vs = r.headers()["etag"].to_str().unwrap().trim_matches('"').to_string();
+                                    let v: u64 = String::from_utf8(r.bytes().await.unwrap().to_vec()).unwrap().parse().unwrap();
+                                    vs_of.lock().unwrap().insert(v, vs);
+                                    Outcome::Value(Some(v))
+                                }
+                                Ok(r) if r.status() == 404 => Outcome::Value(None),
+                                _ => Outcome::Unknown,
+                            };
+                            (Op::Read, out)
+                        }
+                        _ => {
+                            // CAS from the last value this key was seen with (or absent).
+                            let last = history.lock().unwrap().get(&key).and_then(|h| {
+                                h.iter().rev().find_map(|e| match (&e.op, &e.outcome) {
+                                    (Op::Read, Outcome::Value(v)) => Some(*v),
+                                    _ => None,
+                                })
+                            });
+                            let expect = last.unwrap_or(None);
+                            let v = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            let mut req = c.req(reqwest::Method::POST, &format!("/{key}")).body(v.to_string()).timeout(Duration::from_secs(5));
+                            req = match expect {
+                                Some(e) => {
+                                    let vs = vs_of.lock().unwrap().get(&e).cloned().unwrap();
+                                    req.header("if-match", format!("\"{vs}\""))
+                                }
+                                None => req.header("if-none-match", "*"),
+                            };
+                            let out = match req.send().await {
+                                Ok(r) if r.status() == 200 => {
+                                    let b: serde_json::Value = r.json().await.unwrap();
+                                    vs_of.lock().unwrap().insert(v, b["versionstamp"].as_str().unwrap().to_string());
+                                    Outcome::Ok
+                                }
+                                Ok(r) if r.status() == 412 => Outcome::Failed,
+                                Ok(r) if r.status().is_server_error() => Outcome::Unknown,
+                                Ok(r) => panic!("cas: {}", r.status()),
+                                Err(_) => Outcome::Unknown,
+                            };
+                            (Op::Cas { expect, new: v }, out)
+                        }
+                    };
+                    let ret = if matches!(outcome, Outcome::Unknown) { u64::MAX } else { now() };
+                    history.lock().unwrap().entry(key).or_default().push(Event { op, outcome, invoke, ret });
+                }
+            }));
+        }
+        // Crash in the middle of every other round.
+        if round % 2 == 0 {
+            tokio::time::sleep(Duration::from_millis(30 + rng.below(60))).await;
+            s.kill9();
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        drop(s);
+    }
+    // The state after the last crash is part of the history: read every key once more.
+    let s = Server::start_at(&db, Opts::default());
+    let keys: Vec<String> = history.lock().unwrap().keys().cloned().collect();
+    for key in &keys {
+        let invoke = now();
+        let got = s.client().get(key).await.map(|b| String::from_utf8(b).unwrap().parse::<u64>().unwrap());
+        history.lock().unwrap().get_mut(key).unwrap().push(Event { op: Op::Read, outcome: Outcome::Value(got), invoke, ret: now() });
+    }
+    let h = history.lock().unwrap();
+    let mut total = 0;
+    for (key, events) in h.iter() {
+        total += events.len();
+        assert!(linearizable(events), "history of {key} is not linearizable:\n{events:#?}");
+    }
+    eprintln!("linearizability: {} keys, {total} operations, {n_rounds} rounds, all linearizable", h.len());
+}
