@@ -106,9 +106,18 @@ fn ct_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
     std::hint::black_box(diff) == 0
 }
 
-/// The one function that decides who may do what. The presented secret is
-/// hashed first, so the comparison takes the same time whatever its length
-/// or content.
+/// Does the presented `Authorization` value carry the secret (as is, or as
+/// `Bearer <secret>`)? Both candidates are hashed and compared, always, so
+/// the time taken depends on neither the secret nor the presented value's
+/// content, only (linearly, through the hash) on its length.
+pub fn secret_matches(presented: &[u8], want: &[u8; 32]) -> bool {
+    let token = presented.strip_prefix(b"Bearer ").unwrap_or(presented);
+    let ok_raw = ct_eq(&Sha256::digest(presented).into(), want);
+    let ok_bearer = ct_eq(&Sha256::digest(token).into(), want);
+    (ok_raw | ok_bearer) & !presented.is_empty()
+}
+
+/// The one function that decides who may do what.
 fn authorize(req: &Request, access: Access) -> Result<(), Resp> {
     let cfg = auth_config();
     if access == Access::ReadKey && cfg.public_reads {
@@ -118,10 +127,7 @@ fn authorize(req: &Request, access: Access) -> Result<(), Resp> {
         return Err(error(401, "no secret is configured (KVSTORE_SECRET)"));
     };
     let presented = header(req, "authorization").unwrap_or(&[]);
-    let token = presented.strip_prefix(b"Bearer ").unwrap_or(presented);
-    let ok_raw = ct_eq(&Sha256::digest(presented).into(), want);
-    let ok_bearer = ct_eq(&Sha256::digest(token).into(), want);
-    if (ok_raw | ok_bearer) && !presented.is_empty() {
+    if secret_matches(presented, want) {
         Ok(())
     } else if presented.is_empty() {
         Err(error(401, "missing Authorization header (send `Authorization: <secret>` or `Bearer <secret>`)"))
@@ -593,6 +599,38 @@ fn import(req: &Request) -> Result<Resp, Resp> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        // Request parsing never panics, whatever bytes arrive.
+        #[test]
+        fn parsing_is_total(s in ".*", raw in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let _ = percent_decode(&s, false);
+            let _ = percent_decode(&s, true);
+            let _ = Query::parse(&s);
+            let _ = parse_timeout(&s);
+            let lossy = String::from_utf8_lossy(&raw).into_owned();
+            let _ = percent_decode(&lossy, true);
+        }
+
+        // Decoding inverts encoding for every string.
+        #[test]
+        fn percent_round_trip(s in "\\PC*") {
+            let enc: String = s.bytes().map(|b| format!("%{b:02X}")).collect();
+            prop_assert_eq!(percent_decode(&enc, false).unwrap(), s);
+        }
+
+        // The auth decision: exactly the secret, raw or as a bearer token.
+        #[test]
+        fn secret_matches_exactly(secret in "[ -~]{1,40}", other in proptest::collection::vec(any::<u8>(), 0..80)) {
+            let want: [u8; 32] = Sha256::digest(secret.as_bytes()).into();
+            prop_assert!(secret_matches(secret.as_bytes(), &want));
+            let bearer = format!("Bearer {secret}");
+            prop_assert!(secret_matches(bearer.as_bytes(), &want));
+            let expected = other == secret.as_bytes() || other.strip_prefix(b"Bearer ") == Some(secret.as_bytes());
+            prop_assert_eq!(secret_matches(&other, &want), expected);
+        }
+    }
 
     #[test]
     fn percent_decoding() {

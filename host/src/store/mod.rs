@@ -582,3 +582,120 @@ impl Store {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("t.sqlite3"), StoreOptions::default()).unwrap();
+        (dir, s)
+    }
+
+    fn set(key: &str, v: &[u8]) -> WriteOp {
+        WriteOp::Set { key: key.into(), value: v.to_vec(), ttl_ms: None, cond: Condition::default() }
+    }
+
+    fn committed(r: WriteResult) -> Versionstamp {
+        match r {
+            WriteResult::Committed { versionstamp, .. } => versionstamp,
+            other => panic!("not committed: {other:?}"),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn group_commit_gives_every_write_its_own_increasing_versionstamp() {
+        let (_d, s) = open();
+        let mut tasks = Vec::new();
+        for t in 0..8 {
+            let s = s.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut last = Versionstamp::ZERO;
+                for i in 0..50 {
+                    let vs = committed(s.write(set(&format!("t{t}/{i}"), b"x")).await.unwrap());
+                    assert!(vs > last);
+                    last = vs;
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let all = s.list(ListQuery { prefix: "t".into(), limit: 1000, ..Default::default() }).await.unwrap();
+        assert_eq!(all.entries.len(), 400);
+        let distinct: std::collections::HashSet<_> = all.entries.iter().map(|e| e.versionstamp).collect();
+        assert_eq!(distinct.len(), 400);
+        // Fewer commits than writes: the writer batched them.
+        assert!(s.committed() <= 400);
+        s.close();
+    }
+
+    #[tokio::test]
+    async fn failing_atomic_batch_leaves_no_trace() {
+        let (_d, s) = open();
+        committed(s.write(set("text", b"not a number")).await.unwrap());
+        let before = s.committed();
+        let op = WriteOp::Atomic {
+            checks: vec![],
+            mutations: vec![
+                Mutation { key: "a".into(), kind: MutationKind::Set(b"1".to_vec()), ttl_ms: None },
+                Mutation { key: "text".into(), kind: MutationKind::Sum(1), ttl_ms: None },
+            ],
+        };
+        let e = s.write(op).await.unwrap_err();
+        assert!(matches!(&e, StoreError::InvalidArgument(m) if m.contains("mutations[1]")), "{e}");
+        assert_eq!(s.get("a".into()).await.unwrap(), None);
+        assert_eq!(s.committed(), before, "nothing committed");
+        let failed = WriteOp::Atomic {
+            checks: vec![Check { key: "text".into(), versionstamp: None }],
+            mutations: vec![Mutation { key: "b".into(), kind: MutationKind::Delete, ttl_ms: None }],
+        };
+        assert_eq!(s.write(failed).await.unwrap(), WriteResult::CheckFailed(0));
+        s.close();
+    }
+
+    #[tokio::test]
+    async fn counters_and_conditions() {
+        let (_d, s) = open();
+        let sum = |n| WriteOp::Atomic { checks: vec![], mutations: vec![Mutation { key: "c".into(), kind: MutationKind::Sum(n), ttl_ms: None }] };
+        committed(s.write(sum(5)).await.unwrap());
+        committed(s.write(sum(7)).await.unwrap());
+        assert_eq!(s.get("c".into()).await.unwrap().unwrap().value, b"12");
+        let vs = s.get("c".into()).await.unwrap().unwrap().versionstamp;
+        let stale = WriteOp::Set { key: "c".into(), value: b"x".to_vec(), ttl_ms: None, cond: Condition { if_match: Some(Versionstamp::new(1, 0)), if_absent: false } };
+        assert_eq!(s.write(stale).await.unwrap(), WriteResult::PreconditionFailed);
+        let fresh = WriteOp::Set { key: "c".into(), value: b"x".to_vec(), ttl_ms: None, cond: Condition { if_match: Some(vs), if_absent: false } };
+        committed(s.write(fresh).await.unwrap());
+        let absent = WriteOp::Set { key: "c".into(), value: b"y".to_vec(), ttl_ms: None, cond: Condition { if_match: None, if_absent: true } };
+        assert_eq!(s.write(absent).await.unwrap(), WriteResult::PreconditionFailed);
+        s.close();
+    }
+
+    #[tokio::test]
+    async fn ttl_hides_at_once_and_sweep_reclaims() {
+        let (_d, s) = open();
+        committed(s.write(WriteOp::Set { key: "t".into(), value: b"v".to_vec(), ttl_ms: Some(50), cond: Condition::default() }).await.unwrap());
+        assert!(s.get("t".into()).await.unwrap().is_some());
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        assert!(s.get("t".into()).await.unwrap().is_none());
+        let q = ListQuery { prefix: "".into(), limit: 10, ..Default::default() };
+        assert_eq!(s.count(q.clone()).await.unwrap(), 0);
+        s.sweep();
+        let rows: i64 = s.exec(|c, _| Ok(c.query_row("SELECT count(*) FROM kv", [], |r| r.get(0))?)).await.unwrap();
+        assert_eq!(rows, 0, "the sweep deleted the expired row");
+        s.close();
+    }
+
+    #[tokio::test]
+    async fn limits_are_enforced_with_clear_errors() {
+        let (_d, s) = open();
+        let long = "k".repeat(limits::MAX_KEY_BYTES + 1);
+        assert!(matches!(s.write(set(&long, b"v")).await, Err(StoreError::InvalidKey(_))));
+        let big = vec![0u8; limits::DEFAULT_MAX_VALUE_BYTES + 1];
+        assert!(matches!(s.write(set("k", &big)).await, Err(StoreError::ValueTooLarge { .. })));
+        let q = ListQuery { limit: limits::MAX_LIST_LIMIT + 1, ..Default::default() };
+        assert!(matches!(s.list(q).await, Err(StoreError::InvalidArgument(_))));
+        s.close();
+    }
+}
