@@ -199,6 +199,66 @@ def cmd_fsync(target, n=200):
     print(f"  {target:<28} disk: 4 KiB write+fdatasync mean {rec['mean_us']:.0f} µs, p50 {rec['p50_us']:.0f} µs, p99 {rec['p99_us']:.0f} µs")
 
 
+# ------------------------------------------------------------- profile ----
+
+# (category, thread-name prefix, pattern anywhere in the stack); first match wins.
+PROFILE_RULES = [
+    ("reader threads: SQLite file locks (fcntl)", "sidekv-reader", r"fcntl|posix_lock"),
+    ("reader threads: SQLite query", "sidekv-reader", r"sqlite3|rusqlite|sidekv::store::reads"),
+    ("reader threads: queue wait/wake-ups", "sidekv-reader", r""),
+    ("writer thread (SQLite, fsync)", "sidekv-writer", r""),
+    # Stacks that do not reach the thread start were cut at JIT (wasm) frames,
+    # which perf cannot unwind: those samples ran on the guest's fiber.
+    ("guest: wasm code + host calls on the fiber", "tokio", r"^(?![\s\S]*(clone3|start_thread))|wasm\[|trampoline"),
+    ("guest: wasmtime call setup/return (host stack)", "tokio", r"wasmtime|sidekv::guest"),
+    ("native routing (bench/native handle)", "tokio", r"sidekv_native_bench::handle"),
+    ("sidekv::http glue (request/response conversion)", "tokio", r"sidekv::http::(handle|to_http)"),
+    ("hyper: socket write", "tokio", r"poll_flush|write_vectored|writev"),
+    ("hyper: socket read + parse", "tokio", r"hyper::"),
+    ("tokio: scheduler, epoll, park/unpark", "tokio", r"tokio::|mio::"),
+    ("other", "", r""),
+]
+
+
+def cmd_profile_summary(label, samples_path, wrk_path, freq, perf_seconds=None):
+    """Sort `perf script --no-inline -F comm,ip,sym` samples (DWARF stacks) into
+    PROFILE_RULES and print CPU µs per request for each."""
+    text = open(samples_path).read()
+    samples = [b for b in text.split("\n\n") if b.strip()]
+    wrk_text = open(wrk_path).read()
+    m = re.search(r"Requests/sec:\s+([\d.]+)", wrk_text)
+    rps = float(m.group(1)) if m else None
+    rules = [(name, thread, re.compile(pat)) for name, thread, pat in PROFILE_RULES]
+    counts = {name: 0 for name, _, _ in rules}
+    kernel = {name: 0 for name, _, _ in rules}
+    for b in samples:
+        lines = b.strip("\n").split("\n")
+        comm = lines[0].strip()
+        stack = "\n".join(l.strip() for l in lines[1:])
+        for name, thread, pat in rules:
+            if comm.startswith(thread) and pat.search(stack):
+                counts[name] += 1
+                if re.match(r"ffffffff", stack):
+                    kernel[name] += 1
+                break
+    total = len(samples)
+    secs = float(perf_seconds) if perf_seconds else None
+    per_req = (lambda c: c / float(freq) / (rps * secs) * 1e6) if (rps and secs) else None
+    print(f"## {label}: {total} samples at {freq} Hz" + (f", {rps:.0f} req/s under perf" if rps else ""))
+    print(f"| where | share of server CPU | of which kernel |" + (" CPU µs per request |" if per_req else ""))
+    print("|---|---:|---:|" + ("---:|" if per_req else ""))
+    for name, _, _ in rules:
+        c = counts[name]
+        if not c:
+            continue
+        row = f"| {name} | {c / total * 100:.1f}% | {kernel[name] / c * 100:.0f}% |"
+        if per_req:
+            row += f" {per_req(c):.1f} |"
+        print(row)
+    if per_req:
+        print(f"| **total** | 100% | {sum(kernel.values()) / total * 100:.0f}% | **{per_req(total):.1f}** |")
+
+
 # ---------------------------------------------------------------- note ----
 
 def cmd_note(key, *text):
@@ -390,6 +450,7 @@ def main():
         "ready": cmd_ready,
         "note": cmd_note,
         "fsync": cmd_fsync,
+        "profile-summary": cmd_profile_summary,
         "machine": cmd_machine,
         "report": cmd_report,
     }[cmd](*args)

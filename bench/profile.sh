@@ -5,13 +5,13 @@
 # then sorts the samples into categories (kernel network, scheduler, SQLite,
 # hyper, tokio, wasmtime, guest wasm code, ...) and prints CPU µs per request.
 #
-# usage: bench/profile.sh sidekv|native|fresh [get|post|mix] [SECONDS=8]
+# usage: bench/profile.sh sidekv|native|fresh [get|post|mix] [SECONDS=6]
 # Needs: make build, cargo build --release -p sidekv-native-bench, perf, wrk.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 target=${1:?usage: bench/profile.sh sidekv|native|fresh [get|post|mix] [SECONDS]}
 mode=${2:-get}
-secs=${3:-8}
+secs=${3:-6}
 out=$root/bench/out/profile
 mkdir -p "$out"
 rm -f "$out/$target.sqlite3"*
@@ -32,12 +32,14 @@ for _ in $(seq 200); do grep -q 'listening on' "$out/$target.log" 2>/dev/null &&
 python3 "$root/bench/bench.py" load "http://127.0.0.1:$port" 1000 "$BENCH_SECRET" 100
 BENCH_MODE=get wrk -t2 -c32 -d3s -s "$root/bench/wrk/kv.lua" "http://127.0.0.1:$port" >/dev/null
 
-perf record -q -F 997 -e cpu-clock -p "$pid" -o "$out/$target-$mode.perf.data" 2>/dev/null &
-perf_pid=$!
-sleep 0.3
-BENCH_MODE=$mode BENCH_TAG=prof$$ wrk -t2 -c32 -d"${secs}s" --latency -s "$root/bench/wrk/kv.lua" "http://127.0.0.1:$port" >"$out/$target-$mode.wrk.txt"
-kill -INT $perf_pid
-wait $perf_pid || true
-perf script -i "$out/$target-$mode.perf.data" -F comm,dso,sym 2>/dev/null >"$out/$target-$mode.samples.txt"
-python3 "$root/bench/bench.py" profile-summary "$target $mode" "$out/$target-$mode.samples.txt" "$out/$target-$mode.wrk.txt" 997 \
+BENCH_MODE=$mode BENCH_TAG=prof$$ wrk -t2 -c32 -d"$((secs + 2))s" --latency -s "$root/bench/wrk/kv.lua" "http://127.0.0.1:$port" >"$out/$target-$mode.wrk.txt" &
+wrk_pid=$!
+sleep 1
+# DWARF stacks at a low rate: frame pointers are absent in Rust std, and
+# 299 Hz keeps perf's own cost small on 2 cores.
+timeout -s INT "$secs" perf record -q -F 299 -e cpu-clock --call-graph dwarf,16384 -p "$pid" -o "$out/$target-$mode.perf.data" 2>/dev/null || true
+wait $wrk_pid
+# --no-inline: addr2line over the debug info takes minutes otherwise.
+perf script --no-inline -i "$out/$target-$mode.perf.data" -F comm,ip,sym 2>/dev/null >"$out/$target-$mode.samples.txt"
+python3 "$root/bench/bench.py" profile-summary "$target $mode" "$out/$target-$mode.samples.txt" "$out/$target-$mode.wrk.txt" 299 "$secs" \
   | tee "$out/$target-$mode.summary.txt"

@@ -247,12 +247,12 @@ fn assert_has_all(restored: &State, acked: &State, what: &str) {
 /// identical values and versionstamps, and the counter continues past them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn relaunch_after_sigterm_restores_every_acknowledged_write() {
-    let t0 = Instant::now();
     let ctx = Ctx::new("relaunch").await;
     let db = ctx.db();
-    let env = [("KVSTORE_DURABILITY", "local"), ("KVSTORE_SYNC_INTERVAL", "200ms")];
+    // A long sync interval: nothing ships on its own, so what reaches S3 is
+    // what the SIGTERM drain sends.
+    let env = [("KVSTORE_DURABILITY", "local"), ("KVSTORE_SYNC_INTERVAL", "60s")];
     let mut s = ctx.start(&db, &env);
-    eprintln!("started in {:?}", t0.elapsed());
     let c = s.client();
     let n = 400;
     let mut tasks = Vec::new();
@@ -284,8 +284,10 @@ async fn relaunch_after_sigterm_restores_every_acknowledged_write() {
     let deleted_vs = delete(&c, "k0399").await;
     acked.remove("k0399");
     assert_eq!(dump(&c).await, acked, "served state before the restart");
+    assert_eq!(ctx.objects("segments").await, Vec::<String>::new(), "nothing should ship before the 60 s interval");
     terminate(&mut s);
     assert!(log(&s).contains("outbox drained to S3"), "{}", log(&s));
+    assert!(!ctx.objects("segments").await.is_empty());
     wipe(&db);
 
     let s2 = ctx.start(&db, &env);
@@ -303,7 +305,6 @@ async fn relaunch_after_sigterm_restores_every_acknowledged_write() {
     let vs = try_set(&c2, "after", "restart").await.unwrap();
     assert!(vs > max && vs > deleted_vs, "new versionstamp {vs} must be after every restored one (max {max}, delete {deleted_vs})");
     assert_eq!(vs_counter(&vs), vs_counter(&deleted_vs) + 1, "the counter continues right after the last commit");
-    eprintln!("relaunch test took {:?}", t0.elapsed());
 }
 
 // ---------------------------------------------------------------- 2 ----
@@ -546,13 +547,25 @@ async fn s3_mode_outage_with_default_settings_answers_503() {
 /// Two instances on one S3 path: exactly one keeps writing, the other is
 /// fenced (503 naming another writer, FENCED in its log, not ready), and the
 /// backup is exactly the winner's history.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn fencing_two_writers() {
-    let ctx = Ctx::new("fencing").await;
+async fn fencing(name: &str, seeded: bool) {
+    let ctx = Ctx::new(name).await;
     let env = [("KVSTORE_DURABILITY", "local"), ("KVSTORE_SYNC_INTERVAL", "200ms"), ("KVSTORE_ADMIN_ADDR", "127.0.0.1:0")];
+    // Optionally a history both instances restore at launch.
+    let mut seed = State::new();
+    if seeded {
+        let mut s = ctx.start(&ctx.path("seed.sqlite3"), &env);
+        let c = s.client();
+        for i in 0..30 {
+            let (k, v) = (format!("seed-{i:02}"), format!("s{i}"));
+            seed.insert(k.clone(), (v.clone().into_bytes(), try_set(&c, &k, v).await.unwrap()));
+        }
+        terminate(&mut s);
+    }
     let (db_a, db_b) = (ctx.path("a.sqlite3"), ctx.path("b.sqlite3"));
     let mut a = ctx.start(&db_a, &env);
     let mut b = ctx.start(&db_b, &env);
+    assert_eq!(dump(&a.client()).await, seed);
+    assert_eq!(dump(&b.client()).await, seed);
     let run = |c: Client, name: &'static str| {
         tokio::spawn(async move {
             let mut acked = State::new();
@@ -580,7 +593,7 @@ async fn fencing_two_writers() {
         _ => panic!("expected exactly one fenced writer: a {:?}, b {:?}\nA:\n{}\nB:\n{}", ra.1, rb.1, log(&a), log(&b)),
     };
     let ((status, msg), when) = l_err;
-    eprintln!("{ln} fenced after {when:?}: {msg}");
+    eprintln!("{name}: {ln} fenced after {when:?}: {msg}");
     assert_eq!(status, 503, "{msg}");
     assert!(msg.contains("another"), "the 503 should name another writer: {msg}");
     assert!(when < Duration::from_secs(4), "fenced only after {when:?}");
@@ -597,13 +610,25 @@ async fn fencing_two_writers() {
     terminate(winner);
     terminate(loser);
     let winner_state = read_db(w_db);
-    assert_eq!(winner_state, w_acked, "the winner's local database holds what it acknowledged");
+    let mut expected = seed.clone();
+    expected.extend(w_acked);
+    assert_eq!(winner_state, expected, "the winner's local database holds the seed and what it acknowledged");
     let to = ctx.path("restored.sqlite3");
     let out = ctx.restore(&to, None);
     assert!(out.status.success(), "{}", text(&out));
     let restored = read_db(&to);
     assert_eq!(restored, winner_state, "the backup is exactly writer {wn}'s history");
     assert!(!restored.keys().any(|k| k.starts_with(ln)), "writer {ln}'s writes leaked into the backup");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fencing_two_writers_from_empty() {
+    fencing("fenceempty", false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn fencing_two_writers_from_a_restored_state() {
+    fencing("fencerestored", true).await;
 }
 
 // ---------------------------------------------------------------- 6 ----

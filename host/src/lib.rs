@@ -183,6 +183,7 @@ pub async fn run(
         let (src, opts, store) = (guest_source(&config), guest_options(&config)?, store.clone());
         tokio::task::spawn_blocking(move || GuestRuntime::new(&src, opts, store)).await??
     };
+    guest.warm_up().await?;
     let _ = app.guest.set(guest);
     let replica_task = replica.as_ref().map(|r| r.clone().start(store.clone()));
 

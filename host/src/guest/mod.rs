@@ -245,6 +245,18 @@ impl GuestRuntime {
         })
     }
 
+    /// Instantiate once at start, so a guest that cannot even be
+    /// instantiated (start code traps, memory cap too small) fails the
+    /// launch instead of every request.
+    pub async fn warm_up(&self) -> Result<(), GuestError> {
+        let loaded = self.current.read().unwrap().clone();
+        let inst = self.instance(&loaded).await?;
+        if self.opts.instance_mode == InstanceMode::Reuse {
+            loaded.idle.lock().unwrap().push(inst);
+        }
+        Ok(())
+    }
+
     pub fn guest_name(&self) -> String {
         self.current.read().unwrap().name.clone()
     }
@@ -306,7 +318,7 @@ impl GuestRuntime {
         let mut store = self.new_store();
         let bindings = loaded.pre.instantiate_async(&mut store).await.map_err(|e| GuestError::Load {
             guest: loaded.name.clone(),
-            msg: format!("instantiating: {e:#}"),
+            msg: format!("instantiating: {}", trap_message(&e)),
         })?;
         Ok(Instance { store, bindings, uses: 0 })
     }

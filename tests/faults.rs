@@ -1,0 +1,1385 @@
+//! Robustness suite (see docs/robustness.md): S3 faults injected by a proxy
+//! between sidekv and moto, a full (and read-only) disk on a small tmpfs,
+//! and HTTP abuse against the main port, each while a normal client keeps
+//! working. Every test starts its own server(s) and, for S3, its own moto.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use common::{Client, Opts, S3, SECRET, Server};
+use reqwest::Method;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// key → (value, versionstamp)
+type State = BTreeMap<String, (Vec<u8>, String)>;
+
+// ============================================================ helpers ====
+
+/// POST a value; Ok(versionstamp) on 200, Err((status or 0, body)) otherwise.
+async fn try_set(c: &Client, key: &str, value: impl Into<reqwest::Body>) -> Result<String, (u16, String)> {
+    let r = c.req(Method::POST, &format!("/{key}")).body(value).send().await.map_err(|e| (0, format!("{e:?}")))?;
+    let status = r.status().as_u16();
+    let body = r.text().await.map_err(|e| (0, format!("{e:?}")))?;
+    if status != 200 {
+        return Err((status, body));
+    }
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    Ok(v["versionstamp"].as_str().unwrap().to_string())
+}
+
+async fn try_delete(c: &Client, key: &str) -> Result<String, (u16, String)> {
+    let r = c.req(Method::DELETE, &format!("/{key}")).send().await.map_err(|e| (0, format!("{e:?}")))?;
+    let status = r.status().as_u16();
+    let body = r.text().await.map_err(|e| (0, format!("{e:?}")))?;
+    if status != 200 {
+        return Err((status, body));
+    }
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    Ok(v["versionstamp"].as_str().unwrap().to_string())
+}
+
+/// POST /_atomic with one `sum` of 1 on `key`.
+async fn try_incr(c: &Client, key: &str) -> Result<String, (u16, String)> {
+    let body = serde_json::json!({ "mutations": [{ "type": "sum", "key": key, "value": "1" }] }).to_string();
+    let r = c.req(Method::POST, "/_atomic").body(body).send().await.map_err(|e| (0, format!("{e:?}")))?;
+    let status = r.status().as_u16();
+    let body = r.text().await.map_err(|e| (0, format!("{e:?}")))?;
+    if status != 200 {
+        return Err((status, body));
+    }
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    Ok(v["versionstamp"].as_str().unwrap().to_string())
+}
+
+/// GET one key: (value, versionstamp from the ETag).
+async fn get_vs(c: &Client, key: &str) -> Option<(Vec<u8>, String)> {
+    let r = c.req(Method::GET, &format!("/{key}")).send().await.unwrap();
+    match r.status().as_u16() {
+        200 => {
+            let etag = r.headers().get("etag").expect("ETag").to_str().unwrap().trim_matches('"').to_string();
+            Some((r.bytes().await.unwrap().to_vec(), etag))
+        }
+        404 => None,
+        s => panic!("GET /{key}: {s} {}", r.text().await.unwrap()),
+    }
+}
+
+/// Every live entry, through the list API.
+async fn dump(c: &Client) -> State {
+    let mut out = State::new();
+    let mut cursor = String::new();
+    loop {
+        let r = c.req(Method::GET, "/").query(&[("limit", "1000"), ("cursor", cursor.as_str())]).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        let v: serde_json::Value = r.json().await.unwrap();
+        for e in v["entries"].as_array().unwrap() {
+            let value = base64::engine::general_purpose::STANDARD.decode(e["value"].as_str().unwrap()).unwrap();
+            out.insert(e["key"].as_str().unwrap().to_string(), (value, e["versionstamp"].as_str().unwrap().to_string()));
+        }
+        match v["cursor"].as_str() {
+            Some(c) if !c.is_empty() => cursor = c.to_string(),
+            _ => break,
+        }
+    }
+    out
+}
+
+/// Every entry of a database file, read directly (after an integrity check).
+fn read_db(path: &Path) -> State {
+    let c = rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    let ok: String = c.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
+    assert_eq!(ok, "ok", "integrity_check of {}", path.display());
+    let mut s = c.prepare("SELECT CAST(key AS TEXT), value, version FROM kv ORDER BY key").unwrap();
+    s.query_map([], |r| {
+        let v = r.get::<_, i64>(2)? as u64;
+        Ok((r.get::<_, String>(0)?, (r.get::<_, Vec<u8>>(1)?, format!("{:016x}{:04x}", v >> 16, v & 0xffff))))
+    })
+    .unwrap()
+    .collect::<Result<_, _>>()
+    .unwrap()
+}
+
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines().find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')).map(|v| v.trim().parse().unwrap()))
+}
+
+async fn metrics(s: &Server) -> String {
+    let admin = s.admin_url.as_ref().expect("start with KVSTORE_ADMIN_ADDR");
+    reqwest::get(format!("{admin}/metrics")).await.unwrap().text().await.unwrap()
+}
+
+/// Scrape one gauge or counter from the admin endpoint.
+async fn gauge(s: &Server, name: &str) -> f64 {
+    let body = metrics(s).await;
+    metric(&body, name).unwrap_or_else(|| panic!("{name} not in /metrics:\n{body}"))
+}
+
+async fn readyz(s: &Server) -> u16 {
+    let admin = s.admin_url.as_ref().expect("start with KVSTORE_ADMIN_ADDR");
+    reqwest::get(format!("{admin}/readyz")).await.unwrap().status().as_u16()
+}
+
+/// Wait until every commit is in S3; returns how long it took.
+async fn wait_caught_up(s: &Server, within: Duration) -> Duration {
+    let t0 = Instant::now();
+    loop {
+        if gauge(s, "sidekv_outbox_commits").await == 0.0 {
+            return t0.elapsed();
+        }
+        assert!(t0.elapsed() < within, "the outbox did not drain within {within:?}:\n{}", tail(&s.log(), 60));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn tail(log: &str, n: usize) -> String {
+    let lines: Vec<&str> = log.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+fn terminate(s: &mut Server) {
+    let st = tokio::task::block_in_place(|| s.terminate(Duration::from_secs(30)));
+    assert!(st.success(), "sidekv exited with {st} after SIGTERM:\n{}", tail(&s.log(), 60));
+}
+
+/// Remove the database and its WAL/SHM files.
+fn wipe(db: &Path) {
+    for ext in ["", "-wal", "-shm"] {
+        let p = PathBuf::from(format!("{}{ext}", db.display()));
+        if p.exists() {
+            std::fs::remove_file(&p).unwrap();
+        }
+    }
+    assert!(!db.exists());
+}
+
+fn start(db: &Path, opts: Opts) -> Server {
+    tokio::task::block_in_place(|| Server::start_at(db, opts))
+}
+
+/// A well-behaved client that keeps writing and reading back while a test
+/// abuses the server; every answer must be right and quick.
+struct Steady {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<(u64, Vec<String>, Duration)>,
+}
+
+#[derive(Debug)]
+struct SteadyReport {
+    round_trips: u64,
+    errors: Vec<String>,
+    max_latency: Duration,
+}
+
+impl Steady {
+    /// `c` should have been used once already when the test wants its
+    /// (single, kept-alive) connection to exist before the abuse starts.
+    fn spawn(c: Client, tag: &'static str) -> Steady {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU64::new(0));
+        let (stop2, ok2) = (stop.clone(), ok.clone());
+        let task = tokio::spawn(async move {
+            let mut errors = Vec::new();
+            let mut max_latency = Duration::ZERO;
+            let mut i = 0u64;
+            while !stop2.load(Ordering::Relaxed) {
+                let key = format!("{tag}-steady{}", i % 10);
+                let val = format!("v{i}");
+                let t = Instant::now();
+                let w = try_set(&c, &key, val.clone()).await;
+                max_latency = max_latency.max(t.elapsed());
+                let t = Instant::now();
+                let r = c.req(Method::GET, &format!("/{key}")).send().await;
+                let got = match r {
+                    Ok(r) => (r.status().as_u16(), r.bytes().await.map(|b| b.to_vec()).unwrap_or_default()),
+                    Err(e) => (0, format!("{e:?}").into_bytes()),
+                };
+                max_latency = max_latency.max(t.elapsed());
+                match (&w, &got) {
+                    (Ok(_), (200, b)) if b == val.as_bytes() => {
+                        ok2.fetch_add(1, Ordering::Relaxed);
+                    }
+                    _ => errors.push(format!("#{i}: write {w:?}, read back {} {:?}", got.0, String::from_utf8_lossy(&got.1))),
+                }
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            (i, errors, max_latency)
+        });
+        Steady { stop, ok, task }
+    }
+
+    fn ok(&self) -> u64 {
+        self.ok.load(Ordering::Relaxed)
+    }
+
+    async fn finish(self) -> SteadyReport {
+        self.stop.store(true, Ordering::Relaxed);
+        let (round_trips, errors, max_latency) = self.task.await.unwrap();
+        SteadyReport { round_trips, errors, max_latency }
+    }
+}
+
+// ============================================== fault-injecting proxy ====
+
+/// What the proxy does to each request while set.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Fault {
+    /// Forward everything.
+    Pass,
+    /// Answer with this status (S3-style XML error), without forwarding.
+    Status(u16),
+    /// Forward, then hold moto's response this long before answering.
+    Delay(Duration),
+    /// Read the request, then reset the connection (RST) without forwarding.
+    Reset,
+    /// PUTs: forward, read moto's (successful) response, then close the
+    /// client connection without answering. Other requests pass.
+    LoseResponse,
+    /// Each request: with this probability (percent) one of the faults above
+    /// picked at random, else forwarded.
+    Mixed(u32),
+}
+
+#[derive(Clone, Debug, Default)]
+struct ProxyStats {
+    requests: u64,
+    forwarded: u64,
+    status_injected: u64,
+    delayed: u64,
+    resets: u64,
+    lost_responses: u64,
+    puts: u64,
+}
+
+impl ProxyStats {
+    fn faults(&self) -> u64 {
+        self.status_injected + self.delayed + self.resets + self.lost_responses
+    }
+}
+
+struct ProxyShared {
+    fault: Fault,
+    stats: ProxyStats,
+}
+
+struct Proxy {
+    url: String,
+    shared: Arc<Mutex<ProxyShared>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// One HTTP/1.1 message read off a connection.
+struct Msg {
+    raw: Vec<u8>,
+    method: String,
+    status: u16,
+    close: bool,
+}
+
+/// A connection with a read buffer, for reading whole HTTP/1.1 messages.
+struct Conn {
+    s: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Conn {
+    fn new(s: TcpStream) -> Conn {
+        Conn { s, buf: Vec::new() }
+    }
+
+    /// Read more bytes; Ok(false) at EOF.
+    async fn fill(&mut self) -> std::io::Result<bool> {
+        let mut chunk = [0u8; 16 * 1024];
+        let n = self.s.read(&mut chunk).await?;
+        self.buf.extend_from_slice(&chunk[..n]);
+        Ok(n > 0)
+    }
+
+    async fn ensure(&mut self, n: usize) -> std::io::Result<()> {
+        while self.buf.len() < n {
+            if !self.fill().await? {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+        Ok(())
+    }
+
+    /// Position of `pat` at or after `from`, reading as needed.
+    async fn find(&mut self, from: usize, pat: &[u8]) -> std::io::Result<usize> {
+        loop {
+            if let Some(i) = self.buf.get(from..).and_then(|b| b.windows(pat.len()).position(|w| w == pat)) {
+                return Ok(from + i);
+            }
+            if !self.fill().await? {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+    }
+
+    /// One request (`request_method` None) or response; Ok(None) on a clean
+    /// EOF before any byte of a request.
+    async fn read_msg(&mut self, request_method: Option<&str>) -> std::io::Result<Option<Msg>> {
+        if self.buf.is_empty() && !self.fill().await? {
+            return Ok(None);
+        }
+        let head_end = self.find(0, b"\r\n\r\n").await? + 4;
+        let head = String::from_utf8_lossy(&self.buf[..head_end]).to_string();
+        let mut lines = head.split("\r\n");
+        let start = lines.next().unwrap_or("").to_string();
+        let mut content_length = None;
+        let mut chunked = false;
+        let mut close = false;
+        for l in lines {
+            if let Some((k, v)) = l.split_once(':') {
+                let (k, v) = (k.trim().to_ascii_lowercase(), v.trim().to_ascii_lowercase());
+                match k.as_str() {
+                    "content-length" => content_length = v.parse::<usize>().ok(),
+                    "transfer-encoding" => chunked = v.contains("chunked"),
+                    "connection" => close = v.contains("close"),
+                    _ => {}
+                }
+            }
+        }
+        let (method, status) = match request_method {
+            None => (start.split(' ').next().unwrap_or("").to_string(), 0),
+            Some(m) => (m.to_string(), start.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)),
+        };
+        let no_body = request_method.is_some() && (method == "HEAD" || (100..200).contains(&status) || status == 204 || status == 304);
+        let end = if no_body {
+            head_end
+        } else if chunked {
+            let mut pos = head_end;
+            loop {
+                let eol = self.find(pos, b"\r\n").await?;
+                let line = String::from_utf8_lossy(&self.buf[pos..eol]).to_string();
+                let size = usize::from_str_radix(line.split(';').next().unwrap().trim(), 16)
+                    .map_err(|_| std::io::Error::other(format!("bad chunk size {line:?}")))?;
+                pos = eol + 2;
+                if size == 0 {
+                    // Trailers, up to an empty line.
+                    loop {
+                        let eol = self.find(pos, b"\r\n").await?;
+                        let empty = eol == pos;
+                        pos = eol + 2;
+                        if empty {
+                            break;
+                        }
+                    }
+                    break pos;
+                }
+                self.ensure(pos + size + 2).await?;
+                pos += size + 2;
+            }
+        } else if let Some(n) = content_length {
+            self.ensure(head_end + n).await?;
+            head_end + n
+        } else if request_method.is_some() {
+            // A response without framing: up to EOF.
+            while self.fill().await? {}
+            close = true;
+            self.buf.len()
+        } else {
+            head_end
+        };
+        let raw: Vec<u8> = self.buf.drain(..end).collect();
+        Ok(Some(Msg { raw, method, status, close }))
+    }
+}
+
+/// Close with RST instead of FIN.
+fn reset(s: TcpStream) {
+    use std::os::fd::AsRawFd;
+    let l = libc::linger { l_onoff: 1, l_linger: 0 };
+    unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            &l as *const libc::linger as *const libc::c_void,
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
+    drop(s);
+}
+
+/// Forward one request to moto on a fresh connection; moto's raw response.
+async fn forward(upstream: SocketAddr, req: &Msg) -> std::io::Result<(Vec<u8>, bool)> {
+    let mut up = TcpStream::connect(upstream).await?;
+    up.write_all(&req.raw).await?;
+    let mut c = Conn::new(up);
+    let mut out = Vec::new();
+    loop {
+        let m = c.read_msg(Some(&req.method)).await?.ok_or(std::io::ErrorKind::UnexpectedEof)?;
+        out.extend_from_slice(&m.raw);
+        if !(100..200).contains(&m.status) {
+            return Ok((out, m.close));
+        }
+    }
+}
+
+fn error_xml(status: u16) -> Vec<u8> {
+    let (code, reason) = match status {
+        500 => ("InternalError", "Internal Server Error"),
+        503 => ("SlowDown", "Service Unavailable"),
+        429 => ("TooManyRequests", "Too Many Requests"),
+        _ => ("InjectedFault", "Injected Fault"),
+    };
+    let body = format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code><Message>injected by the test proxy</Message><RequestId>faults</RequestId></Error>");
+    format!("HTTP/1.1 {status} {reason}\r\ncontent-type: application/xml\r\ncontent-length: {}\r\n\r\n{body}", body.len()).into_bytes()
+}
+
+impl Proxy {
+    async fn start(upstream: &str) -> Proxy {
+        let upstream: SocketAddr = upstream.trim_start_matches("http://").parse().unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let shared = Arc::new(Mutex::new(ProxyShared { fault: Fault::Pass, stats: ProxyStats::default() }));
+        let sh = shared.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((s, _)) = listener.accept().await else { continue };
+                let sh = sh.clone();
+                tokio::spawn(async move {
+                    let _ = Self::serve(Conn::new(s), upstream, sh).await;
+                });
+            }
+        });
+        Proxy { url, shared, task }
+    }
+
+    fn set(&self, f: Fault) {
+        self.shared.lock().unwrap().fault = f;
+    }
+
+    fn stats(&self) -> ProxyStats {
+        self.shared.lock().unwrap().stats.clone()
+    }
+
+    async fn serve(mut c: Conn, upstream: SocketAddr, sh: Arc<Mutex<ProxyShared>>) -> std::io::Result<()> {
+        while let Some(req) = c.read_msg(None).await? {
+            let fault = {
+                let mut g = sh.lock().unwrap();
+                g.stats.requests += 1;
+                if req.method == "PUT" {
+                    g.stats.puts += 1;
+                }
+                match g.fault {
+                    Fault::Mixed(p) if rand::random::<u32>() % 100 < p => match rand::random::<u32>() % 6 {
+                        0 => Fault::Status(500),
+                        1 => Fault::Status(503),
+                        2 => Fault::Status(429),
+                        3 => Fault::Reset,
+                        4 => Fault::Delay(Duration::from_millis(700)),
+                        _ => Fault::LoseResponse,
+                    },
+                    Fault::Mixed(_) => Fault::Pass,
+                    f => f,
+                }
+            };
+            let count = |f: fn(&mut ProxyStats) -> &mut u64| *f(&mut sh.lock().unwrap().stats) += 1;
+            match fault {
+                Fault::Status(code) => {
+                    count(|s| &mut s.status_injected);
+                    c.s.write_all(&error_xml(code)).await?;
+                }
+                Fault::Reset => {
+                    count(|s| &mut s.resets);
+                    reset(c.s);
+                    return Ok(());
+                }
+                Fault::LoseResponse if req.method == "PUT" => {
+                    let r = forward(upstream, &req).await;
+                    count(|s| &mut s.forwarded);
+                    if r.is_ok() {
+                        count(|s| &mut s.lost_responses);
+                    }
+                    return Ok(()); // dropped without an answer
+                }
+                Fault::Delay(d) => {
+                    let (resp, close) = forward(upstream, &req).await?;
+                    count(|s| &mut s.forwarded);
+                    count(|s| &mut s.delayed);
+                    tokio::time::sleep(d).await;
+                    c.s.write_all(&resp).await?;
+                    if close {
+                        return Ok(());
+                    }
+                }
+                _ => {
+                    let (resp, close) = forward(upstream, &req).await?;
+                    count(|s| &mut s.forwarded);
+                    c.s.write_all(&resp).await?;
+                    if close {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+// ========================================================= S3 faults ====
+
+/// What the writers had acknowledged.
+#[derive(Default)]
+struct Acked {
+    state: State,
+    /// Versionstamps of acknowledged increments of `c`.
+    increments: Vec<String>,
+    writes: u64,
+    errors: Vec<String>,
+}
+
+/// Writer `w` owns keys `w{w}-k..`: sets (overwriting), deletes, and
+/// increments of the shared counter `c`, until `stop`.
+async fn s3_writer(c: Client, w: usize, stop: Arc<AtomicBool>) -> Acked {
+    let mut a = Acked::default();
+    let mut i = 0usize;
+    while !stop.load(Ordering::Relaxed) {
+        let key = format!("w{w}-k{:02}", i % 20);
+        let value = format!("v{w}.{i}.{}", "x".repeat(i % 40));
+        match try_set(&c, &key, value.clone()).await {
+            Ok(vs) => {
+                a.state.insert(key, (value.into_bytes(), vs));
+            }
+            Err(e) => a.errors.push(format!("POST /{key}: {e:?}")),
+        }
+        a.writes += 1;
+        if i % 3 == 0 {
+            match try_incr(&c, "c").await {
+                Ok(vs) => a.increments.push(vs),
+                Err(e) => a.errors.push(format!("sum c: {e:?}")),
+            }
+            a.writes += 1;
+        }
+        if i % 7 == 6 {
+            let key = format!("w{w}-k{:02}", (i + 5) % 20);
+            match try_delete(&c, &key).await {
+                Ok(_) => {
+                    a.state.remove(&key);
+                }
+                Err(e) => a.errors.push(format!("DELETE /{key}: {e:?}")),
+            }
+            a.writes += 1;
+        }
+        i += 1;
+        tokio::time::sleep(Duration::from_millis(3)).await;
+    }
+    a
+}
+
+/// Run 4 writers for `window`; returns the merged acknowledgements and the
+/// largest outbox seen meanwhile.
+async fn write_for(s: &Server, window: Duration) -> (Acked, f64) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let tasks: Vec<_> = (0..4).map(|w| tokio::spawn(s3_writer(s.client(), w, stop.clone()))).collect();
+    let t0 = Instant::now();
+    let mut max_outbox: f64 = 0.0;
+    while t0.elapsed() < window {
+        max_outbox = max_outbox.max(gauge(s, "sidekv_outbox_commits").await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let mut all = Acked::default();
+    for t in tasks {
+        let a = t.await.unwrap();
+        all.state.extend(a.state);
+        all.increments.extend(a.increments);
+        all.writes += a.writes;
+        all.errors.extend(a.errors);
+    }
+    (all, max_outbox)
+}
+
+fn merge(into: &mut Acked, from: Acked) {
+    into.state.extend(from.state);
+    into.increments.extend(from.increments);
+    into.writes += from.writes;
+    into.errors.extend(from.errors);
+}
+
+/// The state the store must hold: the writers' keys plus `c`.
+fn expected(a: &Acked) -> State {
+    let mut want = a.state.clone();
+    if let Some(max) = a.increments.iter().max() {
+        want.insert("c".into(), (a.increments.len().to_string().into_bytes(), max.clone()));
+    }
+    want
+}
+
+struct S3Case {
+    s3: S3,
+    proxy: Proxy,
+    bucket: String,
+    prefix: String,
+    dir: tempfile::TempDir,
+}
+
+impl S3Case {
+    async fn new(name: &str) -> S3Case {
+        let s3 = tokio::task::block_in_place(S3::start);
+        let bucket = format!("faults-{name}");
+        s3.create_bucket(&bucket).await;
+        let proxy = Proxy::start(&s3.endpoint).await;
+        S3Case { s3, proxy, bucket, prefix: format!("{name}/data"), dir: common::tempdir() }
+    }
+
+    fn db(&self) -> PathBuf {
+        self.dir.path().join("db.sqlite3")
+    }
+
+    /// Through the proxy (`via_proxy`) or straight to moto.
+    fn opts(&self, via_proxy: bool) -> Opts {
+        let o = self
+            .s3
+            .env(Opts::default(), &self.bucket, &self.prefix)
+            .env("KVSTORE_DURABILITY", "local")
+            .env("KVSTORE_SYNC_INTERVAL", "200ms")
+            // Small, so snapshots (and retention deletes) also run under faults.
+            .env("KVSTORE_SNAPSHOT_BYTES", "6000")
+            .env("KVSTORE_SNAPSHOT_RETENTION", "2")
+            .env("KVSTORE_ADMIN_ADDR", "127.0.0.1:0");
+        if via_proxy { o.env("AWS_ENDPOINT_URL", &self.proxy.url) } else { o }
+    }
+
+    /// SIGTERM, lose the disk, relaunch straight against moto: the restored
+    /// state must be exactly `want` (values and versionstamps, via list and
+    /// via each key's ETag). Returns the relaunched server.
+    async fn restore_and_check(&self, s: &mut Server, want: &State, what: &str) -> Server {
+        terminate(s);
+        assert!(!s.log().contains("FENCED"), "{what}: fenced:\n{}", tail(&s.log(), 60));
+        wipe(&self.db());
+        let t = Instant::now();
+        let s2 = start(&self.db(), self.opts(false));
+        assert!(s2.log().contains("restore complete"), "{what}: {}", s2.log());
+        let c2 = s2.client();
+        let restored = dump(&c2).await;
+        assert_eq!(restored.len(), want.len(), "{what}: number of keys restored");
+        assert_eq!(&restored, want, "{what}: restored state");
+        for (k, v) in want {
+            assert_eq!(get_vs(&c2, k).await.as_ref(), Some(v), "{what}: GET /{k} (value, ETag) after restore");
+        }
+        eprintln!("[{what}] restore of {} keys exact ({} ms including start)", want.len(), t.elapsed().as_millis());
+        s2
+    }
+}
+
+/// Under `fault`, concurrent local-mode writes keep succeeding; after the
+/// fault stops the backup converges; a restore from S3 is exact.
+async fn s3_fault_case(name: &str, fault: Fault, window: Duration) {
+    let t0 = Instant::now();
+    let case = S3Case::new(name).await;
+    let mut s = start(&case.db(), case.opts(true));
+    let c = s.client();
+
+    // Healthy through the proxy first.
+    let (mut acked, _) = write_for(&s, Duration::from_millis(400)).await;
+    wait_caught_up(&s, Duration::from_secs(10)).await;
+    let before = case.proxy.stats();
+    assert!(before.forwarded > 0 && before.faults() == 0, "{before:?}");
+    let failures_before = gauge(&s, "sidekv_upload_failures_total").await;
+
+    case.proxy.set(fault);
+    let (during, max_outbox) = write_for(&s, window).await;
+    let lag_at_end = gauge(&s, "sidekv_replication_lag_seconds").await;
+    let outbox_at_end = gauge(&s, "sidekv_outbox_commits").await;
+    case.proxy.set(Fault::Pass);
+    let stats = case.proxy.stats();
+    let healed = Instant::now();
+    assert!(during.errors.is_empty(), "[{name}] local-mode writes failed under {fault:?}: {:?}", &during.errors[..during.errors.len().min(5)]);
+    assert!(during.writes >= 100, "[{name}] only {} writes in {window:?}", during.writes);
+    assert!(stats.faults() > before.faults(), "[{name}] no fault was injected: {stats:?}");
+    let during_writes = during.writes;
+    merge(&mut acked, during);
+
+    // Converge: every commit in S3, not fenced, ready.
+    let converge = wait_caught_up(&s, Duration::from_secs(25)).await;
+    let m = metrics(&s).await;
+    let failures = metric(&m, "sidekv_upload_failures_total").unwrap() - failures_before;
+    assert_eq!(metric(&m, "sidekv_replication_fenced"), Some(0.0), "[{name}] fenced:\n{}", tail(&s.log(), 40));
+    assert_eq!(readyz(&s).await, 200);
+    match fault {
+        Fault::Delay(_) => assert!(stats.delayed > 0 && lag_at_end >= 0.5, "[{name}] lag {lag_at_end} {stats:?}"),
+        Fault::LoseResponse => {
+            assert!(stats.lost_responses > 0, "{stats:?}");
+            assert!(s.log().contains("identical content; counting it as shipped"), "[{name}] never recognised its own segment:\n{}", tail(&s.log(), 40));
+        }
+        _ => assert!(failures >= 1.0 && outbox_at_end > 0.0, "[{name}] failures {failures}, outbox {outbox_at_end}"),
+    }
+    // The live state is what was acknowledged.
+    let want = expected(&acked);
+    assert_eq!(dump(&c).await, want, "[{name}] served state");
+    eprintln!(
+        "[{name}] {fault:?} for {window:?}: {during_writes} writes acked (0 failed), proxy {stats:?}, upload failures {failures}, \
+         max outbox {max_outbox} commits, outbox at heal {outbox_at_end}, lag at heal {lag_at_end:.2}s, converged {} ms after heal ({} ms measured)",
+        healed.elapsed().as_millis(),
+        converge.as_millis()
+    );
+    let s2 = case.restore_and_check(&mut s, &want, name).await;
+    // The counter continues after the restored history.
+    let vs = try_set(&s2.client(), "after", "restore").await.unwrap();
+    assert!(vs > want.values().map(|v| v.1.clone()).max().unwrap(), "[{name}] {vs}");
+    eprintln!("[{name}] total {} ms", t0.elapsed().as_millis());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn s3_http_500_during_writes() {
+    s3_fault_case("http500", Fault::Status(500), Duration::from_millis(2500)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn s3_http_503_during_writes() {
+    s3_fault_case("http503", Fault::Status(503), Duration::from_millis(2500)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn s3_http_429_during_writes() {
+    s3_fault_case("http429", Fault::Status(429), Duration::from_millis(2500)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn s3_slow_responses_during_writes() {
+    s3_fault_case("slow", Fault::Delay(Duration::from_millis(1500)), Duration::from_millis(3000)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn s3_connection_resets_during_writes() {
+    s3_fault_case("reset", Fault::Reset, Duration::from_millis(2500)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn s3_put_response_lost_does_not_fence() {
+    s3_fault_case("lost", Fault::LoseResponse, Duration::from_millis(2500)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn s3_mixed_random_faults_during_writes() {
+    s3_fault_case("mixed", Fault::Mixed(50), Duration::from_millis(3000)).await;
+}
+
+/// A PUT lands in S3 but its response is lost, and the process dies before
+/// it learns: the next start (same disk, healthy S3) recognises the segment
+/// as its own instead of fencing, ships the rest, and a restore is exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn s3_put_response_lost_then_kill9() {
+    let name = "lostkill";
+    let case = S3Case::new(name).await;
+    let mut s = start(&case.db(), case.opts(true));
+    let (mut acked, _) = write_for(&s, Duration::from_millis(300)).await;
+    wait_caught_up(&s, Duration::from_secs(10)).await;
+    case.proxy.set(Fault::LoseResponse);
+    let (during, _) = write_for(&s, Duration::from_millis(1500)).await;
+    assert!(during.errors.is_empty(), "{:?}", &during.errors[..during.errors.len().min(5)]);
+    merge(&mut acked, during);
+    let stats = case.proxy.stats();
+    assert!(stats.lost_responses > 0, "{stats:?}");
+    let outbox = gauge(&s, "sidekv_outbox_commits").await;
+    assert!(outbox > 0.0);
+    tokio::task::block_in_place(|| s.kill9());
+    case.proxy.set(Fault::Pass);
+
+    // Same disk, through the (now healthy) proxy.
+    let mut s = start(&case.db(), case.opts(true));
+    assert!(!s.log().contains("stale-"), "the local database was moved aside:\n{}", s.log());
+    wait_caught_up(&s, Duration::from_secs(15)).await;
+    assert!(s.log().contains("identical content; counting it as shipped"), "{}", tail(&s.log(), 40));
+    assert_eq!(gauge(&s, "sidekv_replication_fenced").await, 0.0);
+    let (after, _) = write_for(&s, Duration::from_millis(300)).await;
+    assert!(after.errors.is_empty(), "{:?}", after.errors);
+    merge(&mut acked, after);
+    wait_caught_up(&s, Duration::from_secs(10)).await;
+    let want = expected(&acked);
+    assert_eq!(dump(&s.client()).await, want);
+    eprintln!("[{name}] outbox at kill -9: {outbox} commits; proxy {stats:?}");
+    case.restore_and_check(&mut s, &want, name).await;
+}
+
+// ======================================================= disk faults ====
+
+/// Unmounts on drop (after the server using it is gone).
+struct Mount(PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+fn mount_tmpfs(dir: &Path, size: &str) -> Option<Mount> {
+    std::fs::create_dir_all(dir).unwrap();
+    let out = std::process::Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"]).arg(dir).output().ok()?;
+    if !out.status.success() {
+        eprintln!("SKIPPED: cannot mount a tmpfs here ({}); see docs/robustness.md", String::from_utf8_lossy(&out.stderr).trim());
+        return None;
+    }
+    Some(Mount(dir.to_path_buf()))
+}
+
+fn free_bytes(dir: &Path) -> u64 {
+    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).unwrap();
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut st) }, 0);
+    st.f_bavail as u64 * st.f_frsize as u64
+}
+
+/// The database on a 4 MiB tmpfs: fill it with concurrent writers until
+/// writes fail; they fail with 507, reads keep working, nothing
+/// acknowledged is lost and nothing refused appears; after space is freed,
+/// writes succeed again, and everything survives a restart. Then the
+/// filesystem turns read-only under the server, and back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn disk_full_gives_507_and_recovers() {
+    let dir = common::tempdir();
+    let mnt = dir.path().join("disk");
+    let Some(_mount) = mount_tmpfs(&mnt, "4m") else { return };
+    let db = mnt.join("db.sqlite3");
+    // Logs go next to the database: keep them small; the guest cache elsewhere.
+    let opts = Opts::default()
+        .env("RUST_LOG", "warn")
+        .env("KVSTORE_CACHE_DIR", dir.path().join("cache").to_str().unwrap());
+    let mut s = start(&db, opts.clone());
+    let c = s.client();
+    try_set(&c, "before", "full").await.unwrap();
+
+    // Leave ~600 KiB free, then fill that with 16 KiB values from 4 writers.
+    let filler = mnt.join("filler");
+    let free0 = free_bytes(&mnt);
+    std::fs::write(&filler, vec![0u8; (free0 - 600 * 1024) as usize]).unwrap();
+    eprintln!("[disk] tmpfs 4 MiB, {} KiB free, filler leaves {} KiB", free0 / 1024, free_bytes(&mnt) / 1024);
+    let mut tasks = Vec::new();
+    for w in 0..4 {
+        let c = c.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut acked = State::new();
+            for i in 0..500 {
+                let key = format!("fill{w}-{i:03}");
+                let value = format!("{w}:{i}:").into_bytes().into_iter().chain(std::iter::repeat_n(b'a' + w as u8, 16 * 1024)).collect::<Vec<u8>>();
+                match try_set(&c, &key, value.clone()).await {
+                    Ok(vs) => {
+                        acked.insert(key, (value, vs));
+                    }
+                    Err(e) => return (acked, Some((key, e))),
+                }
+            }
+            (acked, None)
+        }));
+    }
+    let mut acked = State::new();
+    acked.insert("before".into(), get_vs(&c, "before").await.unwrap());
+    let mut refused = Vec::new();
+    for t in tasks {
+        let (a, failed) = t.await.unwrap();
+        acked.extend(a);
+        let (key, (status, body)) = failed.expect("the disk never filled up");
+        assert_eq!(status, 507, "refused write {key}: {body}");
+        assert!(body.contains("disk") && body.contains("full"), "{body}");
+        refused.push(key);
+    }
+    let free_full = free_bytes(&mnt);
+    eprintln!("[disk] {} writes of 16 KiB acked before the disk filled; the next ones got 507; {} KiB left", acked.len() - 1, free_full / 1024);
+
+    // Still full: more writes (large and small) are refused with 507, not 500 or a hang.
+    let mut small_ok = 0;
+    for i in 0..5 {
+        let r = try_set(&c, &format!("more{i}"), vec![b'm'; 16 * 1024]).await;
+        assert!(matches!(&r, Err((507, _))), "write while full: {r:?}");
+        refused.push(format!("more{i}"));
+        match try_set(&c, &format!("tiny{i}"), "t").await {
+            Ok(vs) => {
+                small_ok += 1;
+                acked.insert(format!("tiny{i}"), (b"t".to_vec(), vs));
+            }
+            Err((507, _)) => refused.push(format!("tiny{i}")),
+            Err(e) => panic!("tiny write while full: {e:?}"),
+        }
+    }
+    // Reads work and show exactly what was acknowledged.
+    assert_eq!(dump(&c).await, acked, "state while the disk is full");
+    for k in &refused {
+        assert_eq!(get_vs(&c, k).await, None, "refused write {k} is visible");
+    }
+    let m = s.log();
+    assert!(m.contains("group commit failed"), "{m}");
+    assert!(s.child.try_wait().unwrap().is_none(), "the server died");
+
+    // Free the space: writes succeed again at once.
+    std::fs::remove_file(&filler).unwrap();
+    let t = Instant::now();
+    let vs = try_set(&c, &refused[0], "after-free").await.unwrap_or_else(|e| panic!("first write after freeing space: {e:?}\n{}", s.log()));
+    acked.insert(refused[0].clone(), (b"after-free".to_vec(), vs));
+    for i in 0..20 {
+        let k = format!("after{i}");
+        let vs = try_set(&c, &k, vec![b'z'; 16 * 1024]).await.unwrap();
+        acked.insert(k, (vec![b'z'; 16 * 1024], vs));
+    }
+    eprintln!("[disk] space freed: 21 writes OK in {} ms; {small_ok} of 5 tiny writes had squeezed in while full", t.elapsed().as_millis());
+    assert_eq!(dump(&c).await, acked, "state after recovery");
+
+    // Everything survives a clean restart.
+    terminate(&mut s);
+    assert_eq!(read_db(&db), acked, "database file after SIGTERM");
+    let mut s = start(&db, opts.clone());
+    let c = s.client();
+    assert_eq!(dump(&c).await, acked, "state after restart");
+
+    // The filesystem turns read-only under the running server: writes fail
+    // with a 5xx, reads keep working; writable again → writes succeed.
+    let remount = |mode: &str| {
+        let st = std::process::Command::new("mount").args(["-o", &format!("remount,{mode}")]).arg(&mnt).status().unwrap();
+        assert!(st.success(), "remount {mode}");
+    };
+    remount("ro");
+    let r = try_set(&c, "readonly", "x").await;
+    let ro_status = r.as_ref().err().map(|e| e.0);
+    assert!(matches!(ro_status, Some(500..=599)), "write on a read-only disk: {r:?}");
+    assert_eq!(get_vs(&c, "before").await, acked.get("before").cloned(), "read on a read-only disk");
+    remount("rw");
+    let mut recovered = None;
+    let t = Instant::now();
+    for i in 0..50 {
+        match try_set(&c, "readonly", "y").await {
+            Ok(vs) => {
+                recovered = Some((i, vs));
+                break;
+            }
+            Err(e) => {
+                if i == 0 {
+                    eprintln!("[disk] first write after rw remount: {e:?}");
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("[disk] read-only remount: write got {r:?}; after rw: {recovered:?} in {} ms", t.elapsed().as_millis());
+    let (attempts, vs) = recovered.unwrap_or_else(|| panic!("writes never recovered after the disk became writable again:\n{}", tail(&s.log(), 20)));
+    assert_eq!(attempts, 0, "writes must recover at once when the disk is writable again");
+    acked.insert("readonly".into(), (b"y".to_vec(), vs));
+    assert_eq!(dump(&c).await, acked);
+    terminate(&mut s);
+    assert_eq!(read_db(&db), acked, "database file after the read-only episode");
+}
+
+// ======================================================== HTTP abuse ====
+
+fn addr(s: &Server) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], s.port))
+}
+
+/// What a raw exchange ended with.
+#[derive(Debug, PartialEq)]
+enum Raw {
+    /// Bytes received before the server closed the connection.
+    Closed(Vec<u8>),
+    /// Reset (possibly after some bytes).
+    Reset(Vec<u8>),
+    /// Nothing more within the timeout (bytes so far).
+    Hung(Vec<u8>),
+}
+
+impl Raw {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Raw::Closed(b) | Raw::Reset(b) | Raw::Hung(b) => b,
+        }
+    }
+    fn status(&self) -> Option<u16> {
+        let b = self.bytes();
+        let s = std::str::from_utf8(b.get(..12)?).ok()?;
+        s.strip_prefix("HTTP/1.1 ")?.parse().ok()
+    }
+}
+
+/// Read until the server closes (or `timeout`).
+async fn read_all(s: &mut TcpStream, timeout: Duration) -> Raw {
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut buf = [0u8; 8192];
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Err(_) => return Raw::Hung(out),
+            Ok(Ok(0)) => return Raw::Closed(out),
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+            Ok(Err(_)) => return Raw::Reset(out),
+        }
+    }
+}
+
+/// Send `bytes` on a new connection, half-close, and read what comes back.
+async fn raw(s: &Server, bytes: &[u8]) -> Raw {
+    let mut c = TcpStream::connect(addr(s)).await.unwrap();
+    // The server may answer and close before reading everything: ignore write errors.
+    let _ = c.write_all(bytes).await;
+    let _ = c.shutdown().await;
+    read_all(&mut c, Duration::from_secs(5)).await
+}
+
+/// Split a byte stream into HTTP/1.1 responses: (status, headers, body).
+fn parse_responses(mut b: &[u8]) -> Vec<(u16, Vec<(String, String)>, Vec<u8>)> {
+    let mut out = Vec::new();
+    while !b.is_empty() {
+        let end = b.windows(4).position(|w| w == b"\r\n\r\n").expect("response head") + 4;
+        let head = std::str::from_utf8(&b[..end]).unwrap();
+        let mut lines = head.split("\r\n");
+        let status = lines.next().unwrap()[9..12].parse().unwrap();
+        let headers: Vec<(String, String)> = lines
+            .filter_map(|l| l.split_once(':').map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string())))
+            .collect();
+        let len: usize = headers.iter().find(|h| h.0 == "content-length").map(|h| h.1.parse().unwrap()).expect("content-length");
+        out.push((status, headers, b[end..end + len].to_vec()));
+        b = &b[end + len..];
+    }
+    out
+}
+
+/// 200 slowloris connections (a partial request head, one more byte every
+/// 500 ms) do not slow a normal client, and are closed at the 10 s header
+/// timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn slowloris_does_not_starve_and_is_cut_at_the_header_timeout() {
+    let dir = common::tempdir();
+    let s = start(&dir.path().join("db.sqlite3"), Opts::default().env("KVSTORE_ADMIN_ADDR", "127.0.0.1:0"));
+    let a = addr(&s);
+    let steady = Steady::spawn(s.client(), "loris");
+    let t0 = Instant::now();
+    let mut lorises = Vec::new();
+    for i in 0..200 {
+        lorises.push(tokio::spawn(async move {
+            let mut c = TcpStream::connect(a).await.unwrap();
+            let opened = Instant::now();
+            c.write_all(format!("GET /loris{i} HTTP/1.1\r\nhost: x\r\nauthorization: ").as_bytes()).await.unwrap();
+            // Drip the rest of a never-ending header, one byte per 500 ms,
+            // until the server closes the connection.
+            let mut buf = [0u8; 1024];
+            let mut got = Vec::new();
+            loop {
+                tokio::select! {
+                    r = c.read(&mut buf) => {
+                        match r {
+                            Ok(0) | Err(_) => return (opened.elapsed(), got),
+                            Ok(n) => got.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {
+                        if c.write_all(b"x").await.is_err() {
+                            return (opened.elapsed(), got);
+                        }
+                    }
+                }
+                if opened.elapsed() > Duration::from_secs(20) {
+                    return (opened.elapsed(), b"STILL OPEN AFTER 20 s".to_vec());
+                }
+            }
+        }));
+    }
+    // While they hang on: the normal client is served, quickly.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let open = gauge(&s, "sidekv_connections_open").await;
+    assert!(open >= 200.0, "the slowloris connections are not open: {open}");
+    let ok_mid = steady.ok();
+    let t = Instant::now();
+    assert_eq!(get_vs(&s.client(), "loris-steady0").await.map(|v| v.0.is_empty()), Some(false));
+    let fresh = t.elapsed();
+    let mut closed_after = Vec::new();
+    for l in lorises {
+        let (after, got) = l.await.unwrap();
+        assert!(got.is_empty() || got.starts_with(b"HTTP/1.1 408"), "slowloris got {:?}", String::from_utf8_lossy(&got));
+        closed_after.push(after);
+    }
+    let report = steady.finish().await;
+    closed_after.sort();
+    let (min, max) = (closed_after[0], closed_after[closed_after.len() - 1]);
+    eprintln!(
+        "[slowloris] 200 connections open {open}; a fresh client's GET took {} ms meanwhile; steady client: {} round trips, max latency {} ms, {} errors; \
+         slowloris connections closed after {:.1}..{:.1} s (whole test {:.1} s)",
+        fresh.as_millis(), report.round_trips, report.max_latency.as_millis(), report.errors.len(), min.as_secs_f64(), max.as_secs_f64(), t0.elapsed().as_secs_f64()
+    );
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert!(ok_mid >= 20 && report.round_trips > ok_mid, "steady client starved: {ok_mid} then {report:?}");
+    assert!(fresh < Duration::from_secs(1), "a fresh GET took {fresh:?}");
+    assert!(report.max_latency < Duration::from_secs(1), "{report:?}");
+    assert!(min >= Duration::from_millis(9500) && max <= Duration::from_secs(13), "closed after {min:?}..{max:?}, want ~10 s");
+    assert_eq!(gauge(&s, "sidekv_connections_open").await, 0.0, "connections left open");
+}
+
+/// Oversized heads and bodies, garbage, bad keys, pipelining: each gets the
+/// right answer and the server stays correct for a normal client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn malformed_and_oversized_requests() {
+    let dir = common::tempdir();
+    let s = start(
+        &dir.path().join("db.sqlite3"),
+        Opts::default().env("KVSTORE_MAX_BODY_BYTES", "4096").env("KVSTORE_MAX_VALUE_BYTES", "1024"),
+    );
+    let steady = Steady::spawn(s.client(), "abuse");
+    let auth = format!("authorization: {SECRET}\r\n");
+
+    // 100 KiB header → 431.
+    let big = format!("GET /k HTTP/1.1\r\nhost: x\r\n{auth}x-big: {}\r\n\r\n", "a".repeat(100 * 1024));
+    let r = raw(&s, big.as_bytes()).await;
+    assert_eq!(r.status(), Some(431), "{:?}", String::from_utf8_lossy(r.bytes()));
+    // 100 KiB spread over many headers → 431 too.
+    let many: String = (0..2000).map(|i| format!("x-h{i}: {}\r\n", "b".repeat(40))).collect();
+    let r = raw(&s, format!("GET /k HTTP/1.1\r\nhost: x\r\n{auth}{many}\r\n").as_bytes()).await;
+    assert_eq!(r.status(), Some(431), "{:?}", String::from_utf8_lossy(&r.bytes()[..r.bytes().len().min(200)]));
+
+    // Bodies over KVSTORE_MAX_BODY_BYTES → 413: declared, actually sent, chunked.
+    let r = raw(&s, format!("POST /big HTTP/1.1\r\nhost: x\r\n{auth}content-length: 10737418240\r\n\r\n").as_bytes()).await;
+    assert_eq!(r.status(), Some(413), "10 GiB content-length");
+    let mut req = format!("POST /big HTTP/1.1\r\nhost: x\r\n{auth}content-length: 1048576\r\n\r\n").into_bytes();
+    req.extend(vec![b'x'; 1 << 20]);
+    let r = raw(&s, &req).await;
+    assert_eq!(r.status(), Some(413), "1 MiB body");
+    let mut req = format!("POST /big HTTP/1.1\r\nhost: x\r\n{auth}transfer-encoding: chunked\r\n\r\n").into_bytes();
+    for _ in 0..64 {
+        req.extend(b"400\r\n");
+        req.extend(vec![b'y'; 1024]);
+        req.extend(b"\r\n");
+    }
+    req.extend(b"0\r\n\r\n");
+    let r = raw(&s, &req).await;
+    assert_eq!(r.status(), Some(413), "64 KiB chunked body");
+    // Body under the body limit but value over the value limit → 413; at the limit → 200.
+    let c = s.client();
+    assert_eq!(try_set(&c, "big", vec![b'v'; 1025]).await.unwrap_err().0, 413);
+    let vs = try_set(&c, "big", vec![b'v'; 1024]).await.unwrap();
+    assert_eq!(get_vs(&c, "big").await, Some((vec![b'v'; 1024], vs)));
+
+    // Garbage and malformed request lines → 400 or closed, never a hang.
+    let garbage: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("binary garbage", garbage),
+        ("NUL bytes", vec![0u8; 100]),
+        ("no method", b"/k HTTP/1.1\r\nhost: x\r\n\r\n".to_vec()),
+        ("no version", b"GET /k\r\nhost: x\r\n\r\n".to_vec()),
+        ("bad version", b"GET /k HTTP/9.9\r\nhost: x\r\n\r\n".to_vec()),
+        ("two spaces", b"GET  /k  HTTP/1.1\r\nhost: x\r\n\r\n".to_vec()),
+        ("header without colon", b"GET /k HTTP/1.1\r\nhost x\r\n\r\n".to_vec()),
+        ("bad content-length", b"POST /k HTTP/1.1\r\nhost: x\r\ncontent-length: abc\r\n\r\n".to_vec()),
+        ("two content-lengths", b"POST /k HTTP/1.1\r\nhost: x\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\nab".to_vec()),
+        ("bad chunk size", b"POST /k HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n".to_vec()),
+        ("non-ASCII in path", b"GET /\xff\xfe HTTP/1.1\r\nhost: x\r\n\r\n".to_vec()),
+        ("control char in header", b"GET /k HTTP/1.1\r\nhost: x\r\nx-a: a\x01b\r\n\r\n".to_vec()),
+        ("LF only, truncated", b"GET /k HTTP/1.1\nhost".to_vec()),
+    ];
+    let mut outcomes = Vec::new();
+    for (what, bytes) in &cases {
+        let r = raw(&s, bytes).await;
+        let ok = match &r {
+            Raw::Closed(b) | Raw::Reset(b) => b.is_empty() || r.status() == Some(400),
+            Raw::Hung(_) => false,
+        };
+        assert!(ok, "{what}: {r:?}");
+        outcomes.push(format!("{what}: {}", r.status().map(|s| s.to_string()).unwrap_or_else(|| "closed".into())));
+    }
+    eprintln!("[abuse] malformed: {}", outcomes.join(", "));
+
+    // Invalid UTF-8 and bad percent-encoding in keys → 400 (GET and POST).
+    for path in ["/%ff%fe", "/%c3%28", "/%zz", "/a%", "/a%4", "/%ed%a0%80", "/?prefix=%ff", "/?prefix=%g0"] {
+        for method in ["GET", "POST"] {
+            if path.starts_with("/?") && method == "POST" {
+                continue;
+            }
+            let r = raw(&s, format!("{method} {path} HTTP/1.1\r\nhost: x\r\n{auth}content-length: 1\r\nconnection: close\r\n\r\nv").as_bytes()).await;
+            assert_eq!(r.status(), Some(400), "{method} {path}: {:?}", String::from_utf8_lossy(r.bytes()));
+            let body = String::from_utf8_lossy(r.bytes());
+            assert!(body.contains("percent-encoding") || body.contains("UTF-8"), "{method} {path}: {body}");
+        }
+    }
+
+    // Pipelining: three requests in one write → three responses, in order.
+    let mut c1 = TcpStream::connect(addr(&s)).await.unwrap();
+    let reqs = format!(
+        "POST /piped HTTP/1.1\r\nhost: x\r\n{auth}content-length: 3\r\n\r\none\
+         GET /piped HTTP/1.1\r\nhost: x\r\n{auth}\r\n\
+         GET /piped-missing HTTP/1.1\r\nhost: x\r\n{auth}connection: close\r\n\r\n"
+    );
+    c1.write_all(reqs.as_bytes()).await.unwrap();
+    let r = read_all(&mut c1, Duration::from_secs(5)).await;
+    assert!(matches!(r, Raw::Closed(_)), "{r:?}");
+    let resps = parse_responses(r.bytes());
+    assert_eq!(resps.len(), 3, "{:?}", String::from_utf8_lossy(r.bytes()));
+    assert_eq!(resps[0].0, 200);
+    let v: serde_json::Value = serde_json::from_slice(&resps[0].2).unwrap();
+    let vs = v["versionstamp"].as_str().unwrap();
+    assert_eq!(resps[1].0, 200);
+    assert_eq!(resps[1].2, b"one");
+    assert_eq!(resps[1].1.iter().find(|h| h.0 == "etag").map(|h| h.1.clone()), Some(format!("\"{vs}\"")));
+    assert_eq!(resps[2].0, 404);
+    // Ten pipelined writes then a read of the same key: the read sees the last.
+    let mut reqs = String::new();
+    for i in 0..10 {
+        reqs += &format!("POST /piped2 HTTP/1.1\r\nhost: x\r\n{auth}content-length: {}\r\n\r\nv{i}", format!("v{i}").len());
+    }
+    reqs += &format!("GET /piped2 HTTP/1.1\r\nhost: x\r\n{auth}connection: close\r\n\r\n");
+    let mut c2 = TcpStream::connect(addr(&s)).await.unwrap();
+    c2.write_all(reqs.as_bytes()).await.unwrap();
+    let resps = parse_responses(read_all(&mut c2, Duration::from_secs(5)).await.bytes());
+    assert_eq!(resps.len(), 11);
+    let stamps: Vec<String> = resps[..10]
+        .iter()
+        .map(|r| {
+            assert_eq!(r.0, 200);
+            serde_json::from_slice::<serde_json::Value>(&r.2).unwrap()["versionstamp"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert!(stamps.windows(2).all(|w| w[0] < w[1]), "versionstamps out of order: {stamps:?}");
+    assert_eq!((resps[10].0, resps[10].2.as_slice()), (200, &b"v9"[..]));
+
+    let report = steady.finish().await;
+    eprintln!("[abuse] steady client: {} round trips, max latency {} ms, {} errors", report.round_trips, report.max_latency.as_millis(), report.errors.len());
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert!(report.round_trips > 0);
+    assert!(report.max_latency < Duration::from_secs(2), "{report:?}");
+}
+
+fn nofile_limit() -> u64 {
+    let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) }, 0);
+    r.rlim_cur as u64
+}
+
+/// 2000 concurrent connections against KVSTORE_MAX_CONNECTIONS=500: the
+/// server answers exactly as many as it has room for, closes the rest at
+/// once (none hangs), and a normal client on an existing connection keeps
+/// being served; afterwards new connections work again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn connection_flood_is_capped_and_excess_closed() {
+    let limit = nofile_limit();
+    let n: usize = 2000.min(limit.saturating_sub(300) as usize);
+    assert!(n >= 600, "RLIMIT_NOFILE {limit} is too low for this test");
+    let dir = common::tempdir();
+    let s = start(
+        &dir.path().join("db.sqlite3"),
+        Opts::default().env("KVSTORE_MAX_CONNECTIONS", "500").env("KVSTORE_ADMIN_ADDR", "127.0.0.1:0"),
+    );
+    let a = addr(&s);
+    // The normal client: one kept-alive connection, opened before the flood.
+    let normal = Client {
+        base: s.url.clone(),
+        http: reqwest::Client::builder().pool_max_idle_per_host(1).build().unwrap(),
+    };
+    try_set(&normal, "flood", "value").await.unwrap();
+    let steady = Steady::spawn(normal.clone(), "flood");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let open_before = gauge(&s, "sidekv_connections_open").await as usize;
+    let rejected_before = gauge(&s, "sidekv_connections_rejected_total").await as usize;
+    assert_eq!(open_before, 1, "the normal client should hold exactly one connection");
+
+    // Each flood connection sends a GET and, if answered, holds the connection
+    // until every flood connection has an outcome.
+    let release = Arc::new(tokio::sync::Notify::new());
+    let done = Arc::new(AtomicU64::new(0));
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..n {
+        let (release, done) = (release.clone(), done.clone());
+        tasks.push(tokio::spawn(async move {
+            let released = release.notified();
+            let outcome = async {
+                let mut c = match tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(a)).await {
+                    Ok(Ok(c)) => c,
+                    Ok(Err(e)) => return ("connect error", format!("{e}"), Duration::ZERO),
+                    Err(_) => return ("connect timeout", String::new(), Duration::ZERO),
+                };
+                let t = Instant::now();
+                if c.write_all(format!("GET /flood HTTP/1.1\r\nhost: x\r\nauthorization: {SECRET}\r\n\r\n").as_bytes()).await.is_err() {
+                    return ("closed", String::new(), t.elapsed());
+                }
+                let mut got = Vec::new();
+                let mut buf = [0u8; 1024];
+                loop {
+                    match tokio::time::timeout(Duration::from_secs(10), c.read(&mut buf)).await {
+                        Err(_) => return ("hung", String::from_utf8_lossy(&got).to_string(), t.elapsed()),
+                        Ok(Ok(0)) | Ok(Err(_)) => {
+                            return if got.is_empty() { ("closed", String::new(), t.elapsed()) } else { ("partial", String::from_utf8_lossy(&got).to_string(), t.elapsed()) };
+                        }
+                        Ok(Ok(k)) => {
+                            got.extend_from_slice(&buf[..k]);
+                            if got.ends_with(b"value") {
+                                let text = String::from_utf8_lossy(&got).to_string();
+                                let lat = t.elapsed();
+                                done.fetch_add(1, Ordering::SeqCst);
+                                released.await;
+                                drop(c);
+                                return if text.starts_with("HTTP/1.1 200") { ("served", String::new(), lat) } else { ("wrong", text, lat) };
+                            }
+                        }
+                    }
+                }
+            };
+            let r = outcome.await;
+            if r.0 != "served" && r.0 != "wrong" {
+                done.fetch_add(1, Ordering::SeqCst);
+            }
+            r
+        }));
+    }
+    // Wait until every flood connection has its outcome (served ones hold on).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while done.load(Ordering::SeqCst) < n as u64 {
+        assert!(Instant::now() < deadline, "only {} of {n} flood connections got an outcome in 30 s", done.load(Ordering::SeqCst));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let all_outcomes = t0.elapsed();
+    let open_during = gauge(&s, "sidekv_connections_open").await as usize;
+    let ok_during = steady.ok();
+    // A fresh client cannot get in while the cap is reached...
+    let fresh = reqwest::Client::new().get(format!("{}/flood", s.url)).header("authorization", SECRET).send().await;
+    let fresh_refused = fresh.is_err();
+    release.notify_waiters();
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut max_served_latency = Duration::ZERO;
+    let mut max_closed_latency = Duration::ZERO;
+    for t in tasks {
+        let (kind, detail, lat) = t.await.unwrap();
+        assert!(matches!(kind, "served" | "closed"), "flood connection: {kind} {detail:?}");
+        *counts.entry(kind).or_default() += 1;
+        if kind == "served" {
+            max_served_latency = max_served_latency.max(lat);
+        } else {
+            max_closed_latency = max_closed_latency.max(lat);
+        }
+    }
+    let served = counts.get("served").copied().unwrap_or(0);
+    let closed = counts.get("closed").copied().unwrap_or(0);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rejected = gauge(&s, "sidekv_connections_rejected_total").await as usize - rejected_before;
+    // ...and once the flood is gone, it can.
+    let after = try_set(&s.client(), "after-flood", "ok").await;
+    let open_after = gauge(&s, "sidekv_connections_open").await as usize;
+    let report = steady.finish().await;
+    eprintln!(
+        "[flood] RLIMIT_NOFILE {limit}, {n} connections, cap 500 (1 held by the normal client): {served} served (max {} ms), \
+         {closed} closed at once (max {} ms), rejected counter +{rejected}, open during {open_during}, after {open_after}; \
+         all outcomes in {} ms; fresh client during the flood refused: {fresh_refused}; normal client: {} ok during, {} round trips, \
+         max latency {} ms, {} errors",
+        max_served_latency.as_millis(), max_closed_latency.as_millis(), all_outcomes.as_millis(), ok_during, report.round_trips,
+        report.max_latency.as_millis(), report.errors.len()
+    );
+    assert_eq!(served + closed, n);
+    assert_eq!(served, 500 - open_before, "served = free slots");
+    assert_eq!(open_during, 500, "open connections at the cap");
+    assert_eq!(rejected, closed + fresh_refused as usize, "every closed connection was a rejection");
+    assert!(fresh_refused, "a new connection was accepted over the cap: {fresh:?}");
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert!(report.max_latency < Duration::from_secs(2), "{report:?}");
+    assert!(ok_during >= 3, "normal client starved during the flood: {ok_during}");
+    assert!(after.is_ok(), "after the flood: {after:?}");
+    assert!(open_after <= 2, "connections left open: {open_after}");
+}
