@@ -3,23 +3,34 @@
 # system, all measured in this one run on this machine → BENCHMARKS.md.
 #
 # Called by `make bench` after `make build` and building sidekv-native-bench.
-# Sequential: one server and one load at a time. About 4 minutes.
+# One load at a time, never two. About 7 minutes with the defaults.
 #
-# Knobs (env): BENCH_WRK_SECONDS (10), BENCH_WRK_THREADS (2), BENCH_WRK_CONNS (32),
-# BENCH_PORT_BASE (18780), BENCH_SKIP_SEED=1, BENCH_REPORT (BENCHMARKS.md).
+#   1. start-to-ready of sidekv (empty db, warm compiled-guest cache), 5 runs
+#   2. sidekv, native and seed started side by side, each loaded with 1000
+#      keys and warmed up; then BENCH_ROUNDS rounds of GET, POST, MIX (wrk,
+#      10 s each), the target order rotating every round; peak RSS of each
+#   3. sidekv with KVSTORE_INSTANCE_MODE=fresh (GET, POST)
+#   4. sidekv with KVSTORE_DURABILITY=s3, then local durability + S3 backup
+#      (POST), against a local moto S3 server
+#
+# Knobs (env): BENCH_ROUNDS (3), BENCH_WRK_SECONDS (10), BENCH_WRK_THREADS (2),
+# BENCH_WRK_CONNS (32), BENCH_PORT_BASE (18780), BENCH_SKIP_SEED=1,
+# BENCH_QUIET_WAIT (60: seconds to wait for other work on the machine to stop),
+# BENCH_REPORT (BENCHMARKS.md).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
 BIN=$root/target/release/sidekv
 NATIVE_BIN=$root/target/release/sidekv-native-bench
-SEED_DIR=/work/shared/peers/seed-deno
+SEED_DIR=${BENCH_SEED_DIR:-/work/shared/peers/seed-deno}
 OUT=$root/bench/out/run
 CACHE=$root/bench/out/cache
 REPORT=${BENCH_REPORT:-$root/BENCHMARKS.md}
+ROUNDS=${BENCH_ROUNDS:-3}
 export BENCH_OUT=$OUT BENCH_SECRET=benchsecret BENCH_KEYS=1000 BENCH_VALUE_BYTES=100
 base=${BENCH_PORT_BASE:-18780}
-P_MAIN=$base P_ADMIN=$((base + 1)) P_S3=$((base + 2))
+P_SIDEKV=$base P_NATIVE=$((base + 1)) P_SEED=$((base + 2)) P_ADMIN=$((base + 3)) P_S3=$((base + 4))
 started=$(date +%s)
 
 # Nothing from the caller's environment may change what is measured.
@@ -34,7 +45,7 @@ if ! command -v wrk >/dev/null; then
   say "installing wrk (apt)"
   apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null
 fi
-for p in $P_MAIN $P_ADMIN $P_S3; do
+for p in $P_SIDEKV $P_NATIVE $P_SEED $P_ADMIN $P_S3; do
   if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then echo "port $p is in use; set BENCH_PORT_BASE" >&2; exit 1; fi
 done
 
@@ -58,21 +69,17 @@ wait_listening() { # LOG PID
   return 1
 }
 
-stop() { # PID-or-negative-PGID
+stop() { # PID, or -PGID for a process group
   local p=$1
   kill -TERM -- "$p" 2>/dev/null || return 0
   for _ in $(seq 200); do kill -0 -- "$p" 2>/dev/null || return 0; sleep 0.05; done
   kill -KILL -- "$p" 2>/dev/null || true
 }
 
-warmup() { # URL (3 s of GETs, not recorded)
-  BENCH_MODE=get wrk -t2 -c32 -d3s -s "$root/bench/wrk/kv.lua" "$1" >/dev/null
-}
-
-start_sidekv() { # NAME [VAR=value...]
+start_sidekv() { # NAME [VAR=value...]; sets $server
   local name=$1 file=${1// /_}
   shift
-  env PORT=$P_MAIN HOST=127.0.0.1 KVSTORE_DB="$OUT/$file.sqlite3" KVSTORE_SECRET=$BENCH_SECRET \
+  env PORT=$P_SIDEKV HOST=127.0.0.1 KVSTORE_DB="$OUT/$file.sqlite3" KVSTORE_SECRET=$BENCH_SECRET \
     KVSTORE_PUBLIC_READS=true KVSTORE_CACHE_DIR="$CACHE" KVSTORE_ADMIN_ADDR=127.0.0.1:$P_ADMIN \
     "$@" "$BIN" >"$OUT/$file.log" 2>&1 &
   server=$!
@@ -80,46 +87,41 @@ start_sidekv() { # NAME [VAR=value...]
   wait_listening "$OUT/$file.log" "$server"
 }
 
-s3_env=(AWS_ENDPOINT_URL=http://127.0.0.1:$P_S3 AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1)
+# Per target: port, server PIDs (for CPU accounting), metrics URL.
+declare -A port pids metrics
+
+prepare() { # NAME: load the keys, then 3 s of GETs (not recorded)
+  py load "http://127.0.0.1:${port[$1]}" "$BENCH_KEYS" "$BENCH_SECRET" "$BENCH_VALUE_BYTES"
+  BENCH_MODE=get wrk -t2 -c32 -d3s -s "$root/bench/wrk/kv.lua" "http://127.0.0.1:${port[$1]}" >/dev/null
+}
+
+measure() { # NAME WORKLOAD [ROUND]
+  [ "$2" = POST ] && py fsync "$1"
+  BENCH_ROUND=${3:-0} BENCH_SERVER_PIDS="${pids[$1]}" py wrk "$1" "$2" "http://127.0.0.1:${port[$1]}" ${metrics[$1]}
+}
 
 py machine
 say "machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'), kernel $(uname -r)"
+say "waiting for a quiet machine (up to ${BENCH_QUIET_WAIT:-60} s)"
+py quiet "${BENCH_QUIET_WAIT:-60}"
 
-# ---- start-to-ready (on a quiet machine, before any load) ----
+# ---- 1. start-to-ready (before any load) ----
 say "sidekv start-to-ready (empty db, warm compiled-guest cache, 5 runs)"
 env HOST=127.0.0.1 KVSTORE_SECRET=$BENCH_SECRET KVSTORE_PUBLIC_READS=true KVSTORE_CACHE_DIR="$CACHE" \
   python3 "$root/bench/bench.py" ready sidekv 5 "$BIN"
 
-run_target() { # NAME METRICS_URL WORKLOADS...
-  local name=$1 metrics=$2
-  shift 2
-  py load "http://127.0.0.1:$P_MAIN" "$BENCH_KEYS" "$BENCH_SECRET" "$BENCH_VALUE_BYTES"
-  warmup "http://127.0.0.1:$P_MAIN"
-  for wl in "$@"; do
-    [ "$wl" = POST ] && py fsync "$name"
-    py wrk "$name" "$wl" "http://127.0.0.1:$P_MAIN" $metrics
-  done
-}
-
-# ---- sidekv (reuse, the default) ----
-say "sidekv (default guest, instance reuse)"
+# ---- 2. sidekv, native, seed side by side ----
+say "starting sidekv (default guest, instance reuse), the native baseline and the seed system"
 start_sidekv sidekv
-run_target sidekv "http://127.0.0.1:$P_ADMIN/metrics" GET POST MIX
-py rss sidekv "$server"
-stop "$server"
+port[sidekv]=$P_SIDEKV pids[sidekv]=$server metrics[sidekv]=http://127.0.0.1:$P_ADMIN/metrics
 
-# ---- native baseline ----
-say "native baseline (bench/native: same Store and hyper settings, no wasm)"
-PORT=$P_MAIN HOST=127.0.0.1 KVSTORE_DB="$OUT/native.sqlite3" KVSTORE_SECRET=$BENCH_SECRET \
+PORT=$P_NATIVE HOST=127.0.0.1 KVSTORE_DB="$OUT/native.sqlite3" KVSTORE_SECRET=$BENCH_SECRET \
   "$NATIVE_BIN" >"$OUT/native.log" 2>&1 &
-server=$!
-kill_on_exit+=("$server")
-wait_listening "$OUT/native.log" "$server"
-run_target native "http://127.0.0.1:$P_MAIN/_metrics" GET POST MIX
-py rss native "$server"
-stop "$server"
+kill_on_exit+=("$!")
+port[native]=$P_NATIVE pids[native]=$! metrics[native]=http://127.0.0.1:$P_NATIVE/_metrics
+wait_listening "$OUT/native.log" "${pids[native]}"
 
-# ---- S3 server (moto) for the seed's litestream and sidekv's s3 runs ----
+# S3 server (moto) for the seed's litestream and for sidekv's S3 runs.
 MOTO=""
 for m in "$root/.venv/bin/moto_server" "$root/bench/out/seed/venv/bin/moto_server"; do
   [ -x "$m" ] && { MOTO=$m; break; }
@@ -133,8 +135,7 @@ if [ -n "$MOTO" ]; then
 fi
 $moto_up || say "WARNING: no S3 server (moto_server missing or not starting: run make setup-py)"
 
-# ---- seed system ----
-say "seed system (Deno KV + litestream, from $SEED_DIR)"
+targets=(sidekv native)
 seed_skip=""
 if [ "${BENCH_SKIP_SEED:-}" = 1 ]; then
   seed_skip="BENCH_SKIP_SEED=1 was set"
@@ -146,13 +147,13 @@ else
   rm -f "$root"/bench/out/seed/kv.sqlite3*
   # run.sh installs deno, litestream and moto from PyPI into bench/out/seed/venv
   # the first time, finds our moto on P_S3, and starts deno (+ litestream) under setsid.
-  if seed_out=$(KVSTORE_SECRET=$BENCH_SECRET timeout 600 "$SEED_DIR/run.sh" "$root/bench/out/seed" "$P_MAIN" "$P_S3" 2>&1); then
+  if seed_out=$(KVSTORE_SECRET=$BENCH_SECRET timeout 600 "$SEED_DIR/run.sh" "$root/bench/out/seed" "$P_SEED" "$P_S3" 2>&1); then
     seed_pid=$(awk '$1 == "deno" {print $2}' <<<"$seed_out")
     kill_on_exit+=("-$seed_pid")   # its own process group: deno and its litestream child
+    sleep 0.5
     lpid=$(ps -o pid= --ppid "$seed_pid" | head -1 | tr -d ' ')
-    run_target seed "" GET POST MIX
-    py rss seed "$seed_pid" ${lpid:+litestream=$lpid}
-    stop "-$seed_pid"
+    port[seed]=$P_SEED pids[seed]="$seed_pid $lpid" metrics[seed]=""
+    targets+=(seed)
   else
     seed_skip="its run.sh failed: $(tail -3 <<<"$seed_out" | tr '\n' ' ')"
   fi
@@ -162,32 +163,63 @@ if [ -n "$seed_skip" ]; then
   py note "Seed system skipped" "$seed_skip; ratios against the seed are n/a in this run."
 fi
 
-# ---- instance strategy: fresh ----
+for t in "${targets[@]}"; do
+  say "loading and warming up $t"
+  prepare "$t"
+done
+
+n=${#targets[@]}
+for ((r = 0; r < ROUNDS; r++)); do
+  say "round $((r + 1))/$ROUNDS"
+  for wl in GET POST MIX; do
+    for ((i = 0; i < n; i++)); do
+      measure "${targets[$(((i + r) % n))]}" "$wl" "$r"
+    done
+  done
+done
+
+say "peak RSS"
+py rss sidekv "${pids[sidekv]}"
+py rss native "${pids[native]}"
+if [ -n "${seed_pid:-}" ]; then
+  py rss seed "$seed_pid" ${lpid:+litestream=$lpid}
+  stop "-$seed_pid"
+fi
+stop "${pids[sidekv]}"
+stop "${pids[native]}"
+
+# ---- 3. instance strategy: fresh ----
 say "sidekv, KVSTORE_INSTANCE_MODE=fresh"
 start_sidekv "sidekv fresh" KVSTORE_INSTANCE_MODE=fresh
-run_target "sidekv fresh" "http://127.0.0.1:$P_ADMIN/metrics" GET POST
+port["sidekv fresh"]=$P_SIDEKV pids["sidekv fresh"]=$server metrics["sidekv fresh"]=http://127.0.0.1:$P_ADMIN/metrics
+prepare "sidekv fresh"
+measure "sidekv fresh" GET
+measure "sidekv fresh" POST
 py rss "sidekv fresh" "$server"
 stop "$server"
 
-# ---- durability: s3, and local with S3 backup (the seed's setup) ----
+# ---- 4. durability: s3, and local with S3 backup (the seed's setup) ----
 if $moto_up; then
+  s3_env=(AWS_ENDPOINT_URL=http://127.0.0.1:$P_S3 AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-east-1)
   curl -s -o /dev/null -X PUT "http://127.0.0.1:$P_S3/sidekv-bench"
-  say "sidekv, KVSTORE_DURABILITY=s3 (local moto)"
-  start_sidekv "sidekv s3" "${s3_env[@]}" KVSTORE_S3_URL=s3://sidekv-bench/s3mode KVSTORE_DURABILITY=s3
-  run_target "sidekv s3" "http://127.0.0.1:$P_ADMIN/metrics" POST
-  py rss "sidekv s3" "$server"
-  stop "$server"
-
-  say "sidekv, local durability with S3 backup (local moto)"
-  start_sidekv "sidekv local+S3 backup" "${s3_env[@]}" KVSTORE_S3_URL=s3://sidekv-bench/localmode
-  run_target "sidekv local+S3 backup" "http://127.0.0.1:$P_ADMIN/metrics" POST
-  py rss "sidekv local+S3 backup" "$server"
-  stop "$server"
+  for t in "sidekv s3" "sidekv local+S3 backup"; do
+    say "$t (local moto)"
+    if [ "$t" = "sidekv s3" ]; then
+      start_sidekv "$t" "${s3_env[@]}" KVSTORE_S3_URL=s3://sidekv-bench/s3mode KVSTORE_DURABILITY=s3
+    else
+      start_sidekv "$t" "${s3_env[@]}" KVSTORE_S3_URL=s3://sidekv-bench/localmode
+    fi
+    port[$t]=$P_SIDEKV pids[$t]=$server metrics[$t]=http://127.0.0.1:$P_ADMIN/metrics
+    prepare "$t"
+    measure "$t" POST
+    py rss "$t" "$server"
+    stop "$server"
+  done
 else
   py note "S3 runs skipped" "no local S3 server (moto); run make setup-py"
 fi
 
-[ -n "${moto:-}" ] && stop "$moto"
+if [ -n "${moto:-}" ]; then stop "$moto"; fi
 py report >"$REPORT"
 say "wrote $REPORT in $(($(date +%s) - started)) s; raw results in $OUT"
-sed -n '/^## Targets/,/^$/p' "$REPORT"
+sed -n '/^## Targets/,$p' "$REPORT" | sed '/^## What/,$d'

@@ -1025,3 +1025,55 @@ async fn restore_command_progress_and_refusals() {
     let out = ctx.restore(&db, None);
     assert!(!out.status.success() && text(&out).contains("exists"), "{}", text(&out));
 }
+
+// --------------------------------------------------------------- 10 ----
+
+/// SIGKILL mid-load in local mode, restart on the same disk: every
+/// acknowledged write is still there (local fsync), the outbox left behind
+/// (including a segment that may have reached S3 unrecorded) ships without
+/// the instance fencing itself, and a later restore from S3 has it all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill9_then_restart_on_the_same_disk_ships_the_rest() {
+    let ctx = Ctx::new("kill9same").await;
+    let db = ctx.db();
+    let env = [("KVSTORE_DURABILITY", "local"), ("KVSTORE_SYNC_INTERVAL", "200ms"), ("KVSTORE_ADMIN_ADDR", "127.0.0.1:0")];
+    let mut s = ctx.start(&db, &env);
+    let mut tasks = Vec::new();
+    for w in 0..4 {
+        let c = s.client();
+        tasks.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            for i in 0..100_000 {
+                let (k, v) = (format!("w{w}-{i:05}"), format!("{w}.{i}"));
+                match try_set(&c, &k, v.clone()).await {
+                    Ok(vs) => acked.push((k, (v.into_bytes(), vs))),
+                    Err((0, _)) => break,
+                    Err(e) => panic!("{k}: {e:?}"),
+                }
+            }
+            acked
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    tokio::task::block_in_place(|| s.kill9());
+    let mut acked = State::new();
+    for t in tasks {
+        acked.extend(t.await.unwrap());
+    }
+    let s = ctx.start(&db, &env);
+    let served = dump(&s.client()).await;
+    assert_has_all(&served, &acked, "same disk after kill -9");
+    assert!(served.len() <= acked.len() + 4);
+    wait_caught_up(&s, Duration::from_secs(20)).await;
+    assert!(!log(&s).contains("FENCED"), "the restarted instance fenced itself:\n{}", log(&s));
+    let mut s = s;
+    let c = s.client();
+    let vs = try_set(&c, "after-restart", "x").await.unwrap();
+    let mut want = served.clone();
+    want.insert("after-restart".into(), (b"x".to_vec(), vs));
+    terminate(&mut s);
+    let to = ctx.path("restored.sqlite3");
+    let out = ctx.restore(&to, None);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(read_db(&to), want);
+}

@@ -134,8 +134,12 @@ fn real_main() -> anyhow::Result<()> {
                 let store_dir = tempfile_dir()?;
                 let store = sidekv::store::Store::open(&store_dir.join("check.sqlite3"), Default::default())?;
                 let src = sidekv::guest_source(&config);
-                match sidekv::guest::GuestRuntime::new(&src, sidekv::guest_options(&config)?, store.clone()) {
-                    Ok(_) => println!("ok   guest {} loads", src.name()),
+                let loaded = match sidekv::guest::GuestRuntime::new(&src, sidekv::guest_options(&config)?, store.clone()) {
+                    Ok(rt) => rt.warm_up().await,
+                    Err(e) => Err(e),
+                };
+                match loaded {
+                    Ok(()) => println!("ok   guest {} loads", src.name()),
                     Err(e) => {
                         problems += 1;
                         println!("FAIL guest: {e}")
