@@ -284,6 +284,14 @@ fn route(req: &Request) -> Result<Resp, Resp> {
         };
     }
     let key = percent_decode(raw, false).map_err(|e| error(400, format!("invalid key: {e}")))?;
+    // Checked again after decoding: `/%5Ffoo` is the reserved key `_foo`.
+    if key.starts_with('_') {
+        return Err(if matches!(req.method.as_str(), "GET" | "HEAD") {
+            error(404, "not found (keys starting with _ are reserved)")
+        } else {
+            error(400, "keys starting with _ are reserved for sidekv's endpoints (/_atomic, /_watch, /_export, /_import)")
+        });
+    }
     if key.len() > MAX_KEY_BYTES {
         return Err(error(400, format!("invalid key: {} bytes, over the {MAX_KEY_BYTES}-byte limit", key.len())));
     }
@@ -530,24 +538,46 @@ fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
+/// Longest TTL the host accepts (100 years), checked per line on import.
+const MAX_TTL_MS: u64 = 100 * 365 * 24 * 3600 * 1000;
+
 /// Load NDJSON (`{"key":…,"value":<base64>,"expires_at":<unix ms>?}` per
-/// line, the `/_export` format) in atomic batches. Bad lines are reported
-/// by number and skipped; good lines are imported.
+/// line, the `/_export` format) in atomic batches. Every bad line is
+/// reported by number and skipped; good lines are imported. If the store
+/// rejects a batch, its lines are retried one by one so the error lands on
+/// the line that caused it.
 fn import(req: &Request) -> Result<Resp, Resp> {
     authorize(req, Access::Write)?;
     let text = std::str::from_utf8(&req.body).map_err(|_| error(400, "the body is not UTF-8 NDJSON"))?;
+    let max_value = config::get("max-value-bytes").and_then(|v| v.parse::<usize>().ok()).unwrap_or(usize::MAX);
     let mut errors: Vec<Value> = Vec::new();
-    let mut batch: Vec<kv::Mutation> = Vec::new();
+    let mut batch: Vec<(usize, kv::Mutation)> = Vec::new();
     let mut imported = 0u64;
     let mut expired = 0u64;
     let now = now_ms();
-    let flush = |batch: &mut Vec<kv::Mutation>, imported: &mut u64| -> Result<(), Resp> {
+    let describe = |e: KvError| match e {
+        KvError::InvalidKey(m) => format!("invalid key: {m}"),
+        KvError::ValueTooLarge(l) => format!("the value is over the {l}-byte limit"),
+        KvError::InvalidArgument(m) | KvError::Unavailable(m) | KvError::Internal(m) => m,
+        KvError::StorageFull => "the disk is full".into(),
+    };
+    let flush = |batch: &mut Vec<(usize, kv::Mutation)>, imported: &mut u64, errors: &mut Vec<Value>| -> Result<(), Resp> {
         if batch.is_empty() {
             return Ok(());
         }
-        match kv::atomic(&[], batch).map_err(kv_error)? {
-            kv::AtomicOutcome::Committed(_) => *imported += batch.len() as u64,
-            kv::AtomicOutcome::CheckFailed(_) => return Err(error(500, "import batch failed a check it did not have")),
+        let muts: Vec<kv::Mutation> = batch.iter().map(|(_, m)| m.clone()).collect();
+        match kv::atomic(&[], &muts) {
+            Ok(_) => *imported += batch.len() as u64,
+            Err(KvError::Unavailable(m)) => return Err(error(503, format!("{m} ({imported} lines imported before this)"))),
+            Err(KvError::StorageFull) => return Err(error(507, format!("the disk is full ({imported} lines imported before this)"))),
+            Err(_) => {
+                for (line, m) in batch.iter() {
+                    match kv::atomic(&[], std::slice::from_ref(m)) {
+                        Ok(_) => *imported += 1,
+                        Err(e) => errors.push(json!({ "line": line, "error": describe(e) })),
+                    }
+                }
+            }
         }
         batch.clear();
         Ok(())
@@ -568,12 +598,18 @@ fn import(req: &Request) -> Result<Resp, Resp> {
             }
             let value = v.get("value").and_then(Value::as_str).ok_or("needs a base64 string \"value\"")?;
             let value = B64.decode(value).map_err(|_| "\"value\" is not valid base64".to_string())?;
+            if value.len() > max_value {
+                return Err(format!("the value is {} bytes, over the {max_value}-byte limit", value.len()));
+            }
             let ttl_ms = match v.get("expires_at") {
                 None | Some(Value::Null) => None,
                 Some(at) => {
                     let at = at.as_u64().ok_or("\"expires_at\" must be unix milliseconds")?;
                     if at <= now {
                         return Ok(None);
+                    }
+                    if at - now > MAX_TTL_MS {
+                        return Err("\"expires_at\" is more than 100 years away".into());
                     }
                     Some(at - now)
                 }
@@ -582,16 +618,17 @@ fn import(req: &Request) -> Result<Resp, Resp> {
         })();
         match parsed {
             Ok(Some(m)) => {
-                batch.push(m);
+                batch.push((n, m));
                 if batch.len() >= IMPORT_BATCH {
-                    flush(&mut batch, &mut imported)?;
+                    flush(&mut batch, &mut imported, &mut errors)?;
                 }
             }
             Ok(None) => expired += 1,
             Err(e) => errors.push(json!({ "line": n, "error": e })),
         }
     }
-    flush(&mut batch, &mut imported)?;
+    flush(&mut batch, &mut imported, &mut errors)?;
+    errors.sort_by_key(|e| e["line"].as_u64());
     let status = if errors.is_empty() { 200 } else { 400 };
     Ok(json_resp(status, json!({ "ok": errors.is_empty(), "imported": imported, "skipped_expired": expired, "errors": errors })))
 }

@@ -30,6 +30,7 @@ use crate::App;
 use crate::guest::{BodyStream, Request as GuestRequest, Response as GuestResponse};
 use crate::limits;
 use crate::metrics::METRICS;
+use crate::store::StoreError;
 use crate::streams;
 
 pub type Body = BoxBody<Bytes, std::io::Error>;
@@ -46,6 +47,14 @@ pub fn error_response(status: u16, msg: &str) -> HttpResponse<Body> {
         .header("content-type", "application/json")
         .body(full(body))
         .expect("static response parts are valid")
+}
+
+/// 413 for a body that was not (fully) read: the connection cannot be
+/// reused, so say so instead of letting keep-alive clients find out.
+fn body_too_large(max: usize) -> HttpResponse<Body> {
+    let mut r = error_response(413, &format!("the request body is over the {max}-byte limit (KVSTORE_MAX_BODY_BYTES)"));
+    r.headers_mut().insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
+    r
 }
 
 /// Serve the main port until `shutdown` resolves, then stop accepting and
@@ -127,7 +136,7 @@ async fn handle_inner(app: &Arc<App>, req: HttpRequest<Incoming>) -> HttpRespons
     let max = app.config.max_body_bytes;
     if let Some(len) = req.headers().get(hyper::header::CONTENT_LENGTH) {
         if len.to_str().ok().and_then(|s| s.parse::<u64>().ok()).is_some_and(|n| n > max as u64) {
-            return error_response(413, &format!("the request body is over the {max}-byte limit (KVSTORE_MAX_BODY_BYTES)"));
+            return body_too_large(max);
         }
     }
     let (parts, body) = req.into_parts();
@@ -135,7 +144,7 @@ async fn handle_inner(app: &Arc<App>, req: HttpRequest<Incoming>) -> HttpRespons
         Ok(c) => c.to_bytes(),
         Err(e) => {
             if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
-                return error_response(413, &format!("the request body is over the {max}-byte limit (KVSTORE_MAX_BODY_BYTES)"));
+                return body_too_large(max);
             }
             return error_response(400, &format!("reading the request body: {e}"));
         }
@@ -148,7 +157,7 @@ async fn handle_inner(app: &Arc<App>, req: HttpRequest<Incoming>) -> HttpRespons
         .collect();
     let greq = GuestRequest { method: parts.method.as_str().to_owned(), path_with_query, headers, body: body.to_vec() };
     match guest.handle(greq).await {
-        Ok(resp) => match to_http(app, resp) {
+        Ok(resp) => match to_http(app, resp).await {
             Ok(r) => r,
             Err(msg) => {
                 METRICS.guest_failure("bad_response");
@@ -160,7 +169,7 @@ async fn handle_inner(app: &Arc<App>, req: HttpRequest<Incoming>) -> HttpRespons
     }
 }
 
-fn to_http(app: &Arc<App>, resp: GuestResponse) -> Result<HttpResponse<Body>, String> {
+async fn to_http(app: &Arc<App>, resp: GuestResponse) -> Result<HttpResponse<Body>, String> {
     let status = StatusCode::from_u16(resp.status)
         .ok()
         .filter(|s| s.as_u16() >= 200)
@@ -176,6 +185,21 @@ fn to_http(app: &Arc<App>, resp: GuestResponse) -> Result<HttpResponse<Body>, St
         None => full(resp.body),
         Some(stream) => {
             let store = app.store().ok_or("the store is not open")?.clone();
+            // Check a watch's start position before committing to a 200.
+            let stream = match stream {
+                BodyStream::WatchPrefix((prefix, after)) => {
+                    let pos = match streams::start_position(&store, after.as_deref()) {
+                        Ok(p) => p,
+                        Err(e) => return Ok(error_response(400, &format!("bad resume position: {e}"))),
+                    };
+                    match store.changes(prefix.clone(), pos, 1).await {
+                        Ok(_) => Stream::Watch(prefix, pos),
+                        Err(e @ StoreError::InvalidArgument(_)) => return Ok(error_response(410, &e.to_string())),
+                        Err(e) => return Ok(error_response(e.http_status(), &e.to_string())),
+                    }
+                }
+                BodyStream::Export(prefix) => Stream::Export(prefix),
+            };
             let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(16);
             let prologue = resp.body;
             tokio::spawn(async move {
@@ -183,14 +207,19 @@ fn to_http(app: &Arc<App>, resp: GuestResponse) -> Result<HttpResponse<Body>, St
                     return;
                 }
                 match stream {
-                    BodyStream::WatchPrefix((prefix, after)) => streams::watch_prefix(store, prefix, after, tx).await,
-                    BodyStream::Export(prefix) => streams::export(store, prefix, tx).await,
+                    Stream::Watch(prefix, pos) => streams::watch_prefix(store, prefix, pos, tx).await,
+                    Stream::Export(prefix) => streams::export(store, prefix, tx).await,
                 }
             });
             StreamBody::new(tokio_stream_from(rx)).boxed()
         }
     };
     out.body(body).map_err(|e| e.to_string())
+}
+
+enum Stream {
+    Watch(String, crate::store::ChangePos),
+    Export(String),
 }
 
 fn tokio_stream_from<T: Send + 'static>(

@@ -146,10 +146,18 @@ pub async fn run(
     };
     let http_task = tokio::spawn(http::serve(listener, app.clone(), stopped()));
     let admin_task = admin.map(|l| tokio::spawn(http::serve_admin(l, app.clone(), stopped())));
-    tokio::spawn(async move {
-        shutdown.await;
-        let _ = stop_tx.send(true);
-    });
+    {
+        let app = app.clone();
+        tokio::spawn(async move {
+            shutdown.await;
+            // End long-polls and streams first, so graceful shutdown is not
+            // held up by clients that would wait for minutes.
+            if let Some(s) = app.store() {
+                s.begin_shutdown();
+            }
+            let _ = stop_tx.send(true);
+        });
+    }
 
     // Restore (if needed) and open the store; requests get 503 meanwhile.
     let replica = match &config.s3_url {

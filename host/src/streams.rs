@@ -11,7 +11,7 @@ use hyper::body::Frame;
 use tokio::sync::mpsc::Sender;
 
 use crate::limits;
-use crate::store::{Change, Entry, ListQuery, Store, Versionstamp};
+use crate::store::{Change, ChangePos, Entry, ListQuery, Store, Versionstamp};
 
 type Tx = Sender<Result<Frame<Bytes>, std::io::Error>>;
 
@@ -30,6 +30,9 @@ pub fn entry_json(e: &Entry) -> String {
     .to_string()
 }
 
+/// The SSE id of a change: `<versionstamp>.<n>` (n = its place inside the
+/// commit), so a client that reconnects in the middle of a large commit
+/// resumes exactly after the last event it saw.
 fn change_event(c: &Change) -> String {
     let data = serde_json::json!({
         "key": c.key,
@@ -37,21 +40,33 @@ fn change_event(c: &Change) -> String {
         "versionstamp": c.versionstamp.to_string(),
         "expires_at": c.expires_at,
     });
-    format!("id: {}\nevent: {}\ndata: {}\n\n", c.versionstamp, if c.value.is_some() { "set" } else { "delete" }, data)
+    format!("id: {}.{}\nevent: {}\ndata: {}\n\n", c.versionstamp, c.n, if c.value.is_some() { "set" } else { "delete" }, data)
 }
 
-/// Stream every change under `prefix` after `after` (default: from now on).
-pub async fn watch_prefix(store: Store, prefix: String, after: Option<String>, tx: Tx) {
-    let mut commits = store.subscribe_commits();
-    let mut pos = match after.as_deref().map(str::parse::<Versionstamp>) {
-        Some(Ok(v)) => v,
-        Some(Err(e)) => {
-            let _ = send(&tx, format!("event: error\ndata: {}\n\n", serde_json::json!({ "error": e.to_string() }))).await;
-            return;
-        }
-        None => Versionstamp::new(store.committed(), u16::MAX),
+/// Parse a resume position: `<vs>` (after that whole write) or `<vs>.<n>`
+/// (an SSE id: after that event).
+pub fn parse_position(s: &str) -> Result<ChangePos, String> {
+    let (vs, n) = match s.split_once('.') {
+        Some((vs, n)) => (vs, Some(n.parse::<u32>().map_err(|_| format!("{s:?} is not a versionstamp or an event id"))?)),
+        None => (s, None),
     };
-    if !send(&tx, format!(": watching prefix {prefix:?} after {pos}\nretry: 1000\n\n")).await {
+    let vs = vs.parse::<Versionstamp>().map_err(|e| e.to_string())?;
+    Ok(ChangePos { vs, n })
+}
+
+/// Where a new prefix watch starts: the client's position, or "now".
+pub fn start_position(store: &Store, after: Option<&str>) -> Result<ChangePos, String> {
+    match after {
+        Some(a) => parse_position(a),
+        None => Ok(ChangePos { vs: Versionstamp::new(store.committed(), u16::MAX), n: None }),
+    }
+}
+
+/// Stream every change under `prefix` after `pos` until the client leaves
+/// or the server shuts down.
+pub async fn watch_prefix(store: Store, prefix: String, mut pos: ChangePos, tx: Tx) {
+    let mut commits = store.subscribe_commits();
+    if !send(&tx, format!(": watching prefix {prefix:?}\nretry: 1000\n\n")).await {
         return;
     }
     loop {
@@ -62,7 +77,7 @@ pub async fn watch_prefix(store: Store, prefix: String, after: Option<String>, t
                     if !send(&tx, change_event(c)).await {
                         return;
                     }
-                    pos = c.versionstamp;
+                    pos = ChangePos { vs: c.versionstamp, n: Some(c.n) };
                 }
                 continue;
             }
@@ -78,6 +93,7 @@ pub async fn watch_prefix(store: Store, prefix: String, after: Option<String>, t
                 if !send(&tx, ": keep-alive\n\n".into()).await { return; }
             }
             _ = tx.closed() => return,
+            _ = store.closing() => return,
         }
     }
 }
@@ -87,6 +103,9 @@ pub async fn watch_prefix(store: Store, prefix: String, after: Option<String>, t
 pub async fn export(store: Store, prefix: String, tx: Tx) {
     let mut cursor = None;
     loop {
+        if store.is_closing() {
+            return;
+        }
         let q = ListQuery { prefix: prefix.clone(), limit: limits::MAX_LIST_LIMIT, cursor: cursor.take(), ..Default::default() };
         match store.list(q).await {
             Ok(page) => {

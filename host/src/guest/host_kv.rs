@@ -60,37 +60,38 @@ fn query(q: kv::ListQuery) -> store::ListQuery {
 
 impl types::Host for HostState {}
 
+
 impl kv::Host for HostState {
     async fn get(&mut self, key: String) -> Result<Option<Entry>, KvError> {
-        Ok(self.store.get(key).await?.map(entry))
+        Ok(blocking!(self, self.store.get(key))?.map(entry))
     }
 
     async fn get_many(&mut self, keys: Vec<String>) -> Result<Vec<Option<Entry>>, KvError> {
-        Ok(self.store.get_many(keys).await?.into_iter().map(|e| e.map(entry)).collect())
+        Ok(blocking!(self, self.store.get_many(keys))?.into_iter().map(|e| e.map(entry)).collect())
     }
 
     async fn set(&mut self, key: String, value: Vec<u8>, options: kv::WriteOptions) -> Result<kv::WriteOutcome, KvError> {
         let cond = cond(&options)?;
-        let r = self.store.write(WriteOp::Set { key, value, ttl_ms: options.ttl_ms, cond }).await?;
+        let r = blocking!(self, self.store.write(WriteOp::Set { key, value, ttl_ms: options.ttl_ms, cond }))?;
         Ok(outcome(r))
     }
 
     async fn delete(&mut self, key: String, options: kv::WriteOptions) -> Result<kv::WriteOutcome, KvError> {
         let cond = cond(&options)?;
-        Ok(outcome(self.store.write(WriteOp::Delete { key, cond }).await?))
+        Ok(outcome(blocking!(self, self.store.write(WriteOp::Delete { key, cond }))?))
     }
 
     async fn list(&mut self, q: kv::ListQuery) -> Result<kv::ListPage, KvError> {
-        let page = self.store.list(query(q)).await?;
+        let page = blocking!(self, self.store.list(query(q)))?;
         Ok(kv::ListPage { entries: page.entries.into_iter().map(entry).collect(), cursor: page.cursor })
     }
 
     async fn count(&mut self, q: kv::ListQuery) -> Result<u64, KvError> {
-        Ok(self.store.count(query(q)).await?)
+        Ok(blocking!(self, self.store.count(query(q)))?)
     }
 
     async fn delete_prefix(&mut self, prefix: String) -> Result<kv::DeletePrefixOutcome, KvError> {
-        match self.store.write(WriteOp::DeletePrefix { prefix }).await? {
+        match blocking!(self, self.store.write(WriteOp::DeletePrefix { prefix }))? {
             WriteResult::Committed { versionstamp, deleted } => {
                 Ok(kv::DeletePrefixOutcome { deleted, versionstamp: versionstamp.to_string() })
             }
@@ -123,7 +124,7 @@ impl kv::Host for HostState {
                 },
             })
             .collect();
-        match self.store.write(WriteOp::Atomic { checks, mutations }).await? {
+        match blocking!(self, self.store.write(WriteOp::Atomic { checks, mutations }))? {
             WriteResult::Committed { versionstamp, .. } => Ok(kv::AtomicOutcome::Committed(versionstamp.to_string())),
             WriteResult::CheckFailed(i) => Ok(kv::AtomicOutcome::CheckFailed(i as u32)),
             WriteResult::PreconditionFailed => Ok(kv::AtomicOutcome::CheckFailed(0)),
@@ -138,10 +139,7 @@ impl kv::Host for HostState {
             )));
         }
         let since = since.as_deref().map(|s| vs(s, "since")).transpose()?;
-        let started = std::time::Instant::now();
-        let r = self.store.watch(key, since, Duration::from_millis(timeout_ms as u64)).await;
-        self.deadline += started.elapsed();
-        let (changed, e) = r?;
+        let (changed, e) = blocking!(self, self.store.watch(key, since, Duration::from_millis(timeout_ms as u64)))?;
         Ok((changed, e.map(entry)))
     }
 }

@@ -30,6 +30,18 @@
 //! Reload (`SIGHUP`): a new component is compiled beside the old one and
 //! swapped in atomically; requests in flight finish on the old one.
 
+/// Run a store call, pushing the guest's deadline back by the time spent
+/// waiting for the store: the deadline bounds the guest's own work, and a
+/// write that committed must never be reported as a 504.
+macro_rules! blocking {
+    ($self:ident, $e:expr) => {{
+        let started = std::time::Instant::now();
+        let r = $e.await;
+        $self.deadline += started.elapsed();
+        r
+    }};
+}
+
 mod cache;
 mod host_kv;
 mod keyvalue;

@@ -35,7 +35,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rusqlite::Connection;
 use tokio::sync::{oneshot, watch};
 
-pub use reads::{Change, ListPage, ListQuery};
+pub use reads::{Change, ChangePos, ListPage, ListQuery};
 pub use schema::{open_reader, open_writer, read_meta_u64};
 pub use versionstamp::Versionstamp;
 
@@ -186,6 +186,8 @@ struct Inner {
     /// Why writes are refused right now (fenced, S3 down in s3 mode), if they are.
     write_block: Mutex<Option<String>>,
     write_blocked: AtomicBool,
+    /// Set at shutdown: long-polls and streams end at once.
+    closing: watch::Sender<bool>,
     opts: StoreOptions,
 }
 
@@ -233,6 +235,7 @@ impl Store {
             shipped: shipped_tx,
             write_block: Mutex::new(None),
             write_blocked: AtomicBool::new(false),
+            closing: watch::channel(false).0,
             opts: opts.clone(),
         });
         let mut threads = Vec::new();
@@ -320,7 +323,7 @@ impl Store {
 
     /// Changes under `prefix` strictly after `after`, oldest first.
     /// `Err(InvalidArgument)` when `after` is older than the kept history.
-    pub async fn changes(&self, prefix: String, after: Versionstamp, limit: u32) -> Result<Vec<Change>, StoreError> {
+    pub async fn changes(&self, prefix: String, after: ChangePos, limit: u32) -> Result<Vec<Change>, StoreError> {
         self.read(move |c| reads::changes(c, &prefix, after, limit)).await
     }
 
@@ -546,6 +549,21 @@ impl Store {
         }
     }
 
+    /// Shutdown has begun: long-polls return and streams end.
+    pub fn begin_shutdown(&self) {
+        self.inner.closing.send_replace(true);
+    }
+
+    pub fn is_closing(&self) -> bool {
+        *self.inner.closing.borrow()
+    }
+
+    /// Resolves when shutdown begins.
+    pub async fn closing(&self) {
+        let mut rx = self.inner.closing.subscribe();
+        let _ = rx.wait_for(|c| *c).await;
+    }
+
     /// Long-poll one key until its versionstamp differs from `since`.
     pub async fn watch(
         &self,
@@ -575,6 +593,7 @@ impl Store {
             };
             tokio::select! {
                 r = commits.changed() => { if r.is_err() { return Ok((false, current)); } }
+                _ = self.closing() => return Ok((false, current)),
                 _ = tokio::time::sleep_until(wake) => {
                     if wake == deadline { return Ok((false, current)); }
                 }

@@ -29,6 +29,9 @@ pub struct ListPage {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Change {
     pub versionstamp: Versionstamp,
+    /// Position of this mutation inside its commit (a batch or a
+    /// delete-prefix has many mutations under one versionstamp).
+    pub n: u32,
     pub key: String,
     pub value: Option<Vec<u8>>,
     pub expires_at: Option<u64>,
@@ -176,21 +179,40 @@ pub fn count(conn: &Connection, q: &ListQuery, now: u64) -> Result<u64, StoreErr
     Ok(n as u64)
 }
 
+/// A position in the change history: after mutation `n` of the write with
+/// versionstamp `vs` (`n: None` = after that whole write).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChangePos {
+    pub vs: Versionstamp,
+    pub n: Option<u32>,
+}
+
+/// Why `changes` cannot answer.
+pub fn history_gone(after: Versionstamp, pruned_below: u64) -> StoreError {
+    StoreError::InvalidArgument(format!(
+        "changes after {after} are no longer kept; the oldest resumable versionstamp is {}",
+        Versionstamp::commit_start(pruned_below.saturating_sub(1))
+    ))
+}
+
 /// Logged changes under `prefix` after `after`, oldest first. Fails with
 /// `InvalidArgument` when the history after `after` has been pruned.
-pub fn changes(conn: &mut Connection, prefix: &str, after: Versionstamp, limit: u32) -> Result<Vec<Change>, StoreError> {
+pub fn changes(conn: &mut Connection, prefix: &str, after: ChangePos, limit: u32) -> Result<Vec<Change>, StoreError> {
     let tx = conn.transaction()?;
     let pruned_below = super::read_meta_u64(&tx, "pruned_below")?.unwrap_or(0);
-    if after.counter + 1 < pruned_below {
-        return Err(StoreError::InvalidArgument(format!(
-            "changes after {after} are no longer kept; the oldest resumable versionstamp is {}",
-            Versionstamp::commit_start(pruned_below.saturating_sub(1))
-        )));
+    if after.vs.counter + 1 < pruned_below {
+        return Err(history_gone(after.vs, pruned_below));
     }
     let mut sql = String::from(
-        "SELECT version, key, value, expires_at FROM changelog WHERE version > ? AND key >= ?",
+        "SELECT version, key, value, expires_at, n FROM changelog WHERE (version > ? OR (version = ? AND n > ?)) AND key >= ?",
     );
-    let mut args: Vec<Value> = vec![Value::Integer(after.to_i64()), Value::Blob(prefix.as_bytes().to_vec())];
+    let n_after = after.n.map(i64::from).unwrap_or(i64::MAX);
+    let mut args: Vec<Value> = vec![
+        Value::Integer(after.vs.to_i64()),
+        Value::Integer(after.vs.to_i64()),
+        Value::Integer(n_after),
+        Value::Blob(prefix.as_bytes().to_vec()),
+    ];
     if let Some(u) = prefix_upper_bound(prefix.as_bytes()) {
         sql.push_str(" AND key < ?");
         args.push(Value::Blob(u));
@@ -203,6 +225,7 @@ pub fn changes(conn: &mut Connection, prefix: &str, after: Versionstamp, limit: 
             let key: Vec<u8> = r.get(1)?;
             Ok(Change {
                 versionstamp: Versionstamp::from_i64(r.get(0)?),
+                n: r.get(4)?,
                 key: String::from_utf8_lossy(&key).into_owned(),
                 value: r.get(2)?,
                 expires_at: r.get::<_, Option<i64>>(3)?.map(|v| v as u64),
