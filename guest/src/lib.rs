@@ -107,14 +107,19 @@ fn ct_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
 }
 
 /// Does the presented `Authorization` value carry the secret (as is, or as
-/// `Bearer <secret>`)? Both candidates are hashed and compared, always, so
-/// the time taken depends on neither the secret nor the presented value's
-/// content, only (linearly, through the hash) on its length.
+/// `Bearer <secret>`)? Candidates are hashed, then compared in constant
+/// time, so the time taken depends neither on the secret nor on how much of
+/// it the presented value gets right; only, through the hash, on the
+/// presented value's own length.
 pub fn secret_matches(presented: &[u8], want: &[u8; 32]) -> bool {
-    let token = presented.strip_prefix(b"Bearer ").unwrap_or(presented);
-    let ok_raw = ct_eq(&Sha256::digest(presented).into(), want);
-    let ok_bearer = ct_eq(&Sha256::digest(token).into(), want);
-    (ok_raw | ok_bearer) & !presented.is_empty()
+    let raw_ok = ct_eq(&Sha256::digest(presented).into(), want);
+    // A `Bearer ` prefix is public knowledge: branching on it leaks nothing
+    // about the secret, and saves a second hash on the common path.
+    let bearer_ok = match presented.strip_prefix(b"Bearer ") {
+        Some(token) => ct_eq(&Sha256::digest(token).into(), want),
+        None => false,
+    };
+    (raw_ok | bearer_ok) & !presented.is_empty()
 }
 
 /// The one function that decides who may do what.
