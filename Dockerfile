@@ -13,7 +13,7 @@ COPY host ./host
 COPY guest ./guest
 COPY examples ./examples
 COPY tests ./tests
-COPY bench/native ./bench/native
+COPY bench ./bench
 RUN make build
 
 FROM debian:bookworm-slim
