@@ -435,3 +435,40 @@ async fn wasi_keyvalue_guest_runs_on_the_same_store() {
     assert_eq!(c.get("users/x").await.unwrap(), b"u");
     assert_eq!(c.get("a").await, None);
 }
+
+/// Turning backup on for a database that already has history (or pointing
+/// it at a new, empty prefix): the backup starts with a snapshot, so a
+/// restore rebuilds everything, not just the commits made afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn enabling_backup_on_an_existing_database_backs_up_all_of_it() {
+    let s3 = S3::start();
+    s3.create_bucket("late-backup").await;
+    let dir = tempdir();
+    let db = dir.path().join("db.sqlite3");
+    let mut s = Server::start_at(&db, Opts::default());
+    let c = s.client();
+    let mut want = Vec::new();
+    for i in 0..30 {
+        want.push((format!("before/{i}"), c.set(&format!("before/{i}"), format!("b{i}")).await));
+    }
+    s.terminate(Duration::from_secs(20));
+
+    let opts = || s3.env(Opts::default(), "late-backup", "p").env("KVSTORE_SYNC_INTERVAL", "100ms");
+    let mut s = Server::start_at(&db, opts());
+    let c = s.client();
+    for i in 0..10 {
+        want.push((format!("after/{i}"), c.set(&format!("after/{i}"), format!("a{i}")).await));
+    }
+    s.terminate(Duration::from_secs(30));
+    assert!(s.log().contains("starts with a snapshot"), "{}", s.log());
+    for ext in ["", "-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{ext}", db.display()));
+    }
+    let s = Server::start_at(&db, opts());
+    let c = s.client();
+    for (k, vs) in &want {
+        let r = c.req(reqwest::Method::GET, &format!("/{k}")).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{k} lost:\n{}", s.log());
+        assert_eq!(r.headers()["etag"].to_str().unwrap(), format!("\"{vs}\""));
+    }
+}

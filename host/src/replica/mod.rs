@@ -272,6 +272,9 @@ pub struct Replica {
     state: Mutex<State>,
     stop: Notify,
     stopping: std::sync::atomic::AtomicBool,
+    /// The local database has history S3 lacks (a new, empty S3 prefix):
+    /// start the backup with a snapshot, since the early segments are gone.
+    needs_base_snapshot: std::sync::atomic::AtomicBool,
 }
 
 impl Replica {
@@ -287,6 +290,7 @@ impl Replica {
             state: Mutex::new(State { last_snapshot: Some(Instant::now()), ..State::default() }),
             stop: Notify::new(),
             stopping: std::sync::atomic::AtomicBool::new(false),
+            needs_base_snapshot: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -307,6 +311,15 @@ impl Replica {
         };
         let segments = self.remote.list_counters("segments").await?;
         let snapshots = self.remote.list_counters("snapshots").await?;
+        // No snapshot and no segment from commit 1: S3 cannot rebuild this
+        // history (a new prefix, or a first snapshot that never finished).
+        let rebuildable = !snapshots.is_empty() || segments.first().is_some_and(|s| s.0 <= 1);
+        let remote_latest = segments.last().map(|s| s.0).unwrap_or(0);
+        if !rebuildable && local_counter > 0 && remote_latest <= local_counter {
+            tracing::info!(db = %db.display(), local_commit = local_counter, "S3 holds no backup at this path yet; it starts with a snapshot of the local database");
+            self.needs_base_snapshot.store(true, Relaxed);
+            return Ok(());
+        }
         let remote_min_latest = segments.last().map(|s| s.0).max(snapshots.last().map(|s| s.0)).unwrap_or(0);
         if remote_min_latest > local_counter {
             let aside = PathBuf::from(format!("{}.stale-{}", db.display(), crate::store::now_ms()));
@@ -468,6 +481,20 @@ impl Replica {
     async fn upload_loop(&self, store: Store) {
         let mut commits = store.subscribe_commits();
         let mut backoff = Duration::from_millis(100);
+        while self.needs_base_snapshot.load(Relaxed) && !self.stopping.load(Relaxed) {
+            match self.base_snapshot(&store).await {
+                Ok(()) => self.needs_base_snapshot.store(false, Relaxed),
+                Err(ReplicaError::Fenced(why)) => return self.fence(&store, why),
+                Err(e) => {
+                    tracing::warn!(error = %e, "the first snapshot of this S3 path failed; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = self.stop.notified() => return,
+                    }
+                    backoff = (backoff * 2).min(limits::UPLOAD_BACKOFF_MAX);
+                }
+            }
+        }
         loop {
             if self.stopping.load(Relaxed) {
                 return;
@@ -561,6 +588,18 @@ impl Replica {
                 self.state.lock().unwrap().behind_since = None;
             }
         }
+    }
+
+    /// First backup of an existing database into an empty S3 path: the
+    /// changelog before `shipped` is gone, so segments alone cannot rebuild
+    /// it. Mark everything shipped, snapshot, and let segments follow.
+    async fn base_snapshot(&self, store: &Store) -> Result<(), ReplicaError> {
+        // Segments may only start after the snapshot: pretend nothing is
+        // shipped beyond what the snapshot will hold by shipping nothing
+        // first and snapshotting at the committed counter directly.
+        let committed = store.committed();
+        store.mark_shipped(committed).await?;
+        self.maybe_snapshot(store, true).await
     }
 
     /// Take and upload a snapshot when enough was shipped since the last one
