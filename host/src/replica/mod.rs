@@ -345,7 +345,14 @@ impl Replica {
         let target = at.map(|v| v.counter).unwrap_or(u64::MAX);
         let snapshots = self.remote.list_counters("snapshots").await?;
         let segments = self.remote.list_counters("segments").await?;
-        let snap = snapshots.iter().rev().find(|(c, _)| *c <= target).cloned();
+        let mut snap = snapshots.iter().rev().find(|(c, _)| *c <= target).cloned();
+        // A snapshot holds every write of its commit: for `--at` N/i it is a
+        // valid base only if no write of commit N comes after index i.
+        if let (Some((c, _)), Some(v)) = (&snap, at) {
+            if *c == v.counter && !self.commit_ends_at(&segments, v).await? {
+                snap = snapshots.iter().rev().find(|(c, _)| *c < v.counter).cloned();
+            }
+        }
         if snapshots.is_empty() && segments.is_empty() {
             if at.is_some() {
                 return Err(ReplicaError::Gap("S3 holds no backup at this path".into()));
@@ -464,6 +471,17 @@ impl Replica {
             ms = started.elapsed().as_millis() as u64, "restore complete"
         );
         Ok(applied)
+    }
+
+    /// Whether `at` is the last write of its commit, judged from the segment
+    /// holding that commit (`false` when that segment is not in S3).
+    async fn commit_ends_at(&self, segments: &[(u64, String)], at: Versionstamp) -> Result<bool, ReplicaError> {
+        let Some((_, key)) = segments.iter().rev().find(|(f, _)| *f <= at.counter) else {
+            return Ok(false);
+        };
+        let seg = Segment::decode(&self.remote.get(key).await?, key)?;
+        Ok(seg.last >= at.counter
+            && !seg.records.iter().any(|r| (r.version as u64) >> 16 == at.counter && r.version > at.to_i64()))
     }
 
     /// Start the uploader (segments + snapshots + retention).
@@ -676,9 +694,11 @@ impl Replica {
             self.remote.delete(key).await?;
         }
         let segments = self.remote.list_counters("segments").await?;
-        // A segment can go when the next one starts at or before keep_from + 1.
+        // A segment can go when it ends before keep_from (the next one starts
+        // at or before it); the one holding commit keep_from stays, so a
+        // point-in-time restore inside that commit can still be checked.
         for w in segments.windows(2) {
-            if w[1].0 <= keep_from + 1 {
+            if w[1].0 <= keep_from {
                 self.remote.delete(&w[0].1).await?;
             }
         }
