@@ -472,3 +472,26 @@ async fn enabling_backup_on_an_existing_database_backs_up_all_of_it() {
         assert_eq!(r.headers()["etag"].to_str().unwrap(), format!("\"{vs}\""));
     }
 }
+
+/// Every setting `sidekv --help` lists is in the README's configuration
+/// table, with the same default.
+#[test]
+fn readme_documents_every_setting() {
+    let help = String::from_utf8(std::process::Command::new(bin()).arg("--help").output().unwrap().stdout).unwrap();
+    let readme = std::fs::read_to_string(repo_root().join("README.md")).unwrap();
+    let mut n = 0;
+    for (i, _) in help.match_indices("[env: ") {
+        let var: String = help[i + 6..].chars().take_while(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || *c == '_').collect();
+        let row = readme.lines().find(|l| l.starts_with('|') && l.contains(&format!("`{var}`")));
+        let row = row.unwrap_or_else(|| panic!("README's configuration table lacks {var}"));
+        // The default shown by --help, if any, appears in the row.
+        let after = &help[i..];
+        let block_end = after.find("\n\n").unwrap_or(after.len());
+        if let Some(d) = after[..block_end].split("[default: ").nth(1) {
+            let d = d.split(']').next().unwrap();
+            assert!(row.contains(d) || (var == "KVSTORE_SYNC_INTERVAL" && row.contains("1s")), "README row for {var} does not show its default {d:?}: {row}");
+        }
+        n += 1;
+    }
+    assert!(n >= 20, "only {n} settings found in --help");
+}
