@@ -5,7 +5,6 @@
 mod common;
 
 use std::collections::{BTreeMap, HashSet};
-use std::ops::Deref;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -14,34 +13,20 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use bytes::Bytes;
-use common::{Client, Opts, Server};
+use common::{Client, Opts, Srv};
 use futures::{Stream, StreamExt};
 use reqwest::Method;
 use serde_json::{Value, json};
 
 // ------------------------------------------------------------ helpers ----
 
-/// A server plus the temporary directory holding it; the server drops first.
-struct Srv {
-    s: Server,
-    _dir: tempfile::TempDir,
-}
-
-impl Deref for Srv {
-    type Target = Server;
-    fn deref(&self) -> &Server {
-        &self.s
-    }
-}
 
 fn start() -> Srv {
     start_with(Opts::default())
 }
 
 fn start_with(opts: Opts) -> Srv {
-    let dir = common::tempdir();
-    let s = Server::start_at(&dir.path().join("db.sqlite3"), opts);
-    Srv { s, _dir: dir }
+    common::start_temp(opts)
 }
 
 fn is_vs(s: &str) -> bool {

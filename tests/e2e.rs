@@ -6,34 +6,18 @@ mod common;
 
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
-use std::ops::Deref;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{Opts, SECRET, Server};
+use common::{Opts, SECRET, Server, Srv};
 use reqwest::Method;
 use serde_json::{Value, json};
 
 // ------------------------------------------------------------ helpers ----
 
-/// A server plus the temporary directory holding its database and logs.
-/// Fields drop in order: the server is killed before the directory goes.
-struct Srv {
-    s: Server,
-    _dir: tempfile::TempDir,
-}
-
-impl Deref for Srv {
-    type Target = Server;
-    fn deref(&self) -> &Server {
-        &self.s
-    }
-}
 
 fn start(opts: Opts) -> Srv {
-    let dir = common::tempdir();
-    let s = Server::start_at(&dir.path().join("db.sqlite3"), opts);
-    Srv { s, _dir: dir }
+    common::start_temp(opts)
 }
 
 fn http() -> reqwest::Client {

@@ -355,3 +355,30 @@ impl S3 {
         self.sdk().delete_object().bucket(bucket).key(key).send().await.unwrap_or_else(|e| panic!("DELETE {key}: {e:?}"));
     }
 }
+
+/// A server plus the temporary directory holding its database and logs.
+/// Fields drop in order: the server is killed before the directory goes.
+pub struct Srv {
+    pub s: Server,
+    _dir: tempfile::TempDir,
+}
+
+impl std::ops::Deref for Srv {
+    type Target = Server;
+    fn deref(&self) -> &Server {
+        &self.s
+    }
+}
+
+impl std::ops::DerefMut for Srv {
+    fn deref_mut(&mut self) -> &mut Server {
+        &mut self.s
+    }
+}
+
+/// Start a server on a fresh temporary database.
+pub fn start_temp(opts: Opts) -> Srv {
+    let dir = tempdir();
+    let s = Server::start_at(&dir.path().join("db.sqlite3"), opts);
+    Srv { s, _dir: dir }
+}

@@ -409,6 +409,10 @@ impl Store {
         }
     }
 
+    fn writer(&self) -> Result<crossbeam_channel::Sender<WriterMsg>, StoreError> {
+        self.inner.writer_tx.lock().unwrap().clone().ok_or_else(|| StoreError::Unavailable("the store is shutting down".into()))
+    }
+
     /// Queue a write and wait until it is acknowledged under the configured
     /// durability mode.
     pub async fn write(&self, op: WriteOp) -> Result<WriteResult, StoreError> {
@@ -417,13 +421,7 @@ impl Store {
             return Err(StoreError::Unavailable(why));
         }
         let (tx, rx) = oneshot::channel();
-        let sender = self
-            .inner
-            .writer_tx
-            .lock()
-            .unwrap()
-            .clone()
-            .ok_or_else(|| StoreError::Unavailable("the store is shutting down".into()))?;
+        let sender = self.writer()?;
         // The queue is bounded: when it is full, wait for room off the runtime.
         match sender.try_send(WriterMsg::Write(op, tx)) {
             Ok(()) => {}
@@ -517,13 +515,7 @@ impl Store {
         F: FnOnce(&mut Connection, &mut writer::WriterState) -> Result<R, StoreError> + Send + 'static,
     {
         let (tx, rx) = oneshot::channel();
-        let sender = self
-            .inner
-            .writer_tx
-            .lock()
-            .unwrap()
-            .clone()
-            .ok_or_else(|| StoreError::Unavailable("the store is shutting down".into()))?;
+        let sender = self.writer()?;
         sender
             .send(WriterMsg::Exec(Box::new(move |c, s| {
                 let _ = tx.send(f(c, s));
