@@ -374,9 +374,13 @@ impl Replica {
             Some((counter, key)) => {
                 let data = self.remote.get(key).await?;
                 bytes += data.len() as u64;
-                let raw = zstd::decode_all(&data[..]).map_err(|e| ReplicaError::Corrupt(format!("snapshot {key}: {e}")))?;
-                std::fs::write(&tmp, raw).map_err(|e| io_err(&tmp, e))?;
+                // Stream to the file: a snapshot expands several-fold.
+                let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(|e| io_err(&tmp, e))?);
+                zstd::stream::copy_decode(&data[..], &mut out).map_err(|e| ReplicaError::Corrupt(format!("snapshot {key}: {e}")))?;
+                std::io::Write::flush(&mut out).map_err(|e| io_err(&tmp, e))?;
+                drop(out);
                 tracing::info!(snapshot = %key, commit = counter, bytes = data.len(), "snapshot downloaded");
+                drop(data);
                 *counter
             }
             None => 0,
@@ -662,8 +666,9 @@ impl Replica {
             if store.shipped() < counter {
                 return Err(ReplicaError::Gap("commits in the snapshot are not shipped yet".into()));
             }
-            let raw = std::fs::read(&tmp).map_err(|e| io_err(&tmp, e))?;
-            let compressed = zstd::bulk::compress(&raw, 3).map_err(|e| io_err(&tmp, e))?;
+            let file = std::fs::File::open(&tmp).map_err(|e| io_err(&tmp, e))?;
+            let mut compressed = Vec::new();
+            zstd::stream::copy_encode(std::io::BufReader::new(file), &mut compressed, 3).map_err(|e| io_err(&tmp, e))?;
             let key = self.remote.snapshot_key(counter);
             let created = self.remote.put_new(&key, compressed.clone()).await?;
             tracing::info!(snapshot = %key, commit = counter, bytes = compressed.len(), created, ms = started.elapsed().as_millis() as u64, "snapshot stored");
@@ -709,7 +714,12 @@ impl Replica {
     pub async fn shutdown(&self, store: &Store, task: tokio::task::JoinHandle<()>) {
         self.stopping.store(true, Relaxed);
         self.stop.notify_waiters();
-        let _ = tokio::time::timeout(Duration::from_secs(2), task).await;
+        // A snapshot in progress is abandoned (the next start takes one);
+        // the drain below is what must not be lost.
+        let abort = task.abort_handle();
+        if tokio::time::timeout(Duration::from_secs(2), task).await.is_err() {
+            abort.abort();
+        }
         if self.fenced_reason().is_some() {
             tracing::error!(unshipped_commits = store.committed().saturating_sub(store.shipped()), "fenced: the outbox was not drained");
             return;
