@@ -673,7 +673,7 @@ impl S3Case {
             .env("KVSTORE_DURABILITY", "local")
             .env("KVSTORE_SYNC_INTERVAL", "200ms")
             // Small, so snapshots (and retention deletes) also run under faults.
-            .env("KVSTORE_SNAPSHOT_BYTES", "6000")
+            .env("KVSTORE_SNAPSHOT_BYTES", "2000")
             .env("KVSTORE_SNAPSHOT_RETENTION", "2")
             .env("KVSTORE_ADMIN_ADDR", "127.0.0.1:0");
         if via_proxy { o.env("AWS_ENDPOINT_URL", &self.proxy.url) } else { o }
@@ -695,7 +695,8 @@ impl S3Case {
         for (k, v) in want {
             assert_eq!(get_vs(&c2, k).await.as_ref(), Some(v), "{what}: GET /{k} (value, ETag) after restore");
         }
-        eprintln!("[{what}] restore of {} keys exact ({} ms including start)", want.len(), t.elapsed().as_millis());
+        let from_snapshot = s2.log().contains("snapshot downloaded");
+        eprintln!("[{what}] restore of {} keys exact ({} ms including start; from a snapshot + segments: {from_snapshot})", want.len(), t.elapsed().as_millis());
         s2
     }
 }
@@ -720,7 +721,6 @@ async fn s3_fault_case(name: &str, fault: Fault, window: Duration) {
     let outbox_at_end = gauge(&s, "sidekv_outbox_commits").await;
     case.proxy.set(Fault::Pass);
     let stats = case.proxy.stats();
-    let healed = Instant::now();
     assert!(during.errors.is_empty(), "[{name}] local-mode writes failed under {fault:?}: {:?}", &during.errors[..during.errors.len().min(5)]);
     assert!(during.writes >= 100, "[{name}] only {} writes in {window:?}", during.writes);
     assert!(stats.faults() > before.faults(), "[{name}] no fault was injected: {stats:?}");
@@ -731,6 +731,14 @@ async fn s3_fault_case(name: &str, fault: Fault, window: Duration) {
     let converge = wait_caught_up(&s, Duration::from_secs(25)).await;
     let m = metrics(&s).await;
     let failures = metric(&m, "sidekv_upload_failures_total").unwrap() - failures_before;
+    // The catch-up segment is over KVSTORE_SNAPSHOT_BYTES: a snapshot follows it.
+    let t = Instant::now();
+    let mut snapshots = metric(&m, "sidekv_snapshots_total").unwrap();
+    while snapshots < 1.0 {
+        assert!(t.elapsed() < Duration::from_secs(10), "[{name}] no snapshot was taken:\n{}", tail(&s.log(), 30));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        snapshots = gauge(&s, "sidekv_snapshots_total").await;
+    }
     assert_eq!(metric(&m, "sidekv_replication_fenced"), Some(0.0), "[{name}] fenced:\n{}", tail(&s.log(), 40));
     assert_eq!(readyz(&s).await, 200);
     match fault {
@@ -739,15 +747,18 @@ async fn s3_fault_case(name: &str, fault: Fault, window: Duration) {
             assert!(stats.lost_responses > 0, "{stats:?}");
             assert!(s.log().contains("identical content; counting it as shipped"), "[{name}] never recognised its own segment:\n{}", tail(&s.log(), 40));
         }
-        _ => assert!(failures >= 1.0 && outbox_at_end > 0.0, "[{name}] failures {failures}, outbox {outbox_at_end}"),
+        // Half the requests pass: the outbox may be empty at any moment.
+        Fault::Mixed(_) => {}
+        // (Upload failures are reported, not asserted: the SDK's own
+        // retries may still be in progress when the window ends.)
+        _ => assert!(outbox_at_end > 0.0, "[{name}] the backup was not held up: outbox {outbox_at_end}, {stats:?}"),
     }
     // The live state is what was acknowledged.
     let want = expected(&acked);
     assert_state(&dump(&c).await, &want, &format!("[{name}] served state"));
     eprintln!(
         "[{name}] {fault:?} for {window:?}: {during_writes} writes acked (0 failed), proxy {stats:?}, upload failures {failures}, \
-         max outbox {max_outbox} commits, max lag {max_lag:.2}s, outbox at heal {outbox_at_end}, converged {} ms after heal ({} ms measured)",
-        healed.elapsed().as_millis(),
+         max outbox {max_outbox} commits, max lag {max_lag:.2}s, outbox at heal {outbox_at_end}, caught up {} ms after heal, {snapshots} snapshots",
         converge.as_millis()
     );
     let s2 = case.restore_and_check(&mut s, &want, name).await;
@@ -759,17 +770,17 @@ async fn s3_fault_case(name: &str, fault: Fault, window: Duration) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn s3_http_500_during_writes() {
-    s3_fault_case("http500", Fault::Status(500), Duration::from_millis(2500)).await;
+    s3_fault_case("http500", Fault::Status(500), Duration::from_millis(4000)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn s3_http_503_during_writes() {
-    s3_fault_case("http503", Fault::Status(503), Duration::from_millis(2500)).await;
+    s3_fault_case("http503", Fault::Status(503), Duration::from_millis(4000)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn s3_http_429_during_writes() {
-    s3_fault_case("http429", Fault::Status(429), Duration::from_millis(2500)).await;
+    s3_fault_case("http429", Fault::Status(429), Duration::from_millis(4000)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -779,17 +790,17 @@ async fn s3_slow_responses_during_writes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn s3_connection_resets_during_writes() {
-    s3_fault_case("reset", Fault::Reset, Duration::from_millis(2500)).await;
+    s3_fault_case("reset", Fault::Reset, Duration::from_millis(4000)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn s3_put_response_lost_does_not_fence() {
-    s3_fault_case("lost", Fault::LoseResponse, Duration::from_millis(2500)).await;
+    s3_fault_case("lost", Fault::LoseResponse, Duration::from_millis(4000)).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn s3_mixed_random_faults_during_writes() {
-    s3_fault_case("mixed", Fault::Mixed(50), Duration::from_millis(3000)).await;
+    s3_fault_case("mixed", Fault::Mixed(50), Duration::from_millis(4000)).await;
 }
 
 /// A PUT lands in S3 but its response is lost, and the process dies before
@@ -900,7 +911,7 @@ impl DiskCase {
         eprintln!("[disk] tmpfs 4 MiB, {} KiB free, filler leaves {} KiB", free0 / 1024, free_bytes(&self.mnt) / 1024);
         let mut tasks = Vec::new();
         for w in 0..4u8 {
-            let c = self.s.client();
+            let c = Client { base: self.s.url.clone(), http: reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap() };
             tasks.push(tokio::spawn(async move {
                 let mut acked = State::new();
                 for i in 0..500 {
@@ -1019,7 +1030,8 @@ async fn disk_full_gives_507_and_recovers() {
     match &clean {
         StartOutcome::Exited { code, stderr, after } => {
             assert_eq!(*code, Some(1), "{stderr}");
-            assert!(stderr.contains("unable to open database file"), "{stderr}");
+            // SQLite reports either, depending on what it trips over first.
+            assert!(["unable to open database file", "readonly database", "read-only"].iter().any(|m| stderr.contains(m)), "{stderr}");
             assert!(*after < Duration::from_secs(5));
         }
         other => panic!("started on a read-only filesystem: {other:?}"),
@@ -1035,7 +1047,7 @@ async fn disk_full_gives_507_and_recovers() {
     match &crashed {
         StartOutcome::Exited { code, stderr, after } => {
             assert_eq!(*code, Some(1), "{stderr}");
-            assert!(stderr.contains("readonly database"), "{stderr}");
+            assert!(stderr.contains("readonly database") || stderr.contains("read-only"), "{stderr}");
             assert!(*after < Duration::from_secs(5));
         }
         other => panic!("started on a read-only filesystem: {other:?}"),
@@ -1115,6 +1127,8 @@ fn start_outcome(db: &Path, opts: &Opts) -> StartOutcome {
 /// behind, depending on which connection closed last): remove it and the
 /// -shm so the next start sees only the database file.
 fn remove_empty_wal(db: &Path) {
+    // (SQLite puts them next to the file a symlinked path points to.)
+    let db = std::fs::canonicalize(db).unwrap();
     let wal = PathBuf::from(format!("{}-wal", db.display()));
     if let Ok(m) = std::fs::metadata(&wal) {
         assert_eq!(m.len(), 0, "the WAL is not empty after a clean shutdown");
@@ -1124,26 +1138,37 @@ fn remove_empty_wal(db: &Path) {
 }
 
 /// Leave an empty -wal and a -shm next to the database, as a clean
-/// shutdown does when a read-only connection closes last.
+/// shutdown of sidekv does when a reader connection closes last (the
+/// writer truncates the WAL, the last reader cannot delete it). Here: a
+/// test reader keeps them alive while the writer closes; copies taken then
+/// are put back after the reader closes (it may delete them).
 fn leave_empty_wal(db: &Path) {
+    let db = &std::fs::canonicalize(db).unwrap();
+    let (wal, shm) = (PathBuf::from(format!("{}-wal", db.display())), PathBuf::from(format!("{}-shm", db.display())));
     let rw = rusqlite::Connection::open(db).unwrap();
-    let ro = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
-    ro.query_row("SELECT count(*) FROM kv", [], |_| Ok(())).unwrap();
     rw.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())).unwrap();
+    // An open read transaction keeps the closing writer from deleting them.
+    let ro = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    ro.execute_batch("BEGIN").unwrap();
+    ro.query_row("SELECT count(*) FROM kv", [], |_| Ok(())).unwrap();
     drop(rw);
+    let keep = |p: &Path| PathBuf::from(format!("{}.keep", p.display()));
+    std::fs::copy(&wal, keep(&wal)).unwrap();
+    std::fs::copy(&shm, keep(&shm)).unwrap();
+    ro.execute_batch("COMMIT").unwrap();
     drop(ro);
-    assert_eq!(std::fs::metadata(format!("{}-wal", db.display())).unwrap().len(), 0);
-    assert!(PathBuf::from(format!("{}-shm", db.display())).exists());
+    std::fs::rename(keep(&wal), &wal).unwrap();
+    std::fs::rename(keep(&shm), &shm).unwrap();
+    assert_eq!(std::fs::metadata(&wal).unwrap().len(), 0);
+    assert!(std::fs::metadata(&shm).unwrap().len() > 0);
 }
 
 /// A clean shutdown can leave an empty -wal and a -shm behind. On a
-/// read-only filesystem the next start then opens the database read-only
-/// (SQLite's silent fallback), prints `listening on`, reports ready, and
-/// fails every write with 500 "attempt to write a readonly database";
-/// without those files (or after a crash) the same start exits at once.
-/// It should refuse to start in every case.
+/// read-only filesystem SQLite then opens the database read-only without an
+/// error (its silent fallback); a build whose start-up did not write
+/// started, reported ready, and failed every write with 500 "attempt to
+/// write a readonly database". It must refuse to start.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "BUG: host/src/store/schema.rs open_writer accepts SQLite's silent read-only fallback: on a read-only filesystem with an empty -wal/-shm left by a clean shutdown the server starts, is ready, and every write gets 500"]
 async fn read_only_filesystem_after_clean_shutdown_refuses_to_start() {
     let Some(mut d) = DiskCase::start(false) else { return };
     try_set(&d.s.client(), "k", "v").await.unwrap();
@@ -1167,10 +1192,9 @@ async fn read_only_filesystem_after_clean_shutdown_refuses_to_start() {
 /// stopped", then 503 "the store is shutting down"), even after space is
 /// freed, while /readyz still says ready.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "BUG: a log write failing with ENOSPC panics the writer thread (tracing-subscriber eprintln! fallback, host/src/main.rs init_tracing); writes never recover and /readyz stays 200"]
 async fn disk_full_with_the_log_on_the_same_disk_recovers() {
     let Some(d) = DiskCase::start(true) else { return };
-    let c = d.s.client();
+    let c = Client { base: d.s.url.clone(), http: reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap() };
     let mut acked = State::new();
     let (refused, refusals) = d.fill(&mut acked).await;
     let statuses: Vec<u16> = refusals.iter().map(|r| r.0).collect();
@@ -1180,7 +1204,14 @@ async fn disk_full_with_the_log_on_the_same_disk_recovers() {
     let ready = readyz(&d.s).await;
     eprintln!("[disk/log on same disk] refusals {refusals:?}; while full: {more:?}; after freeing space: {after:?}; /readyz {ready}");
     assert_eq!(statuses, vec![507; 4], "{refusals:?}");
-    assert!(matches!(more, Err((507, _))), "{more:?}");
+    // (It may fit into WAL space the failed commits had allocated.)
+    match more {
+        Ok(vs) => {
+            acked.insert("more".into(), (vec![b'm'; 16 * 1024], vs));
+        }
+        Err((507, _)) => {}
+        Err(e) => panic!("write while full: {e:?}"),
+    }
     let vs = after.unwrap_or_else(|e| panic!("write after freeing space: {e:?}"));
     acked.insert(refused[0].clone(), (b"after-free".to_vec(), vs));
     assert_state(&dump(&c).await, &acked, "state after recovery");
@@ -1416,7 +1447,7 @@ async fn malformed_and_oversized_requests() {
         ("control char in header", b"GET /k HTTP/1.1\r\nhost: x\r\nx-a: a\x01b\r\n\r\n".to_vec()),
     ];
     let mut outcomes = Vec::new();
-    for (what, bytes) in &cases {
+    for (what, bytes) in cases.iter().chain(&cases).chain(&cases) {
         let r = raw(&s, bytes).await;
         let ok = match &r {
             Raw::Closed(b) | Raw::Reset(b) => b.is_empty() || r.status() == Some(400),
@@ -1425,7 +1456,8 @@ async fn malformed_and_oversized_requests() {
         assert!(ok, "{what}: {r:?}");
         outcomes.push(format!("{what}: {}", r.status().map(|s| s.to_string()).unwrap_or_else(|| "closed".into())));
     }
-    eprintln!("[abuse] malformed: {}", outcomes.join(", "));
+    outcomes.truncate(cases.len());
+    eprintln!("[abuse] malformed (each sent 3 times): {}", outcomes.join(", "));
 
     // Invalid UTF-8 and bad percent-encoding in keys → 400 (GET and POST).
     for path in ["/%ff%fe", "/%c3%28", "/%zz", "/a%", "/a%4", "/%ed%a0%80", "/?prefix=%ff", "/?prefix=%g0"] {
@@ -1479,6 +1511,12 @@ async fn malformed_and_oversized_requests() {
     assert!(stamps.windows(2).all(|w| w[0] < w[1]), "versionstamps out of order: {stamps:?}");
     assert_eq!((resps[10].0, resps[10].2.as_slice()), (200, &b"v9"[..]));
 
+    // The normal client must have been served throughout (and still is).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while steady.ok() < 20 {
+        assert!(Instant::now() < deadline, "the normal client made only {} round trips", steady.ok());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let report = steady.finish().await;
     eprintln!("[abuse] steady client: {} round trips, max latency {} ms, {} errors", report.round_trips, report.max_latency.as_millis(), report.errors.len());
     assert!(report.errors.is_empty(), "{:?}", report.errors);
@@ -1489,7 +1527,6 @@ async fn malformed_and_oversized_requests() {
 /// A 100 KiB header is over the 64 KiB head limit (limits::MAX_HEADER_BYTES,
 /// "larger → 431"), whether it arrives in one write or dripped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "BUG: hyper's max_buf_size (host/src/http.rs) is checked only when a read leaves the head incomplete, so a head of up to ~2x64 KiB that arrives in one read is served (404 here) instead of 431"]
 async fn header_of_100_kib_gets_431() {
     let dir = common::tempdir();
     let s = start(&dir.path().join("db.sqlite3"), Opts::default());

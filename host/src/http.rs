@@ -129,7 +129,19 @@ async fn handle(app: Arc<App>, req: HttpRequest<Incoming>) -> HttpResponse<Body>
     resp
 }
 
+/// Bytes of the request head as received (request line, headers, CRLFs).
+fn head_bytes<B>(req: &HttpRequest<B>) -> usize {
+    let line = req.method().as_str().len() + req.uri().to_string().len() + " HTTP/1.1\r\n".len() + 1;
+    line + req.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum::<usize>() + 2
+}
+
 async fn handle_inner(app: &Arc<App>, req: HttpRequest<Incoming>) -> HttpResponse<Body> {
+    // hyper's max_buf_size only catches a head that is still incomplete when
+    // the buffer fills; one that arrives whole in a single read may be up to
+    // twice as large.
+    if head_bytes(&req) > limits::MAX_HEADER_BYTES {
+        return error_response(431, &format!("the request head is over the {}-byte limit", limits::MAX_HEADER_BYTES));
+    }
     let Some(guest) = app.guest() else {
         return error_response(503, &app.not_ready_reason());
     };

@@ -13,7 +13,14 @@ fn init_tracing(format: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     // Colour only on a terminal: files and pipes get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr()) && std::env::var_os("NO_COLOR").is_none();
-    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
+    // A log line that cannot be written (stderr on a full disk, a closed
+    // pipe) is dropped: tracing-subscriber's fallback is `eprintln!`, which
+    // panics, and on the writer thread that stops every write for good.
+    let b = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .log_internal_errors(false);
     if format == "json" {
         b.json().flatten_event(true).init();
     } else {

@@ -54,34 +54,44 @@ pub(crate) fn run(
 ) {
     let mut writes: Vec<(WriteOp, Reply)> = Vec::with_capacity(64);
     while let Ok(first) = rx.recv() {
-        let mut pending = Some(first);
-        loop {
-            match pending.take() {
-                Some(WriterMsg::Write(op, reply)) => writes.push((op, reply)),
-                Some(other) => {
-                    // Keep order: commit the writes queued before this message.
-                    commit_batch(&mut conn, &mut state, &mut writes, &committed, replicated);
-                    match other {
-                        WriterMsg::Exec(f) => f(&mut conn, &mut state),
-                        WriterMsg::Sweep => {
-                            if let Err(e) = sweep(&conn) {
-                                tracing::warn!(error = %e, "expiry sweep failed");
+        // A panic in here (a bug, a log sink that fails) must cost only the
+        // writes in flight, never the writer: a dead writer fails every later
+        // write, and a write queued while it unwinds would wait forever.
+        let step = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let mut pending = Some(first);
+            loop {
+                match pending.take() {
+                    Some(WriterMsg::Write(op, reply)) => writes.push((op, reply)),
+                    Some(other) => {
+                        // Keep order: commit the writes queued before this message.
+                        commit_batch(&mut conn, &mut state, &mut writes, &committed, replicated);
+                        match other {
+                            WriterMsg::Exec(f) => f(&mut conn, &mut state),
+                            WriterMsg::Sweep => {
+                                if let Err(e) = sweep(&conn) {
+                                    tracing::warn!(error = %e, "expiry sweep failed");
+                                }
                             }
+                            WriterMsg::Write(..) => unreachable!(),
                         }
-                        WriterMsg::Write(..) => unreachable!(),
                     }
+                    None => {}
                 }
-                None => {}
+                if writes.len() >= limits::MAX_COMMIT_BATCH {
+                    break;
+                }
+                match rx.try_recv() {
+                    Ok(m) => pending = Some(m),
+                    Err(_) => break,
+                }
             }
-            if writes.len() >= limits::MAX_COMMIT_BATCH {
-                break;
-            }
-            match rx.try_recv() {
-                Ok(m) => pending = Some(m),
-                Err(_) => break,
-            }
+            commit_batch(&mut conn, &mut state, &mut writes, &committed, replicated);
+        }));
+        if step.is_err() {
+            // The batch's replies were dropped (its writers got an error) and
+            // its transaction rolled back when it unwound.
+            writes.clear();
         }
-        commit_batch(&mut conn, &mut state, &mut writes, &committed, replicated);
     }
     // Queue closed: shut down cleanly, leaving no WAL behind.
     if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())) {
