@@ -51,5 +51,10 @@ bench: setup build
 	$(CARGO) build --release -p sidekv-native-bench
 	bench/run.sh
 
+## bench-restore: restore time from S3 (100k keys x 1 KiB), sidekv vs the seed's litestream → bench/restore.md
+.PHONY: bench-restore
+bench-restore: setup build
+	bench/restore.sh
+
 clean:
 	$(CARGO) clean

@@ -616,6 +616,10 @@ def cmd_report():
     if os.path.exists(analysis):
         with open(analysis) as f:
             w(f.read().rstrip() + "\n")
+    restore = os.path.join(HERE, "restore.md")  # `make bench-restore` (bench/restore.sh)
+    if os.path.exists(restore):
+        with open(restore) as f:
+            w(f.read().rstrip() + "\n")
     print("\n".join(o))
 
 

@@ -82,9 +82,6 @@ pub const INSTANCE_MAX_USES: u64 = 100_000;
 pub const INSTANCE_POOL_IDLE: usize = 64;
 /// Most concurrent instances with the pooling allocator (fresh mode).
 pub const POOLING_MAX_INSTANCES: u32 = 256;
-/// Bytes of each pooled memory/table/stack slot reset in place rather than
-/// returned to the kernel between instances (fresh mode).
-pub const POOLING_KEEP_RESIDENT_BYTES: usize = 1 << 20;
 
 // ---- HTTP (http::HttpError) ----
 

@@ -230,13 +230,6 @@ pub fn make_engine(opts: &GuestOptions) -> Result<Engine, GuestError> {
         pool.max_memories_per_component(4);
         pool.max_tables_per_component(16);
         pool.max_core_instances_per_component(64);
-        // Reset slots by zeroing in place instead of giving the pages back
-        // to the kernel and faulting them in again on every request:
-        // measured, fresh mode spent 74% of its time in the kernel
-        // (madvise, TLB-shootdown IPIs, page faults) without this.
-        pool.linear_memory_keep_resident(limits::POOLING_KEEP_RESIDENT_BYTES);
-        pool.table_keep_resident(limits::POOLING_KEEP_RESIDENT_BYTES);
-        pool.async_stack_keep_resident(limits::POOLING_KEEP_RESIDENT_BYTES);
         cfg.allocation_strategy(wasmtime::InstanceAllocationStrategy::Pooling(pool));
     }
     Engine::new(&cfg).map_err(|e| GuestError::Load { guest: "-".into(), msg: format!("creating the wasm engine: {e:#}") })

@@ -404,9 +404,14 @@ impl Replica {
         let mut expect = base + 1;
         let mut applied = base;
         let mut n_segments = 0usize;
-        for (first, key) in segments[start..].iter() {
+        for (i, (first, key)) in segments.iter().enumerate().skip(start) {
             if expect > target {
                 break;
+            }
+            // Wholly inside the snapshot when the next segment starts at or
+            // before the first commit we still need: no need to fetch it.
+            if segments.get(i + 1).is_some_and(|(next, _)| *next <= expect) {
+                continue;
             }
             if *first > expect {
                 return Err(ReplicaError::Gap(format!(
@@ -640,24 +645,35 @@ impl Replica {
         let tmp = dir.join(format!(".sidekv-snapshot-{}.sqlite3", std::process::id()));
         let _ = std::fs::remove_file(&tmp);
         let tmp2 = tmp.clone();
-        let counter = store
+        // The copy is made on a reader thread; trimming it runs on the
+        // blocking pool: neither may hold a runtime thread for seconds.
+        let counter = match store
             .read(move |c| {
                 c.execute("VACUUM INTO ?1", [tmp2.to_string_lossy().as_ref()])?;
                 Ok(())
             })
             .await
-            .and_then(|_| {
-                let c = Connection::open(&tmp)?;
-                let counter = crate::store::read_meta_u64(&c, "counter")?.unwrap_or(0);
-                c.execute_batch("DELETE FROM changelog;")?;
-                c.execute("UPDATE meta SET value = ?1 WHERE name = 'shipped'", [counter as i64])?;
-                c.execute(
-                    "INSERT INTO meta VALUES ('pruned_below', ?1) ON CONFLICT(name) DO UPDATE SET value = excluded.value",
-                    [(counter + 1) as i64],
-                )?;
-                c.execute_batch("VACUUM;")?;
-                Ok(counter)
-            });
+        {
+            Ok(()) => {
+                let tmp3 = tmp.clone();
+                tokio::task::spawn_blocking(move || -> Result<u64, StoreError> {
+                    let c = Connection::open(&tmp3)?;
+                    let counter = crate::store::read_meta_u64(&c, "counter")?.unwrap_or(0);
+                    c.execute_batch("DELETE FROM changelog;")?;
+                    c.execute("UPDATE meta SET value = ?1 WHERE name = 'shipped'", [counter as i64])?;
+                    c.execute(
+                        "INSERT INTO meta VALUES ('pruned_below', ?1) ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+                        [(counter + 1) as i64],
+                    )?;
+                    c.execute_batch("VACUUM;")?;
+                    Ok(counter)
+                })
+                .await
+                .map_err(|e| StoreError::Internal(e.to_string()))
+                .and_then(|r| r)
+            }
+            Err(e) => Err(e),
+        };
         let result = async {
             let counter = counter?;
             // Never publish a snapshot ahead of the segments: a fenced writer's
@@ -666,12 +682,19 @@ impl Replica {
             if store.shipped() < counter {
                 return Err(ReplicaError::Gap("commits in the snapshot are not shipped yet".into()));
             }
-            let file = std::fs::File::open(&tmp).map_err(|e| io_err(&tmp, e))?;
-            let mut compressed = Vec::new();
-            zstd::stream::copy_encode(std::io::BufReader::new(file), &mut compressed, 3).map_err(|e| io_err(&tmp, e))?;
+            let tmp3 = tmp.clone();
+            let compressed = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, ReplicaError> {
+                let file = std::fs::File::open(&tmp3).map_err(|e| io_err(&tmp3, e))?;
+                let mut compressed = Vec::new();
+                zstd::stream::copy_encode(std::io::BufReader::new(file), &mut compressed, 3).map_err(|e| io_err(&tmp3, e))?;
+                Ok(compressed)
+            })
+            .await
+            .map_err(|e| io_err(&tmp, e))??;
+            let compressed_len = compressed.len();
             let key = self.remote.snapshot_key(counter);
-            let created = self.remote.put_new(&key, compressed.clone()).await?;
-            tracing::info!(snapshot = %key, commit = counter, bytes = compressed.len(), created, ms = started.elapsed().as_millis() as u64, "snapshot stored");
+            let created = self.remote.put_new(&key, compressed).await?;
+            tracing::info!(snapshot = %key, commit = counter, bytes = compressed_len, created, ms = started.elapsed().as_millis() as u64, "snapshot stored");
             Ok(counter)
         }
         .await;

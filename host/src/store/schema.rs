@@ -65,6 +65,11 @@ pub fn open_writer(path: &Path) -> Result<(Connection, WriterState), StoreError>
         }
     }
     let conn = Connection::open(path).map_err(|e| StoreError::Internal(format!("opening {}: {e}", path.display())))?;
+    // 8 KiB pages (before anything is written; ignored for an existing
+    // file): a WITHOUT ROWID row stays in its page up to ~2 KiB instead of
+    // ~1 KiB, so typical 1 KiB values do not each spill into an overflow
+    // page. Measured: 4 KiB pages stored 100k × 1 KiB in 468 MB (4.5× the data).
+    conn.pragma_update(None, "page_size", 8192)?;
     let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
         return Err(StoreError::Internal(format!("could not switch {} to WAL (got {mode})", path.display())));
