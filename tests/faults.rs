@@ -12,14 +12,13 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
 use common::{Client, Opts, S3, SECRET, Server};
 use reqwest::Method;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 /// key → (value, versionstamp)
-type State = BTreeMap<String, (Vec<u8>, String)>;
+use common::{State, dump};
 
 // ============================================================ helpers ====
 
@@ -72,25 +71,6 @@ async fn get_vs(c: &Client, key: &str) -> Option<(Vec<u8>, String)> {
     }
 }
 
-/// Every live entry, through the list API.
-async fn dump(c: &Client) -> State {
-    let mut out = State::new();
-    let mut cursor = String::new();
-    loop {
-        let r = c.req(Method::GET, "/").query(&[("limit", "1000"), ("cursor", cursor.as_str())]).send().await.unwrap();
-        assert_eq!(r.status(), 200);
-        let v: serde_json::Value = r.json().await.unwrap();
-        for e in v["entries"].as_array().unwrap() {
-            let value = base64::engine::general_purpose::STANDARD.decode(e["value"].as_str().unwrap()).unwrap();
-            out.insert(e["key"].as_str().unwrap().to_string(), (value, e["versionstamp"].as_str().unwrap().to_string()));
-        }
-        match v["cursor"].as_str() {
-            Some(c) if !c.is_empty() => cursor = c.to_string(),
-            _ => break,
-        }
-    }
-    out
-}
 
 /// Every entry of a database file, read directly (after an integrity check).
 fn read_db(path: &Path) -> State {

@@ -382,3 +382,27 @@ pub fn start_temp(opts: Opts) -> Srv {
     let s = Server::start_at(&dir.path().join("db.sqlite3"), opts);
     Srv { s, _dir: dir }
 }
+
+/// Key → (value, versionstamp): a server's whole state.
+pub type State = std::collections::BTreeMap<String, (Vec<u8>, String)>;
+
+/// Every live entry, through the list API (following cursors).
+pub async fn dump(c: &Client) -> State {
+    use base64::Engine as _;
+    let mut out = State::new();
+    let mut cursor = String::new();
+    loop {
+        let r = c.req(reqwest::Method::GET, "/").query(&[("limit", "1000"), ("cursor", cursor.as_str())]).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        let v: serde_json::Value = r.json().await.unwrap();
+        for e in v["entries"].as_array().unwrap() {
+            let value = base64::engine::general_purpose::STANDARD.decode(e["value"].as_str().unwrap()).unwrap();
+            out.insert(e["key"].as_str().unwrap().to_string(), (value, e["versionstamp"].as_str().unwrap().to_string()));
+        }
+        match v["cursor"].as_str() {
+            Some(c) if !c.is_empty() => cursor = c.to_string(),
+            _ => break,
+        }
+    }
+    out
+}
