@@ -128,8 +128,9 @@ pub struct HostState {
     store: Store,
     config: Arc<HashMap<String, String>>,
     /// When the current call must have finished. Time the guest spends
-    /// blocked in `kv.watch` pushes it back: the deadline bounds the guest's
-    /// own work, not a long-poll it was asked to do.
+    /// blocked in a `kv` call (a queued commit, an S3 acknowledgement, a
+    /// long-poll) pushes it back: the deadline bounds the guest's own work,
+    /// and a write that committed is never reported as a 504.
     deadline: Instant,
 }
 
