@@ -221,8 +221,14 @@ impl S3 {
             return S3 { child: None, endpoint: ep, port: 0 };
         }
         let mut s = S3 { child: None, endpoint: String::new(), port: 0 };
-        s.spawn(free_port());
-        s
+        // The free port can be taken by another test's process between our
+        // probe and moto's bind: check that moto itself answers, else retry.
+        for _ in 0..10 {
+            if s.spawn(free_port()) {
+                return s;
+            }
+        }
+        panic!("could not start moto_server on a free port");
     }
 
     fn moto_bin() -> PathBuf {
@@ -230,22 +236,35 @@ impl S3 {
         if venv.exists() { venv } else { PathBuf::from("moto_server") }
     }
 
-    fn spawn(&mut self, port: u16) {
-        let child = Command::new(Self::moto_bin())
+    /// Start moto on `port`; false if something else answers there.
+    fn spawn(&mut self, port: u16) -> bool {
+        let mut child = Command::new(Self::moto_bin())
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .env_remove("AWS_CA_BUNDLE")
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("starting moto_server (run `make setup`)");
-        self.child = Some(child);
-        self.port = port;
-        self.endpoint = format!("http://127.0.0.1:{port}");
         let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        loop {
+            if let Ok(Some(_)) = child.try_wait() {
+                return false; // it could not bind
+            }
+            if let Some(body) = http_get_raw(port, "/") {
+                if body.contains("ListAllMyBucketsResult") {
+                    break;
+                }
+                let _ = child.kill();
+                let _ = child.wait();
+                return false; // another server holds the port
+            }
             assert!(Instant::now() < deadline, "moto did not start");
             std::thread::sleep(Duration::from_millis(50));
         }
+        self.child = Some(child);
+        self.port = port;
+        self.endpoint = format!("http://127.0.0.1:{port}");
+        true
     }
 
     /// Stop the server (S3 outage). Moto keeps data in memory, so `resume`
@@ -405,4 +424,15 @@ pub async fn dump(c: &Client) -> State {
         }
     }
     out
+}
+
+/// A plain HTTP/1.1 GET over std (no runtime needed); `None` if nothing listens.
+fn http_get_raw(port: u16, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    c.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(c, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").ok()?;
+    let mut out = String::new();
+    let _ = c.read_to_string(&mut out);
+    Some(out)
 }
