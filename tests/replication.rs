@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use common::{Client, Opts, S3, Server};
 
 /// key → (value, versionstamp)
-use common::{State, dump};
+use common::{State, dump, get_vs, read_db};
 
 struct Ctx {
     s3: S3,
@@ -130,11 +130,6 @@ fn counter_of(key: &str) -> u64 {
     key.rsplit('/').next().unwrap()[..20].parse().unwrap()
 }
 
-/// Versionstamp text as the server prints it, from the SQLite integer.
-fn vs_text(v: i64) -> String {
-    let v = v as u64;
-    format!("{:016x}{:04x}", v >> 16, v & 0xffff)
-}
 
 fn vs_counter(vs: &str) -> u64 {
     u64::from_str_radix(&vs[..16], 16).unwrap()
@@ -162,31 +157,8 @@ async fn delete(c: &Client, key: &str) -> String {
     v["versionstamp"].as_str().unwrap().to_string()
 }
 
-/// GET one key: (value, versionstamp from the ETag).
-async fn get_vs(c: &Client, key: &str) -> Option<(Vec<u8>, String)> {
-    let r = c.req(reqwest::Method::GET, &format!("/{key}")).send().await.unwrap();
-    match r.status().as_u16() {
-        200 => {
-            let etag = r.headers().get("etag").expect("ETag").to_str().unwrap().trim_matches('"').to_string();
-            Some((r.bytes().await.unwrap().to_vec(), etag))
-        }
-        404 => None,
-        s => panic!("GET /{key}: {s} {}", r.text().await.unwrap()),
-    }
-}
 
 
-/// Every entry of a database file, read directly.
-fn read_db(path: &Path) -> State {
-    let c = rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
-    let ok: String = c.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
-    assert_eq!(ok, "ok", "integrity_check of {}", path.display());
-    let mut s = c.prepare("SELECT CAST(key AS TEXT), value, version FROM kv ORDER BY key").unwrap();
-    s.query_map([], |r| Ok((r.get::<_, String>(0)?, (r.get::<_, Vec<u8>>(1)?, vs_text(r.get(2)?)))))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap()
-}
 
 fn meta_u64(path: &Path, name: &str) -> Option<u64> {
     let c = rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();

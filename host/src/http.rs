@@ -57,6 +57,18 @@ fn body_too_large(max: usize) -> HttpResponse<Body> {
     r
 }
 
+/// The HTTP/1.1 settings of the main port: head timeout (slowloris), head
+/// size cap (431), keep-alive. Public so the bench's native baseline runs
+/// the very same stack.
+pub fn connection_builder() -> hyper::server::conn::http1::Builder {
+    let mut b = hyper::server::conn::http1::Builder::new();
+    b.timer(TokioTimer::new())
+        .header_read_timeout(limits::HEADER_READ_TIMEOUT)
+        .max_buf_size(limits::MAX_HEADER_BYTES)
+        .keep_alive(true);
+    b
+}
+
 /// Serve the main port until `shutdown` resolves, then stop accepting and
 /// wait (bounded) for in-flight requests.
 pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>) {
@@ -83,11 +95,7 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
         };
         let _ = stream.set_nodelay(true);
         let app = app.clone();
-        let conn = hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(limits::HEADER_READ_TIMEOUT)
-            .max_buf_size(limits::MAX_HEADER_BYTES)
-            .keep_alive(true)
+        let conn = connection_builder()
             .serve_connection(
                 TokioIo::new(stream),
                 service_fn(move |req| {

@@ -436,3 +436,31 @@ fn http_get_raw(port: u16, path: &str) -> Option<String> {
     let _ = c.read_to_string(&mut out);
     Some(out)
 }
+
+/// GET one key: (value, versionstamp from the ETag).
+pub async fn get_vs(c: &Client, key: &str) -> Option<(Vec<u8>, String)> {
+    let r = c.req(reqwest::Method::GET, &format!("/{key}")).send().await.unwrap();
+    match r.status().as_u16() {
+        200 => {
+            let etag = r.headers().get("etag").expect("ETag").to_str().unwrap().trim_matches('"').to_string();
+            Some((r.bytes().await.unwrap().to_vec(), etag))
+        }
+        404 => None,
+        s => panic!("GET /{key}: {s} {}", r.text().await.unwrap()),
+    }
+}
+
+/// Every entry of a database file, read directly (after an integrity check).
+pub fn read_db(path: &Path) -> State {
+    let c = rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
+    let ok: String = c.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
+    assert_eq!(ok, "ok", "integrity_check of {}", path.display());
+    let mut s = c.prepare("SELECT CAST(key AS TEXT), value, version FROM kv ORDER BY key").unwrap();
+    s.query_map([], |r| {
+        let v = r.get::<_, i64>(2)? as u64;
+        Ok((r.get::<_, String>(0)?, (r.get::<_, Vec<u8>>(1)?, format!("{:016x}{:04x}", v >> 16, v & 0xffff))))
+    })
+    .unwrap()
+    .collect::<Result<_, _>>()
+    .unwrap()
+}

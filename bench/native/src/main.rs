@@ -21,7 +21,7 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 use sidekv::limits;
 use sidekv::metrics::METRICS;
 use sidekv::store::{Condition, Store, StoreOptions, WriteOp, WriteResult};
@@ -105,11 +105,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let Ok(permit) = conns.clone().try_acquire_owned() else { continue };
             let _ = stream.set_nodelay(true);
             let app = app.clone();
-            let conn = hyper::server::conn::http1::Builder::new()
-                .timer(TokioTimer::new())
-                .header_read_timeout(limits::HEADER_READ_TIMEOUT)
-                .max_buf_size(limits::MAX_HEADER_BYTES)
-                .keep_alive(true)
+            let conn = sidekv::http::connection_builder()
                 .serve_connection(
                     TokioIo::new(stream),
                     service_fn(move |req: Request<Incoming>| {
