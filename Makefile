@@ -5,7 +5,7 @@ VENV := .venv
 GUEST_WASM := target/wasm/wasm32-wasip2/release/sidekv_guest.wasm
 BIN := target/release/sidekv
 
-.PHONY: run build guest examples setup setup-wasm setup-py test test-unit test-e2e bench soak lint clean
+.PHONY: run build guest examples setup setup-wasm setup-py test lint bench soak clean
 
 ## run: set up what is missing, build, serve on 127.0.0.1:8000 (prints a generated secret unless KVSTORE_SECRET is set)
 run: build
@@ -37,8 +37,13 @@ setup-wasm:
 setup-py:
 	@test -x $(VENV)/bin/moto_server || { python3 -m venv $(VENV) && $(VENV)/bin/pip install -q 'moto[server]>=5,<6'; }
 
-## test: unit tests, then integration tests against the real binary and a real S3 server
-test: setup build examples examples-polyglot
+## lint: formatting and clippy (warnings are errors) on every crate; needs no guest built
+lint:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+## test: lint, unit tests, then integration tests against the real binary and a real S3 server
+test: lint setup build examples examples-polyglot
 	$(CARGO) test --release --workspace --exclude sidekv-guest --exclude scoped-tokens-guest --exclude chaos-guest --exclude kv-only-guest -- --test-threads=4
 	$(CARGO) test --release -p sidekv-guest --lib
 

@@ -470,7 +470,7 @@ def cmd_report():
       "local durability, no S3, fresh database")
     w("  - **native**: `bench/native` (`sidekv-native-bench`): the same `Store` and hyper settings, routing in Rust, no wasm")
     seed_ran = any(t == SEED for (t, _) in runs)
-    w("  - **seed**: `/work/shared/peers/seed-deno` (Deno KV + litestream replicating to a local moto S3) — "
+    w("  - **seed**: the Deno KV + litestream sidecar (`BENCH_SEED_DIR`; Deno KV + litestream replicating to a local moto S3) — "
       + ("measured in this run" if seed_ran else "**SKIPPED in this run** (see the note below)"))
     w("  - **sidekv fresh**: as sidekv with `KVSTORE_INSTANCE_MODE=fresh` (a new pooled instance per request)")
     w("  - **sidekv s3**: as sidekv with `KVSTORE_DURABILITY=s3` (a write is acknowledged once its segment is in S3), local moto")

@@ -6,7 +6,8 @@
 # hyper, tokio, wasmtime, guest wasm code, ...) and prints CPU µs per request.
 #
 # usage: bench/profile.sh sidekv|native|fresh [get|post|mix] [SECONDS=6]
-# Needs: make build, cargo build --release -p sidekv-native-bench, perf, wrk.
+# Needs: make guest, cargo build --profile profiling -p sidekv -p sidekv-native-bench
+# (release + line tables and symbols), perf, wrk.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 target=${1:?usage: bench/profile.sh sidekv|native|fresh [get|post|mix] [SECONDS]}
@@ -21,9 +22,9 @@ command -v perf >/dev/null || { echo "perf is not installed (apt-get install lin
 
 common=(PORT=$port HOST=127.0.0.1 KVSTORE_DB=$out/$target.sqlite3 KVSTORE_SECRET=$BENCH_SECRET)
 case $target in
-  sidekv) env "${common[@]}" KVSTORE_PUBLIC_READS=true KVSTORE_CACHE_DIR=$root/bench/out/cache "$root/target/release/sidekv" >"$out/$target.log" 2>&1 & ;;
-  fresh) env "${common[@]}" KVSTORE_PUBLIC_READS=true KVSTORE_INSTANCE_MODE=fresh KVSTORE_CACHE_DIR=$root/bench/out/cache "$root/target/release/sidekv" >"$out/$target.log" 2>&1 & ;;
-  native) env "${common[@]}" "$root/target/release/sidekv-native-bench" >"$out/$target.log" 2>&1 & ;;
+  sidekv) env "${common[@]}" KVSTORE_PUBLIC_READS=true KVSTORE_CACHE_DIR=$root/bench/out/cache "$root/target/profiling/sidekv" >"$out/$target.log" 2>&1 & ;;
+  fresh) env "${common[@]}" KVSTORE_PUBLIC_READS=true KVSTORE_INSTANCE_MODE=fresh KVSTORE_CACHE_DIR=$root/bench/out/cache "$root/target/profiling/sidekv" >"$out/$target.log" 2>&1 & ;;
+  native) env "${common[@]}" "$root/target/profiling/sidekv-native-bench" >"$out/$target.log" 2>&1 & ;;
   *) echo "unknown target $target" >&2; exit 1 ;;
 esac
 pid=$!

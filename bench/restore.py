@@ -63,7 +63,8 @@ BASE = int(os.environ.get("RESTORE_PORT_BASE", "18790"))
 P_SIDEKV, P_SEED, P_S3 = BASE, BASE + 1, BASE + 2
 OUT = os.environ.get("RESTORE_OUT", os.path.join(ROOT, "bench", "out", "restore"))
 REPORT = os.environ.get("RESTORE_REPORT", os.path.join(HERE, "restore.md"))
-SEED_DIR = os.environ.get("BENCH_SEED_DIR", "/work/shared/peers/seed-deno")
+# The seed system (docs/background.md): beside this checkout unless BENCH_SEED_DIR says otherwise.
+SEED_DIR = os.environ.get("BENCH_SEED_DIR", os.path.join(ROOT, "..", "shared", "peers", "seed-deno"))
 SECRET = "restorebench"
 BUCKET = "sidekv-restore"
 SEED_BUCKET = "seedkv"  # fixed by the seed's run.sh
@@ -630,7 +631,7 @@ def report(meta, cases, results):
     w(f"- machine: {m['nproc']} CPUs (`nproc`), {m['cpu']}, kernel {m['kernel']}, {m['mem']} RAM (a shared VM); "
       f"S3 = one local moto server ({meta['moto']}) on loopback for both systems, so there is no network cost here: "
       "these numbers are CPU, local disk and the S3 server's per-request cost")
-    w(f"- sidekv: {meta['sidekv']}; seed: `{SEED_DIR}` (its `run.sh`), {meta['litestream']}, Deno {meta['deno']}")
+    w(f"- sidekv: {meta['sidekv']}; seed: the Deno KV + litestream system (`BENCH_SEED_DIR`, its `run.sh`), {meta['litestream']}, Deno {meta['deno']}")
     w(f"- data: {KEYS:,} keys `k000000`…, each value {VALUE_BYTES} bytes of base64 text from a fixed random seed (the same "
       "bytes in both systems; text because the seed stores POST bodies as strings). sidekv loaded through `POST /_atomic` "
       f"({BATCH} mutations per batch; local durability, S3 backup on), then SIGTERM (drains the outbox to S3); the seed "

@@ -23,7 +23,9 @@ cd "$root"
 
 BIN=$root/target/release/sidekv
 NATIVE_BIN=$root/target/release/sidekv-native-bench
-SEED_DIR=${BENCH_SEED_DIR:-/work/shared/peers/seed-deno}
+# The seed system (Deno KV + litestream, docs/background.md) to compare with:
+# a checkout of it beside this one by default, BENCH_SEED_DIR to point elsewhere.
+SEED_DIR=${BENCH_SEED_DIR:-$root/../shared/peers/seed-deno}
 OUT=$root/bench/out/run
 CACHE=$root/bench/out/cache
 REPORT=${BENCH_REPORT:-$root/BENCHMARKS.md}

@@ -1,5 +1,10 @@
-//! Embeds the default guest. The Makefile builds `guest/` for wasm32-wasip2
-//! first (`make guest`); SIDEKV_GUEST_WASM overrides where it is found.
+//! Embeds the default guest (`guest/`, built for wasm32-wasip2 by
+//! `make guest`; SIDEKV_GUEST_WASM overrides where it is found).
+//!
+//! A missing guest is not a build error: `cargo check`, `cargo clippy` and
+//! rust-analyzer must work on a fresh clone before any wasm is built. The
+//! binary then embeds nothing and says so clearly when it would need the
+//! default guest (a `KVSTORE_GUEST` file still works).
 use std::path::PathBuf;
 
 fn main() {
@@ -9,11 +14,12 @@ fn main() {
     println!("cargo:rerun-if-env-changed=SIDEKV_GUEST_WASM");
     println!("cargo:rerun-if-changed={}", src.display());
     let out = PathBuf::from(std::env::var("OUT_DIR").unwrap()).join("default_guest.wasm");
-    match std::fs::read(&src) {
-        Ok(bytes) => std::fs::write(&out, bytes).unwrap(),
-        Err(e) => panic!(
-            "the default guest {} is missing ({e}); build it first with `make guest` (or just use `make build`)",
+    let bytes = std::fs::read(&src).unwrap_or_else(|e| {
+        println!(
+            "cargo:warning=the default guest {} is missing ({e}); this build embeds no guest (`make build` builds it first)",
             src.display()
-        ),
-    }
+        );
+        Vec::new()
+    });
+    std::fs::write(&out, bytes).unwrap();
 }

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Make sure a wasm32-wasip2 toolchain exists, and print the environment the
-# guest build needs (sourced by the Makefile through `scripts/guest-env.sh`).
+# Make sure a wasm32-wasip2 toolchain exists (`make setup-wasm`; every guest
+# build runs it first). scripts/build-guest.sh picks whichever is installed.
 #
 # Preferred: rustup's own target (what users with internet get).
 # Fallback: Debian's rustc-web (which knows wasm32-wasip2) + wasi-libc, building
-# std from source with -Zbuild-std (see docs/building.md).
+# std from source with -Zbuild-std (for machines where rustup cannot download).
 set -euo pipefail
 
 if rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2; then

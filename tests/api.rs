@@ -13,19 +13,18 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use bytes::Bytes;
-use common::{Client, Opts, Srv};
+use common::{Client, Opts, TempServer};
 use futures::{Stream, StreamExt};
 use reqwest::Method;
 use serde_json::{Value, json};
 
 // ------------------------------------------------------------ helpers ----
 
-
-fn start() -> Srv {
+fn start() -> TempServer {
     start_with(Opts::default())
 }
 
-fn start_with(opts: Opts) -> Srv {
+fn start_with(opts: Opts) -> TempServer {
     common::start_temp(opts)
 }
 
@@ -523,7 +522,11 @@ async fn atomic_checks_and_mutations() {
     assert_eq!(c.get("at/b").await.unwrap(), vec![0u8, 255, 1]);
 
     // A null check on an existing key fails too.
-    let r = atomic(&c, json!({"checks": [{"key": "at/a", "versionstamp": null}], "mutations": [{"type": "set", "key": "at/c", "value": b64("C")}]})).await;
+    let r = atomic(
+        &c,
+        json!({"checks": [{"key": "at/a", "versionstamp": null}], "mutations": [{"type": "set", "key": "at/c", "value": b64("C")}]}),
+    )
+    .await;
     let (st, v) = json_of(r).await;
     assert_eq!(st, 409, "{v}");
     assert_eq!(v["ok"], false);
@@ -533,7 +536,11 @@ async fn atomic_checks_and_mutations() {
 
     // With the current versionstamp the check holds.
     committed(
-        atomic(&c, json!({"checks": [{"key": "at/a", "versionstamp": vs_a2}], "mutations": [{"type": "set", "key": "at/c", "value": b64("C")}]})).await,
+        atomic(
+            &c,
+            json!({"checks": [{"key": "at/a", "versionstamp": vs_a2}], "mutations": [{"type": "set", "key": "at/c", "value": b64("C")}]}),
+        )
+        .await,
         "current check",
     )
     .await;
@@ -543,7 +550,11 @@ async fn atomic_checks_and_mutations() {
     let r = atomic(&c, json!({"checks": [{"key": "at/zzz", "versionstamp": null}]})).await;
     assert_eq!(r.status(), 200);
     // A malformed check versionstamp is a client error.
-    let r = atomic(&c, json!({"checks": [{"key": "at/a", "versionstamp": "xyz"}], "mutations": [{"type": "set", "key": "at/d", "value": b64("D")}]})).await;
+    let r = atomic(
+        &c,
+        json!({"checks": [{"key": "at/a", "versionstamp": "xyz"}], "mutations": [{"type": "set", "key": "at/d", "value": b64("D")}]}),
+    )
+    .await;
     expect_error(r, 400, "bad check vs").await;
     assert_eq!(c.get("at/d").await, None);
 }
@@ -635,7 +646,11 @@ async fn atomic_invalid_batches_write_nothing() {
     // A counter on text after a set of that same key in the batch is fine:
     // the batch sees its own writes.
     committed(
-        atomic(&c, json!({"mutations": [{"type": "set", "key": "iv/txt", "value": b64("5")}, {"type": "sum", "key": "iv/txt", "value": 1}]})).await,
+        atomic(
+            &c,
+            json!({"mutations": [{"type": "set", "key": "iv/txt", "value": b64("5")}, {"type": "sum", "key": "iv/txt", "value": 1}]}),
+        )
+        .await,
         "set then sum",
     )
     .await;
@@ -749,7 +764,11 @@ async fn sse_prefix_watch_and_resume() {
     assert_eq!(e.data["value"], b64("A"));
     assert_eq!(e.data["versionstamp"], vs_a.as_str());
     let e = sse.expect("w/c").await;
-    assert_eq!((e.event.as_str(), e.id.as_deref(), e.key()), ("set", Some(format!("{}.0", vs_c).as_str()), "w/c"), "x/b and wx are not under w/");
+    assert_eq!(
+        (e.event.as_str(), e.id.as_deref(), e.key()),
+        ("set", Some(format!("{}.0", vs_c).as_str()), "w/c"),
+        "x/b and wx are not under w/"
+    );
     assert_eq!(e.data["value"], b64([0u8, 200]));
     let vs_del = committed(c.req(Method::DELETE, "/w/a").send().await.unwrap(), "delete").await;
     let e = sse.expect("delete").await;

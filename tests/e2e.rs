@@ -9,14 +9,13 @@ use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use common::{Opts, SECRET, Server, Srv};
+use common::{Opts, SECRET, Server, TempServer};
 use reqwest::Method;
 use serde_json::{Value, json};
 
 // ------------------------------------------------------------ helpers ----
 
-
-fn start(opts: Opts) -> Srv {
+fn start(opts: Opts) -> TempServer {
     common::start_temp(opts)
 }
 
@@ -507,7 +506,16 @@ fn help_lists_the_settings() {
     let out = common::base_command(dir.path()).arg("--help").output().unwrap();
     assert!(out.status.success(), "{:?}", out);
     let text = String::from_utf8(out.stdout).unwrap();
-    for v in ["KVSTORE_SECRET", "PORT", "HOST", "KVSTORE_DB", "KVSTORE_GUEST", "KVSTORE_MAX_VALUE_BYTES", "KVSTORE_MAX_BODY_BYTES", "KVSTORE_PUBLIC_READS"] {
+    for v in [
+        "KVSTORE_SECRET",
+        "PORT",
+        "HOST",
+        "KVSTORE_DB",
+        "KVSTORE_GUEST",
+        "KVSTORE_MAX_VALUE_BYTES",
+        "KVSTORE_MAX_BODY_BYTES",
+        "KVSTORE_PUBLIC_READS",
+    ] {
         assert!(text.contains(&format!("[env: {v}")), "--help lacks {v}:\n{text}");
     }
 }
@@ -595,9 +603,7 @@ fn generated_secret_is_printed_once_and_never_logged() {
 // heavy request time out.
 
 fn chaos_guest() -> std::path::PathBuf {
-    let p = common::repo_root().join("target/wasm/wasm32-wasip2/release/chaos_guest.wasm");
-    assert!(p.is_file(), "{} is missing: build the test guests with `make examples`", p.display());
-    p
+    common::guest_wasm("chaos_guest.wasm")
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -12,7 +12,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Client, Opts, S3, SECRET, Server};
+use common::{
+    Client, Opts, S3, SECRET, Server, gauge, metrics, readyz, tail, terminate, try_delete, try_incr, try_set, wait_caught_up, wipe,
+};
 use reqwest::Method;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -22,52 +24,15 @@ use common::{State, dump, get_vs, read_db};
 
 // ============================================================ helpers ====
 
-/// POST a value; Ok(versionstamp) on 200, Err((status or 0, body)) otherwise.
-async fn try_set(c: &Client, key: &str, value: impl Into<reqwest::Body>) -> Result<String, (u16, String)> {
-    let r = c.req(Method::POST, &format!("/{key}")).body(value).send().await.map_err(|e| (0, format!("{e:?}")))?;
-    let status = r.status().as_u16();
-    let body = r.text().await.map_err(|e| (0, format!("{e:?}")))?;
-    if status != 200 {
-        return Err((status, body));
-    }
-    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-    Ok(v["versionstamp"].as_str().unwrap().to_string())
-}
-
-async fn try_delete(c: &Client, key: &str) -> Result<String, (u16, String)> {
-    let r = c.req(Method::DELETE, &format!("/{key}")).send().await.map_err(|e| (0, format!("{e:?}")))?;
-    let status = r.status().as_u16();
-    let body = r.text().await.map_err(|e| (0, format!("{e:?}")))?;
-    if status != 200 {
-        return Err((status, body));
-    }
-    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-    Ok(v["versionstamp"].as_str().unwrap().to_string())
-}
-
-/// POST /_atomic with one `sum` of 1 on `key`.
-async fn try_incr(c: &Client, key: &str) -> Result<String, (u16, String)> {
-    let body = serde_json::json!({ "mutations": [{ "type": "sum", "key": key, "value": "1" }] }).to_string();
-    let r = c.req(Method::POST, "/_atomic").body(body).send().await.map_err(|e| (0, format!("{e:?}")))?;
-    let status = r.status().as_u16();
-    let body = r.text().await.map_err(|e| (0, format!("{e:?}")))?;
-    if status != 200 {
-        return Err((status, body));
-    }
-    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-    Ok(v["versionstamp"].as_str().unwrap().to_string())
-}
-
-
-
-
 /// Assert two states are equal, printing only the differing keys.
 #[track_caller]
 fn assert_state(got: &State, want: &State, what: &str) {
     if got == want {
         return;
     }
-    let show = |v: Option<&(Vec<u8>, String)>| v.map(|(b, vs)| format!("({:?}, {vs})", String::from_utf8_lossy(&b[..b.len().min(40)]))).unwrap_or_else(|| "absent".into());
+    let show = |v: Option<&(Vec<u8>, String)>| {
+        v.map(|(b, vs)| format!("({:?}, {vs})", String::from_utf8_lossy(&b[..b.len().min(40)]))).unwrap_or_else(|| "absent".into())
+    };
     let diffs: Vec<String> = got
         .keys()
         .chain(want.keys())
@@ -76,60 +41,13 @@ fn assert_state(got: &State, want: &State, what: &str) {
         .filter(|k| got.get(*k) != want.get(*k))
         .map(|k| format!("  {k}: got {}, want {}", show(got.get(k)), show(want.get(k))))
         .collect();
-    panic!("{what}: {} keys differ (got {} keys, want {}):\n{}", diffs.len(), got.len(), want.len(), diffs[..diffs.len().min(15)].join("\n"));
-}
-
-fn metric(text: &str, name: &str) -> Option<f64> {
-    text.lines().find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')).map(|v| v.trim().parse().unwrap()))
-}
-
-async fn metrics(s: &Server) -> String {
-    let admin = s.admin_url.as_ref().expect("start with KVSTORE_ADMIN_ADDR");
-    reqwest::get(format!("{admin}/metrics")).await.unwrap().text().await.unwrap()
-}
-
-/// Scrape one gauge or counter from the admin endpoint.
-async fn gauge(s: &Server, name: &str) -> f64 {
-    let body = metrics(s).await;
-    metric(&body, name).unwrap_or_else(|| panic!("{name} not in /metrics:\n{body}"))
-}
-
-async fn readyz(s: &Server) -> u16 {
-    let admin = s.admin_url.as_ref().expect("start with KVSTORE_ADMIN_ADDR");
-    reqwest::get(format!("{admin}/readyz")).await.unwrap().status().as_u16()
-}
-
-/// Wait until every commit is in S3; returns how long it took.
-async fn wait_caught_up(s: &Server, within: Duration) -> Duration {
-    let t0 = Instant::now();
-    loop {
-        if gauge(s, "sidekv_outbox_commits").await == 0.0 {
-            return t0.elapsed();
-        }
-        assert!(t0.elapsed() < within, "the outbox did not drain within {within:?}:\n{}", tail(&s.log(), 60));
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-fn tail(log: &str, n: usize) -> String {
-    let lines: Vec<&str> = log.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
-fn terminate(s: &mut Server) {
-    let st = tokio::task::block_in_place(|| s.terminate(Duration::from_secs(30)));
-    assert!(st.success(), "sidekv exited with {st} after SIGTERM:\n{}", tail(&s.log(), 60));
-}
-
-/// Remove the database and its WAL/SHM files.
-fn wipe(db: &Path) {
-    for ext in ["", "-wal", "-shm"] {
-        let p = PathBuf::from(format!("{}{ext}", db.display()));
-        if p.exists() {
-            std::fs::remove_file(&p).unwrap();
-        }
-    }
-    assert!(!db.exists());
+    panic!(
+        "{what}: {} keys differ (got {} keys, want {}):\n{}",
+        diffs.len(),
+        got.len(),
+        want.len(),
+        diffs[..diffs.len().min(15)].join("\n")
+    );
 }
 
 fn start(db: &Path, opts: Opts) -> Server {
@@ -411,7 +329,9 @@ fn error_xml(status: u16) -> Vec<u8> {
         429 => ("TooManyRequests", "Too Many Requests"),
         _ => ("InjectedFault", "Injected Fault"),
     };
-    let body = format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code><Message>injected by the test proxy</Message><RequestId>faults</RequestId></Error>");
+    let body = format!(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code><Message>injected by the test proxy</Message><RequestId>faults</RequestId></Error>"
+    );
     format!("HTTP/1.1 {status} {reason}\r\ncontent-type: application/xml\r\ncontent-length: {}\r\n\r\n{body}", body.len()).into_bytes()
 }
 
@@ -650,7 +570,11 @@ impl S3Case {
             assert_eq!(get_vs(&c2, k).await.as_ref(), Some(v), "{what}: GET /{k} (value, ETag) after restore");
         }
         let from_snapshot = s2.log().contains("snapshot downloaded");
-        eprintln!("[{what}] restore of {} keys exact ({} ms including start; from a snapshot + segments: {from_snapshot})", want.len(), t.elapsed().as_millis());
+        eprintln!(
+            "[{what}] restore of {} keys exact ({} ms including start; from a snapshot + segments: {from_snapshot})",
+            want.len(),
+            t.elapsed().as_millis()
+        );
         s2
     }
 }
@@ -675,7 +599,11 @@ async fn s3_fault_case(name: &str, fault: Fault, window: Duration) {
     let outbox_at_end = gauge(&s, "sidekv_outbox_commits").await;
     case.proxy.set(Fault::Pass);
     let stats = case.proxy.stats();
-    assert!(during.errors.is_empty(), "[{name}] local-mode writes failed under {fault:?}: {:?}", &during.errors[..during.errors.len().min(5)]);
+    assert!(
+        during.errors.is_empty(),
+        "[{name}] local-mode writes failed under {fault:?}: {:?}",
+        &during.errors[..during.errors.len().min(5)]
+    );
     assert!(during.writes >= 100, "[{name}] only {} writes in {window:?}", during.writes);
     assert!(stats.faults() > before.faults(), "[{name}] no fault was injected: {stats:?}");
     let during_writes = during.writes;
@@ -699,7 +627,11 @@ async fn s3_fault_case(name: &str, fault: Fault, window: Duration) {
         Fault::Delay(d) => assert!(stats.delayed > 0 && max_lag >= d.as_secs_f64(), "[{name}] max lag {max_lag} {stats:?}"),
         Fault::LoseResponse => {
             assert!(stats.lost_responses > 0, "{stats:?}");
-            assert!(s.log().contains("identical content; counting it as shipped"), "[{name}] never recognised its own segment:\n{}", tail(&s.log(), 40));
+            assert!(
+                s.log().contains("identical content; counting it as shipped"),
+                "[{name}] never recognised its own segment:\n{}",
+                tail(&s.log(), 40)
+            );
         }
         // Half the requests pass: the outbox may be empty at any moment.
         Fault::Mixed(_) => {}
@@ -923,7 +855,11 @@ async fn disk_full_gives_507_and_recovers() {
         assert!(body.contains("disk") && body.contains("full"), "{body}");
     }
     let free_full = free_bytes(&d.mnt);
-    eprintln!("[disk] {} writes of 16 KiB acked before the disk filled; the next 4 (one per writer) got 507; {} KiB left", acked.len() - 1, free_full / 1024);
+    eprintln!(
+        "[disk] {} writes of 16 KiB acked before the disk filled; the next 4 (one per writer) got 507; {} KiB left",
+        acked.len() - 1,
+        free_full / 1024
+    );
 
     // Still (nearly) full: more writes, large and small, each either
     // succeed (SQLite reuses WAL space the failed commits had allocated) or
@@ -954,14 +890,19 @@ async fn disk_full_gives_507_and_recovers() {
     // Free the space: writes succeed again at once.
     d.free_filler();
     let t = Instant::now();
-    let vs = try_set(&c, &refused[0], "after-free").await.unwrap_or_else(|e| panic!("first write after freeing space: {e:?}\n{}", tail(&d.s.log(), 20)));
+    let vs = try_set(&c, &refused[0], "after-free")
+        .await
+        .unwrap_or_else(|e| panic!("first write after freeing space: {e:?}\n{}", tail(&d.s.log(), 20)));
     acked.insert(refused[0].clone(), (b"after-free".to_vec(), vs));
     for i in 0..20 {
         let k = format!("after{i}");
         let vs = try_set(&c, &k, vec![b'z'; 16 * 1024]).await.unwrap();
         acked.insert(k, (vec![b'z'; 16 * 1024], vs));
     }
-    eprintln!("[disk] while full, 10 more writes (5 of 16 KiB, 5 of 1 byte): {more_ok} OK, {more_507} got 507; space freed: 21 writes OK in {} ms", t.elapsed().as_millis());
+    eprintln!(
+        "[disk] while full, 10 more writes (5 of 16 KiB, 5 of 1 byte): {more_ok} OK, {more_507} got 507; space freed: 21 writes OK in {} ms",
+        t.elapsed().as_millis()
+    );
     assert_state(&dump(&c).await, &acked, "state after recovery");
 
     // Everything survives a clean restart.
@@ -1014,9 +955,16 @@ async fn disk_full_gives_507_and_recovers() {
 
 #[derive(Debug)]
 enum StartOutcome {
-    Exited { code: Option<i32>, stderr: String, after: Duration },
+    Exited {
+        code: Option<i32>,
+        stderr: String,
+        after: Duration,
+    },
     /// It printed `listening on`; what a write and `/readyz` got.
-    Serving { write: Result<String, (u16, String)>, readyz: u16 },
+    Serving {
+        write: Result<String, (u16, String)>,
+        readyz: u16,
+    },
 }
 
 /// Start sidekv on `db` and report whether it exits or serves (then stop it).
@@ -1253,9 +1201,8 @@ fn parse_responses(mut b: &[u8]) -> Vec<(u16, Vec<(String, String)>, Vec<u8>)> {
         let head = std::str::from_utf8(&b[..end]).unwrap();
         let mut lines = head.split("\r\n");
         let status = lines.next().unwrap()[9..12].parse().unwrap();
-        let headers: Vec<(String, String)> = lines
-            .filter_map(|l| l.split_once(':').map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string())))
-            .collect();
+        let headers: Vec<(String, String)> =
+            lines.filter_map(|l| l.split_once(':').map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))).collect();
         let len: usize = headers.iter().find(|h| h.0 == "content-length").map(|h| h.1.parse().unwrap()).expect("content-length");
         out.push((status, headers, b[end..end + len].to_vec()));
         b = &b[end + len..];
@@ -1323,7 +1270,13 @@ async fn slowloris_does_not_starve_and_is_cut_at_the_header_timeout() {
     eprintln!(
         "[slowloris] 200 connections open {open}; a fresh client's GET took {} ms meanwhile; steady client: {} round trips, max latency {} ms, {} errors; \
          slowloris connections closed after {:.1}..{:.1} s (whole test {:.1} s)",
-        fresh.as_millis(), report.round_trips, report.max_latency.as_millis(), report.errors.len(), min.as_secs_f64(), max.as_secs_f64(), t0.elapsed().as_secs_f64()
+        fresh.as_millis(),
+        report.round_trips,
+        report.max_latency.as_millis(),
+        report.errors.len(),
+        min.as_secs_f64(),
+        max.as_secs_f64(),
+        t0.elapsed().as_secs_f64()
     );
     assert!(report.errors.is_empty(), "{:?}", report.errors);
     assert!(ok_mid >= 20 && report.round_trips > ok_mid, "steady client starved: {ok_mid} then {report:?}");
@@ -1344,10 +1297,8 @@ async fn slowloris_does_not_starve_and_is_cut_at_the_header_timeout() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn malformed_and_oversized_requests() {
     let dir = common::tempdir();
-    let s = start(
-        &dir.path().join("db.sqlite3"),
-        Opts::default().env("KVSTORE_MAX_BODY_BYTES", "4096").env("KVSTORE_MAX_VALUE_BYTES", "1024"),
-    );
+    let s =
+        start(&dir.path().join("db.sqlite3"), Opts::default().env("KVSTORE_MAX_BODY_BYTES", "4096").env("KVSTORE_MAX_VALUE_BYTES", "1024"));
     let steady = Steady::spawn(s.client(), "abuse");
     let auth = format!("authorization: {SECRET}\r\n");
 
@@ -1363,7 +1314,8 @@ async fn malformed_and_oversized_requests() {
     }
 
     // Bodies over KVSTORE_MAX_BODY_BYTES → 413: declared, actually sent, chunked.
-    let r = raw(&s, format!("POST /big HTTP/1.1\r\nhost: x\r\n{auth}connection: close\r\ncontent-length: 10737418240\r\n\r\n").as_bytes()).await;
+    let r = raw(&s, format!("POST /big HTTP/1.1\r\nhost: x\r\n{auth}connection: close\r\ncontent-length: 10737418240\r\n\r\n").as_bytes())
+        .await;
     assert_eq!(r.status(), Some(413), "10 GiB content-length");
     let mut req = format!("POST /big HTTP/1.1\r\nhost: x\r\n{auth}connection: close\r\ncontent-length: 1048576\r\n\r\n").into_bytes();
     req.extend(vec![b'x'; 1 << 20]);
@@ -1419,7 +1371,9 @@ async fn malformed_and_oversized_requests() {
             if path.starts_with("/?") && method == "POST" {
                 continue;
             }
-            let r = raw(&s, format!("{method} {path} HTTP/1.1\r\nhost: x\r\n{auth}content-length: 1\r\nconnection: close\r\n\r\nv").as_bytes()).await;
+            let r =
+                raw(&s, format!("{method} {path} HTTP/1.1\r\nhost: x\r\n{auth}content-length: 1\r\nconnection: close\r\n\r\nv").as_bytes())
+                    .await;
             assert_eq!(r.status(), Some(400), "{method} {path}: {:?}", String::from_utf8_lossy(r.bytes()));
             let body = String::from_utf8_lossy(r.bytes());
             assert!(body.contains("percent-encoding") || body.contains("UTF-8"), "{method} {path}: {body}");
@@ -1472,7 +1426,12 @@ async fn malformed_and_oversized_requests() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let report = steady.finish().await;
-    eprintln!("[abuse] steady client: {} round trips, max latency {} ms, {} errors", report.round_trips, report.max_latency.as_millis(), report.errors.len());
+    eprintln!(
+        "[abuse] steady client: {} round trips, max latency {} ms, {} errors",
+        report.round_trips,
+        report.max_latency.as_millis(),
+        report.errors.len()
+    );
     assert!(report.errors.is_empty(), "{:?}", report.errors);
     assert!(report.round_trips > 0);
     assert!(report.max_latency < Duration::from_secs(2), "{report:?}");
@@ -1484,7 +1443,8 @@ async fn malformed_and_oversized_requests() {
 async fn header_of_100_kib_gets_431() {
     let dir = common::tempdir();
     let s = start(&dir.path().join("db.sqlite3"), Opts::default());
-    let req = format!("GET /k HTTP/1.1\r\nhost: x\r\nauthorization: {SECRET}\r\nconnection: close\r\nx-big: {}\r\n\r\n", "a".repeat(100 * 1024));
+    let req =
+        format!("GET /k HTTP/1.1\r\nhost: x\r\nauthorization: {SECRET}\r\nconnection: close\r\nx-big: {}\r\n\r\n", "a".repeat(100 * 1024));
     // Dripped in 4 KiB pieces.
     let mut c = TcpStream::connect(addr(&s)).await.unwrap();
     for chunk in req.as_bytes().chunks(4096) {
@@ -1523,10 +1483,7 @@ async fn connection_flood_is_capped_and_excess_closed() {
     );
     let a = addr(&s);
     // The normal client: one kept-alive connection, opened before the flood.
-    let normal = Client {
-        base: s.url.clone(),
-        http: reqwest::Client::builder().pool_max_idle_per_host(1).build().unwrap(),
-    };
+    let normal = Client { base: s.url.clone(), http: reqwest::Client::builder().pool_max_idle_per_host(1).build().unwrap() };
     try_set(&normal, "flood", "value").await.unwrap();
     let steady = Steady::spawn(normal.clone(), "flood");
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -1560,7 +1517,11 @@ async fn connection_flood_is_capped_and_excess_closed() {
                     match tokio::time::timeout(Duration::from_secs(10), c.read(&mut buf)).await {
                         Err(_) => return ("hung", String::from_utf8_lossy(&got).to_string(), t.elapsed()),
                         Ok(Ok(0)) | Ok(Err(_)) => {
-                            return if got.is_empty() { ("closed", String::new(), t.elapsed()) } else { ("partial", String::from_utf8_lossy(&got).to_string(), t.elapsed()) };
+                            return if got.is_empty() {
+                                ("closed", String::new(), t.elapsed())
+                            } else {
+                                ("partial", String::from_utf8_lossy(&got).to_string(), t.elapsed())
+                            };
                         }
                         Ok(Ok(k)) => {
                             got.extend_from_slice(&buf[..k]);
@@ -1570,7 +1531,11 @@ async fn connection_flood_is_capped_and_excess_closed() {
                                 done.fetch_add(1, Ordering::SeqCst);
                                 released.await;
                                 drop(c);
-                                return if text.starts_with("HTTP/1.1 200") { ("served", String::new(), lat) } else { ("wrong", text, lat) };
+                                return if text.starts_with("HTTP/1.1 200") {
+                                    ("served", String::new(), lat)
+                                } else {
+                                    ("wrong", text, lat)
+                                };
                             }
                         }
                     }
@@ -1622,8 +1587,13 @@ async fn connection_flood_is_capped_and_excess_closed() {
          {closed} closed at once (max {} ms), rejected counter +{rejected}, open during {open_during}, after {open_after}; \
          all outcomes in {} ms; fresh client during the flood refused: {fresh_refused}; normal client: {} ok during, {} round trips, \
          max latency {} ms, {} errors",
-        max_served_latency.as_millis(), max_closed_latency.as_millis(), all_outcomes.as_millis(), ok_during, report.round_trips,
-        report.max_latency.as_millis(), report.errors.len()
+        max_served_latency.as_millis(),
+        max_closed_latency.as_millis(),
+        all_outcomes.as_millis(),
+        ok_during,
+        report.round_trips,
+        report.max_latency.as_millis(),
+        report.errors.len()
     );
     assert_eq!(served + closed, n);
     assert_eq!(served, 500 - open_before, "served = free slots");

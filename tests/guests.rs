@@ -84,9 +84,7 @@ async fn js_hmac_guest_accepts_only_signed_requests() {
     let dir = common::tempdir();
     let s = Server::start_at(
         &dir.path().join("db.sqlite3"),
-        Opts::default()
-            .env("KVSTORE_GUEST", guest_wasm("js-hmac").to_str().unwrap())
-            .env("KVSTORE_GUEST_HMAC_KEY", HMAC_KEY),
+        Opts::default().env("KVSTORE_GUEST", guest_wasm("js-hmac").to_str().unwrap()).env("KVSTORE_GUEST_HMAC_KEY", HMAC_KEY),
     );
     let http = reqwest::Client::new();
     let base = s.url.as_str();
@@ -172,7 +170,14 @@ async fn js_hmac_guest_accepts_only_signed_requests() {
 
 // ----------------------------------------------------- python-allowlist ----
 
-async fn as_client(http: &reqwest::Client, base: &str, method: Method, key: &str, client: Option<&str>, body: Vec<u8>) -> (StatusCode, Vec<u8>) {
+async fn as_client(
+    http: &reqwest::Client,
+    base: &str,
+    method: Method,
+    key: &str,
+    client: Option<&str>,
+    body: Vec<u8>,
+) -> (StatusCode, Vec<u8>) {
     let mut rb = http.request(method, format!("{base}/{key}")).body(body);
     if let Some(c) = client {
         rb = rb.header("x-client-id", c);
@@ -186,9 +191,7 @@ async fn python_allowlist_guest_lets_in_only_listed_clients() {
     let dir = common::tempdir();
     let db = dir.path().join("db.sqlite3");
     let guest = guest_wasm("python-allowlist");
-    let opts = Opts::default()
-        .env("KVSTORE_GUEST", guest.to_str().unwrap())
-        .env("KVSTORE_GUEST_CLIENTS", "billing, reports,frontend-7");
+    let opts = Opts::default().env("KVSTORE_GUEST", guest.to_str().unwrap()).env("KVSTORE_GUEST_CLIENTS", "billing, reports,frontend-7");
     let http = reqwest::Client::new();
     let value: Vec<u8> = (0..=255u8).cycle().take(70_000).collect();
     {

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use common::*;
 
 fn wasm(name: &str) -> PathBuf {
-    repo_root().join("target/wasm/wasm32-wasip2/release").join(name)
+    guest_wasm(name)
 }
 
 fn chaos_opts() -> Opts {
@@ -57,7 +57,14 @@ async fn misbehaving_guest_costs_only_its_own_requests() {
     let (ok, bad) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
     let steady = spawn_steady_client(c.clone(), stop.clone(), ok.clone(), bad.clone());
 
-    let expect = [("/loop", 504, "deadline"), ("/alloc", 500, "failed"), ("/trap", 500, "failed"), ("/huge", 500, "limit"), ("/badstatus", 500, "status"), ("/badheader", 500, "header")];
+    let expect = [
+        ("/loop", 504, "deadline"),
+        ("/alloc", 500, "failed"),
+        ("/trap", 500, "failed"),
+        ("/huge", 500, "limit"),
+        ("/badstatus", 500, "status"),
+        ("/badheader", 500, "header"),
+    ];
     for (path, status, needle) in expect {
         let t = Instant::now();
         let r = c.http.get(c.url(path)).send().await.unwrap();
@@ -83,17 +90,9 @@ async fn misbehaving_guest_costs_only_its_own_requests() {
     let log = s.log();
     assert!(log.contains("guest timed out") && log.contains("guest trapped"), "{log}");
     let metrics = reqwest::get(format!("{}/metrics", s.admin_url.as_ref().unwrap())).await.unwrap().text().await.unwrap();
-    assert!(metric(&metrics, "sidekv_guest_timeouts_total") >= 3.0, "{metrics}");
-    assert!(metric(&metrics, "sidekv_guest_traps_total") >= 2.0, "{metrics}");
-    assert!(metric(&metrics, "sidekv_guest_bad_responses_total") >= 3.0, "{metrics}");
-}
-
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(f64::NAN)
+    assert!(metric(&metrics, "sidekv_guest_timeouts_total").unwrap_or(f64::NAN) >= 3.0, "{metrics}");
+    assert!(metric(&metrics, "sidekv_guest_traps_total").unwrap_or(f64::NAN) >= 2.0, "{metrics}");
+    assert!(metric(&metrics, "sidekv_guest_bad_responses_total").unwrap_or(f64::NAN) >= 3.0, "{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -109,12 +108,12 @@ async fn hot_reload_under_load_and_broken_guest_keeps_old() {
 
     // Reload the same guest several times under load.
     for _ in 0..5 {
-        s.signal(1);
+        s.signal(libc::SIGHUP);
         tokio::time::sleep(Duration::from_millis(150)).await;
     }
     // A broken file: rejected, the old guest keeps serving.
     std::fs::write(&guest, b"not wasm").unwrap();
-    s.signal(1);
+    s.signal(libc::SIGHUP);
     tokio::time::sleep(Duration::from_millis(300)).await;
     stop.store(true, Ordering::Relaxed);
     steady.await.unwrap();
@@ -127,7 +126,7 @@ async fn hot_reload_under_load_and_broken_guest_keeps_old() {
 
     // Swap in a different guest: the scoped-tokens example now decides.
     std::fs::copy(wasm("scoped_tokens_guest.wasm"), &guest).unwrap();
-    s.signal(1);
+    s.signal(libc::SIGHUP);
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         if c.http.get(c.url("/steady1")).send().await.unwrap().status() == 401 {
@@ -183,10 +182,10 @@ async fn health_readiness_and_metrics() {
         assert_eq!(c.http.get(c.url("/nope")).header("authorization", SECRET).send().await.unwrap().status(), 404);
     }
     let text = reqwest::get(format!("{admin}/metrics")).await.unwrap().text().await.unwrap();
-    assert_eq!(metric(&text, r#"sidekv_requests_total{method="POST",status="200"}"#), 7.0, "{text}");
-    assert_eq!(metric(&text, r#"sidekv_requests_total{method="GET",status="404"}"#), 3.0, "{text}");
-    assert!(metric(&text, "sidekv_commit_batch_writes_count") >= 7.0);
-    assert!(metric(&text, "sidekv_guest_call_duration_seconds_count") >= 10.0);
+    assert_eq!(metric(&text, r#"sidekv_requests_total{method="POST",status="200"}"#), Some(7.0), "{text}");
+    assert_eq!(metric(&text, r#"sidekv_requests_total{method="GET",status="404"}"#), Some(3.0), "{text}");
+    assert!(metric(&text, "sidekv_commit_batch_writes_count").unwrap_or(0.0) >= 7.0);
+    assert!(metric(&text, "sidekv_guest_call_duration_seconds_count").unwrap_or(0.0) >= 10.0);
     parse_prometheus(&text);
     assert!(!text.contains(SECRET));
 
@@ -228,7 +227,10 @@ fn parse_prometheus(text: &str) {
                 }
             }
         }
-        let base = ["_bucket", "_sum", "_count"].iter().find_map(|s| name.strip_suffix(s)).filter(|b| types.get(*b).is_some_and(|t| t == "histogram"));
+        let base = ["_bucket", "_sum", "_count"]
+            .iter()
+            .find_map(|s| name.strip_suffix(s))
+            .filter(|b| types.get(*b).is_some_and(|t| t == "histogram"));
         let declared = base.unwrap_or(name);
         assert!(types.contains_key(declared), "no TYPE for {name}");
         if name.ends_with("_bucket") {
@@ -245,7 +247,8 @@ fn parse_prometheus(text: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_logs_parse_and_never_hold_the_secret_or_values() {
     let dir = tempdir();
-    let mut s = Server::start_at(&dir.path().join("db.sqlite3"), Opts::default().env("KVSTORE_LOG_FORMAT", "json").env("RUST_LOG", "debug"));
+    let mut s =
+        Server::start_at(&dir.path().join("db.sqlite3"), Opts::default().env("KVSTORE_LOG_FORMAT", "json").env("RUST_LOG", "debug"));
     let c = s.client();
     c.set("k", "very-private-value-123").await;
     let _ = c.http.get(c.url("/k")).header("authorization", "wrong-secret-xyz").send().await.unwrap();
@@ -271,10 +274,8 @@ async fn readiness_waits_for_restore_then_serves() {
     s3.pause();
     let dir = tempdir();
     let (port, admin) = (free_port(), free_port());
-    let opts = s3
-        .env(Opts::default(), "ready", "p")
-        .env("KVSTORE_ADMIN_ADDR", &format!("127.0.0.1:{admin}"))
-        .env("PORT", &port.to_string());
+    let opts =
+        s3.env(Opts::default(), "ready", "p").env("KVSTORE_ADMIN_ADDR", &format!("127.0.0.1:{admin}")).env("PORT", &port.to_string());
     let mut cmd = base_command(dir.path());
     cmd.env("KVSTORE_SECRET", SECRET).env("KVSTORE_DB", dir.path().join("db.sqlite3"));
     for (k, v) in &opts.env {
@@ -363,7 +364,9 @@ fn dockerfile_matches_the_project() {
     let members = ws.split("members = [").nth(1).unwrap().split(']').next().unwrap();
     for m in members.split(',').map(|m| m.trim().trim_matches('"')).filter(|m| !m.is_empty()) {
         assert!(
-            df.lines().any(|l| l.starts_with("COPY ") && (l.contains(&format!(" {m} ")) || m.starts_with(l.split_whitespace().nth(1).unwrap_or("-")))),
+            df.lines()
+                .any(|l| l.starts_with("COPY ")
+                    && (l.contains(&format!(" {m} ")) || m.starts_with(l.split_whitespace().nth(1).unwrap_or("-")))),
             "workspace member {m} is not copied into the image"
         );
     }
@@ -406,7 +409,9 @@ async fn wasi_keyvalue_guest_runs_on_the_same_store() {
     let mut tasks = Vec::new();
     for _ in 0..20 {
         let (http, url) = (http.clone(), u("/incr/n"));
-        tasks.push(tokio::spawn(async move { http.post(url).body("1").send().await.unwrap().text().await.unwrap().parse::<u64>().unwrap() }));
+        tasks.push(tokio::spawn(
+            async move { http.post(url).body("1").send().await.unwrap().text().await.unwrap().parse::<u64>().unwrap() },
+        ));
     }
     let mut got: Vec<u64> = Vec::new();
     for t in tasks {
@@ -489,7 +494,10 @@ fn readme_documents_every_setting() {
         let block_end = after.find("\n\n").unwrap_or(after.len());
         if let Some(d) = after[..block_end].split("[default: ").nth(1) {
             let d = d.split(']').next().unwrap();
-            assert!(row.contains(d) || (var == "KVSTORE_SYNC_INTERVAL" && row.contains("1s")), "README row for {var} does not show its default {d:?}: {row}");
+            assert!(
+                row.contains(d) || (var == "KVSTORE_SYNC_INTERVAL" && row.contains("1s")),
+                "README row for {var} does not show its default {d:?}: {row}"
+            );
         }
         n += 1;
     }

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use common::{Client, Opts, S3, Server};
+use common::{Client, Opts, S3, Server, gauge, terminate, try_set, wait_caught_up, wipe};
 
 /// key → (value, versionstamp)
 use common::{State, dump, get_vs, read_db};
@@ -114,40 +114,13 @@ fn log(s: &Server) -> String {
     plain(&s.log())
 }
 
-/// Remove the database and its WAL/SHM files.
-fn wipe(db: &Path) {
-    for ext in ["", "-wal", "-shm"] {
-        let p = PathBuf::from(format!("{}{ext}", db.display()));
-        if p.exists() {
-            std::fs::remove_file(&p).unwrap();
-        }
-    }
-    assert!(!db.exists());
-}
-
 /// The counter of a `segments/<20 digits>.seg.zst` or `snapshots/<20 digits>...` key.
 fn counter_of(key: &str) -> u64 {
     key.rsplit('/').next().unwrap()[..20].parse().unwrap()
 }
 
-
 fn vs_counter(vs: &str) -> u64 {
     u64::from_str_radix(&vs[..16], 16).unwrap()
-}
-
-/// POST a value; Ok(versionstamp) on 200, Err((status or 0, body)) otherwise.
-async fn try_set(c: &Client, key: &str, value: impl Into<reqwest::Body>) -> Result<String, (u16, String)> {
-    let r = c.req(reqwest::Method::POST, &format!("/{key}")).body(value).send().await.map_err(|e| (0, e.to_string()))?;
-    let status = r.status().as_u16();
-    let hdr = r.headers().get("x-versionstamp").map(|h| h.to_str().unwrap().to_string());
-    let body = r.text().await.map_err(|e| (0, e.to_string()))?;
-    if status != 200 {
-        return Err((status, body));
-    }
-    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-    let vs = v["versionstamp"].as_str().unwrap().to_string();
-    assert_eq!(hdr.as_deref(), Some(vs.as_str()), "x-versionstamp header");
-    Ok(vs)
 }
 
 async fn delete(c: &Client, key: &str) -> String {
@@ -157,38 +130,9 @@ async fn delete(c: &Client, key: &str) -> String {
     v["versionstamp"].as_str().unwrap().to_string()
 }
 
-
-
-
 fn meta_u64(path: &Path, name: &str) -> Option<u64> {
     let c = rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap();
     c.query_row("SELECT value FROM meta WHERE name = ?1", [name], |r| r.get::<_, i64>(0)).ok().map(|v| v as u64)
-}
-
-/// Scrape one gauge from the admin endpoint.
-async fn gauge(s: &Server, name: &str) -> f64 {
-    let admin = s.admin_url.as_ref().expect("start with KVSTORE_ADMIN_ADDR");
-    let body = reqwest::get(format!("{admin}/metrics")).await.unwrap().text().await.unwrap();
-    body.lines()
-        .find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' ')).map(|v| v.trim().parse().unwrap()))
-        .unwrap_or_else(|| panic!("{name} not in /metrics"))
-}
-
-/// Wait until every commit is in S3.
-async fn wait_caught_up(s: &Server, within: Duration) {
-    let deadline = Instant::now() + within;
-    loop {
-        if gauge(s, "sidekv_outbox_commits").await == 0.0 {
-            return;
-        }
-        assert!(Instant::now() < deadline, "the outbox did not drain within {within:?}:\n{}", log(&s));
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-fn terminate(s: &mut Server) {
-    let st = tokio::task::block_in_place(|| s.terminate(Duration::from_secs(30)));
-    assert!(st.success(), "sidekv exited with {st} after SIGTERM:\n{}", log(&s));
 }
 
 fn assert_has_all(restored: &State, acked: &State, what: &str) {
@@ -196,7 +140,13 @@ fn assert_has_all(restored: &State, acked: &State, what: &str) {
     for (k, v) in acked {
         match restored.get(k) {
             Some(got) if got == v => {}
-            Some(got) => panic!("{what}: {k} restored as ({:?}, {}), acknowledged as ({:?}, {})", String::from_utf8_lossy(&got.0), got.1, String::from_utf8_lossy(&v.0), v.1),
+            Some(got) => panic!(
+                "{what}: {k} restored as ({:?}, {}), acknowledged as ({:?}, {})",
+                String::from_utf8_lossy(&got.0),
+                got.1,
+                String::from_utf8_lossy(&v.0),
+                v.1
+            ),
             None => missing.push(k.clone()),
         }
     }

@@ -25,9 +25,10 @@ fn rounds(quick: usize, soak: usize) -> usize {
 struct Rng(u64);
 impl Rng {
     fn seeded() -> Rng {
-        let seed = std::env::var("SIDEKV_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1
-        });
+        let seed = std::env::var("SIDEKV_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1);
         eprintln!("seed: SIDEKV_SEED={seed}");
         Rng(seed)
     }
@@ -53,9 +54,18 @@ struct KeyModel {
 
 static ACKED: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-fn value_for(worker: usize, seq: u64, size: usize) -> Vec<u8> {
-    let mut v = format!("w{worker}-s{seq}-").into_bytes();
-    let mut x = seq.wrapping_mul(0x9e3779b97f4a7c15) | 1;
+/// Every write in a test run gets its own id, so no two writes (even of
+/// different rounds, whose workers restart their own counting) carry the
+/// same bytes. The soak once failed with "value right but versionstamp
+/// differs" because a worker of a later round, counting from 1 again, wrote
+/// the very bytes of an acknowledged write of an earlier round, in flight at
+/// the kill: the checker took the applied maybe-write for a re-stamped one.
+static WRITE_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+fn value_for(worker: usize, size: usize) -> Vec<u8> {
+    let id = WRITE_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let mut v = format!("w{worker}-i{id}-").into_bytes();
+    let mut x = id.wrapping_mul(0x9e3779b97f4a7c15) | 1;
     while v.len() < size {
         x ^= x << 13;
         x ^= x >> 7;
@@ -67,21 +77,19 @@ fn value_for(worker: usize, seq: u64, size: usize) -> Vec<u8> {
 
 async fn worker(c: Client, w: usize, model: Arc<Mutex<HashMap<String, KeyModel>>>, seed: u64, stop: Arc<std::sync::atomic::AtomicBool>) {
     let mut rng = Rng(seed | 1);
-    let mut seq = 0u64;
     while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-        seq += 1;
         let key = format!("w{w}/k{}", rng.below(8));
         let current = model.lock().unwrap().get(&key).cloned().unwrap_or_default();
         let op = rng.below(10);
         let size = [64usize, 200, 1024, 8192, 65536][rng.below(5) as usize];
         let (req, new_state): (reqwest::RequestBuilder, Option<Vec<u8>>) = if op < 6 {
-            let v = value_for(w, seq, size);
+            let v = value_for(w, size);
             (c.req(reqwest::Method::POST, &format!("/{key}")).body(v.clone()), Some(v))
         } else if op < 8 {
             (c.req(reqwest::Method::DELETE, &format!("/{key}")), None)
         } else {
             // Conditional write on what we believe is current.
-            let v = value_for(w, seq, size);
+            let v = value_for(w, size);
             let mut r = c.req(reqwest::Method::POST, &format!("/{key}")).body(v.clone());
             r = match &current.acked {
                 Some((Some(_), vs)) => r.header("if-match", format!("\"{vs}\"")),
@@ -121,6 +129,50 @@ async fn worker(c: Client, w: usize, model: Arc<Mutex<HashMap<String, KeyModel>>
     }
 }
 
+/// Judge what the server serves for one key against the model: the last
+/// acknowledged state (with its exact versionstamp), or one of the writes
+/// whose outcome was unknown (which is then adopted as the known state).
+fn judge(key: &str, km: &mut KeyModel, got: Option<Vec<u8>>, etag: Option<String>) -> Result<(), String> {
+    let acked_value = km.acked.as_ref().map(|(v, _)| v.clone()).unwrap_or(None);
+    let acked_vs = km.acked.as_ref().map(|(_, vs)| vs.clone());
+    let exact = got == acked_value && (got.is_none() || etag == acked_vs);
+    if exact {
+        return Ok(());
+    }
+    if !km.maybe.iter().any(|m| *m == got) {
+        if got == acked_value {
+            return Err(format!("{key}: value right but versionstamp differs (acknowledged {acked_vs:?}, served {etag:?})"));
+        }
+        return Err(format!(
+            "{key}: an acknowledged write was lost or a phantom appeared (got {:?} bytes, acked {:?} bytes, {} maybe-writes)",
+            got.as_ref().map(|v| v.len()),
+            acked_value.as_ref().map(|v| v.len()),
+            km.maybe.len()
+        ));
+    }
+    // It applied: that is now the known state (versionstamp from the ETag).
+    let vs = etag.or(acked_vs).unwrap_or_default();
+    km.acked = Some((got, vs));
+    Ok(())
+}
+
+#[test]
+fn judge_tells_a_restamped_write_from_an_applied_maybe_write() {
+    let v = b"w2-i17-".to_vec();
+    let acked = || KeyModel { acked: Some((Some(v.clone()), "00000000000094be0000".into())), maybe: vec![] };
+    // The soak's false alarm: a maybe-write of the very same bytes applied.
+    let mut km = KeyModel { maybe: vec![Some(v.clone())], ..acked() };
+    judge("k", &mut km, Some(v.clone()), Some("00000000000094f60001".into())).unwrap();
+    assert_eq!(km.acked.as_ref().unwrap().1, "00000000000094f60001");
+    // The same bytes under another versionstamp with no write in flight: a real re-stamp.
+    assert!(judge("k", &mut acked(), Some(v.clone()), Some("00000000000094f60001".into())).is_err());
+    // Lost acknowledged write.
+    assert!(judge("k", &mut acked(), None, None).is_err());
+    assert!(judge("k", &mut acked(), Some(v), Some("00000000000094be0000".into())).is_ok());
+    // Values never repeat, across rounds or workers.
+    assert_ne!(value_for(2, 64), value_for(2, 64));
+}
+
 /// Check the server against the model; adopt maybe-applied writes that did apply.
 async fn verify(c: &Client, model: &Mutex<HashMap<String, KeyModel>>) -> String {
     let keys: Vec<String> = model.lock().unwrap().keys().cloned().collect();
@@ -137,22 +189,7 @@ async fn verify(c: &Client, model: &Mutex<HashMap<String, KeyModel>>) -> String 
         };
         let mut m = model.lock().unwrap();
         let km = m.get_mut(&key).unwrap();
-        let acked_value = km.acked.as_ref().map(|(v, _)| v.clone()).unwrap_or(None);
-        if got == acked_value {
-            if let (Some(e), Some((Some(_), vs))) = (&etag, &km.acked) {
-                assert_eq!(e, vs, "{key}: value right but versionstamp differs");
-            }
-        } else {
-            assert!(
-                km.maybe.iter().any(|m| *m == got),
-                "{key}: an acknowledged write was lost or a phantom appeared (got {:?} bytes, acked {:?} bytes, {} maybe-writes)",
-                got.as_ref().map(|v| v.len()),
-                acked_value.as_ref().map(|v| v.len()),
-                km.maybe.len()
-            );
-            // It applied: that is now the known state (versionstamp from the ETag).
-            km.acked = Some((got.clone(), etag.clone().unwrap_or_else(|| km.acked.as_ref().map(|a| a.1.clone()).unwrap_or_default())));
-        }
+        judge(&key, km, got, etag).unwrap_or_else(|e| panic!("{e}"));
         km.maybe.clear();
         if let Some((_, vs)) = &km.acked {
             if *vs > max_vs {
@@ -212,7 +249,11 @@ async fn crash_loop_loses_no_acknowledged_write() {
     let vs = s.client().set("after-the-storm", "x").await;
     assert!(vs > final_vs, "new writes get larger versionstamps");
     let keys = model.lock().unwrap().len();
-    eprintln!("crash loop: {n} rounds ({wiped} with the local database wiped), {} acknowledged writes over {keys} keys, in {:?}", ACKED.load(std::sync::atomic::Ordering::Relaxed), started.elapsed());
+    eprintln!(
+        "crash loop: {n} rounds ({wiped} with the local database wiped), {} acknowledged writes over {keys} keys, in {:?}",
+        ACKED.load(std::sync::atomic::Ordering::Relaxed),
+        started.elapsed()
+    );
     assert!(ACKED.load(std::sync::atomic::Ordering::Relaxed) > n as u64 * 4, "the load did not get going");
 }
 
@@ -223,7 +264,10 @@ enum Op {
     Write(u64),
     /// Write `new` if the current value is `expect` (via If-Match on the
     /// versionstamp a read returned with it).
-    Cas { expect: Option<u64>, new: u64 },
+    Cas {
+        expect: Option<u64>,
+        new: u64,
+    },
     Read,
 }
 
@@ -341,7 +385,12 @@ async fn histories_are_linearizable_across_crashes() {
                     let (op, outcome) = match choice {
                         0 => {
                             let v = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            let res = c.req(reqwest::Method::POST, &format!("/{key}")).body(v.to_string()).timeout(Duration::from_secs(5)).send().await;
+                            let res = c
+                                .req(reqwest::Method::POST, &format!("/{key}"))
+                                .body(v.to_string())
+                                .timeout(Duration::from_secs(5))
+                                .send()
+                                .await;
                             let out = match res {
                                 Ok(r) if r.status() == 200 => {
                                     let b: serde_json::Value = r.json().await.unwrap();
@@ -378,7 +427,8 @@ async fn histories_are_linearizable_across_crashes() {
                             });
                             let expect = last.unwrap_or(None);
                             let v = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            let mut req = c.req(reqwest::Method::POST, &format!("/{key}")).body(v.to_string()).timeout(Duration::from_secs(5));
+                            let mut req =
+                                c.req(reqwest::Method::POST, &format!("/{key}")).body(v.to_string()).timeout(Duration::from_secs(5));
                             req = match expect {
                                 Some(e) => {
                                     let vs = vs_of.lock().unwrap().get(&e).cloned().unwrap();

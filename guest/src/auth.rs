@@ -27,4 +27,3 @@ pub fn secret_matches(presented: &[u8], want: &[u8; 32]) -> bool {
     };
     (raw_ok | bearer_ok) & !presented.is_empty()
 }
-

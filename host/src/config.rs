@@ -119,7 +119,8 @@ pub struct Config {
     #[arg(long, env = "KVSTORE_GUEST_STDERR", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub guest_stderr: bool,
 
-    /// S3 backup location, `s3://bucket/prefix`; unset keeps data local only.
+    /// Backup location: `s3://bucket/prefix`, or `file:///dir` for a directory
+    /// (a mounted volume); unset keeps data local only.
     /// Endpoint and credentials come from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID,
     /// AWS_SECRET_ACCESS_KEY (or LITESTREAM_ACCESS_KEY_ID /
     /// LITESTREAM_SECRET_ACCESS_KEY), AWS_REGION (default us-east-1).
@@ -132,7 +133,7 @@ pub struct Config {
     pub durability: Durability,
 
     /// How often the outbox ships to S3 in `local` mode (e.g. 1s, 250ms).
-    #[arg(long, env = "KVSTORE_SYNC_INTERVAL", default_value = "1s", value_parser = parse_duration)]
+    #[arg(long, env = "KVSTORE_SYNC_INTERVAL", default_value = limits::DEFAULT_SYNC_INTERVAL, value_parser = parse_duration)]
     pub sync_interval: Duration,
 
     /// Snapshots to keep in S3 (with the segments after the oldest kept one).
@@ -187,10 +188,7 @@ impl Config {
     /// Checks that need more than one field or the environment.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.max_value_bytes == 0 || self.max_value_bytes > limits::MAX_VALUE_BYTES_CEILING {
-            return Err(invalid(
-                "KVSTORE_MAX_VALUE_BYTES",
-                format!("must be between 1 and {}", limits::MAX_VALUE_BYTES_CEILING),
-            ));
+            return Err(invalid("KVSTORE_MAX_VALUE_BYTES", format!("must be between 1 and {}", limits::MAX_VALUE_BYTES_CEILING)));
         }
         if self.max_body_bytes < self.max_value_bytes {
             return Err(invalid("KVSTORE_MAX_BODY_BYTES", "must be at least KVSTORE_MAX_VALUE_BYTES"));
@@ -245,9 +243,7 @@ impl Config {
             if kv.is_empty() {
                 continue;
             }
-            let (k, v) = kv
-                .split_once('=')
-                .ok_or_else(|| invalid("KVSTORE_GUEST_CONFIG", format!("{kv:?} is not name=value")))?;
+            let (k, v) = kv.split_once('=').ok_or_else(|| invalid("KVSTORE_GUEST_CONFIG", format!("{kv:?} is not name=value")))?;
             m.insert(k.trim().to_string(), v.to_string());
         }
         if let Some(s) = &self.secret {
@@ -289,7 +285,18 @@ mod tests {
     fn help_names_every_env_var() {
         use clap::CommandFactory;
         let help = Config::command().render_long_help().to_string();
-        for v in ["KVSTORE_SECRET", "PORT", "HOST", "KVSTORE_DB", "KVSTORE_GUEST", "KVSTORE_MAX_VALUE_BYTES", "KVSTORE_S3_URL", "KVSTORE_DURABILITY", "KVSTORE_SYNC_INTERVAL", "KVSTORE_ADMIN_ADDR"] {
+        for v in [
+            "KVSTORE_SECRET",
+            "PORT",
+            "HOST",
+            "KVSTORE_DB",
+            "KVSTORE_GUEST",
+            "KVSTORE_MAX_VALUE_BYTES",
+            "KVSTORE_S3_URL",
+            "KVSTORE_DURABILITY",
+            "KVSTORE_SYNC_INTERVAL",
+            "KVSTORE_ADMIN_ADDR",
+        ] {
             assert!(help.contains(&format!("[env: {v}")), "--help lacks {v}");
         }
     }

@@ -62,10 +62,7 @@ fn body_too_large(max: usize) -> HttpResponse<Body> {
 /// the very same stack.
 pub fn connection_builder() -> hyper::server::conn::http1::Builder {
     let mut b = hyper::server::conn::http1::Builder::new();
-    b.timer(TokioTimer::new())
-        .header_read_timeout(limits::HEADER_READ_TIMEOUT)
-        .max_buf_size(limits::MAX_HEADER_BYTES)
-        .keep_alive(true);
+    b.timer(TokioTimer::new()).header_read_timeout(limits::HEADER_READ_TIMEOUT).max_buf_size(limits::MAX_HEADER_BYTES).keep_alive(true);
     b
 }
 
@@ -95,14 +92,13 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
         };
         let _ = stream.set_nodelay(true);
         let app = app.clone();
-        let conn = connection_builder()
-            .serve_connection(
-                TokioIo::new(stream),
-                service_fn(move |req| {
-                    let app = app.clone();
-                    async move { Ok::<_, Infallible>(handle(app, req).await) }
-                }),
-            );
+        let conn = connection_builder().serve_connection(
+            TokioIo::new(stream),
+            service_fn(move |req| {
+                let app = app.clone();
+                async move { Ok::<_, Infallible>(handle(app, req).await) }
+            }),
+        );
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             METRICS.connections_open.fetch_add(1, Relaxed);
@@ -170,11 +166,7 @@ async fn handle_inner(app: &Arc<App>, req: HttpRequest<Incoming>) -> HttpRespons
         }
     };
     let path_with_query = parts.uri.path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".into());
-    let headers = parts
-        .headers
-        .iter()
-        .map(|(k, v)| (k.as_str().to_owned(), v.as_bytes().to_vec()))
-        .collect();
+    let headers = parts.headers.iter().map(|(k, v)| (k.as_str().to_owned(), v.as_bytes().to_vec())).collect();
     let greq = GuestRequest { method: parts.method.as_str().to_owned(), path_with_query, headers, body: body.to_vec() };
     match guest.handle(greq).await {
         Ok(resp) => match to_http(app, resp).await {
@@ -213,12 +205,12 @@ async fn to_http(app: &Arc<App>, resp: GuestResponse) -> Result<HttpResponse<Bod
                         Err(e) => return Ok(error_response(400, &format!("bad resume position: {e}"))),
                     };
                     match store.changes(prefix.clone(), pos, 1).await {
-                        Ok(_) => Stream::Watch(prefix, pos),
+                        Ok(_) => StreamKind::Watch(prefix, pos),
                         Err(e @ StoreError::InvalidArgument(_)) => return Ok(error_response(410, &e.to_string())),
                         Err(e) => return Ok(error_response(e.http_status(), &e.to_string())),
                     }
                 }
-                BodyStream::Export(prefix) => Stream::Export(prefix),
+                BodyStream::Export(prefix) => StreamKind::Export(prefix),
             };
             let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(16);
             let prologue = resp.body;
@@ -227,8 +219,8 @@ async fn to_http(app: &Arc<App>, resp: GuestResponse) -> Result<HttpResponse<Bod
                     return;
                 }
                 match stream {
-                    Stream::Watch(prefix, pos) => streams::watch_prefix(store, prefix, pos, tx).await,
-                    Stream::Export(prefix) => streams::export(store, prefix, tx).await,
+                    StreamKind::Watch(prefix, pos) => streams::watch_prefix(store, prefix, pos, tx).await,
+                    StreamKind::Export(prefix) => streams::export(store, prefix, tx).await,
                 }
             });
             StreamBody::new(tokio_stream_from(rx)).boxed()
@@ -237,14 +229,13 @@ async fn to_http(app: &Arc<App>, resp: GuestResponse) -> Result<HttpResponse<Bod
     out.body(body).map_err(|e| e.to_string())
 }
 
-enum Stream {
+/// Which streaming body a guest asked for.
+enum StreamKind {
     Watch(String, crate::store::ChangePos),
     Export(String),
 }
 
-fn tokio_stream_from<T: Send + 'static>(
-    mut rx: tokio::sync::mpsc::Receiver<T>,
-) -> impl futures::Stream<Item = T> + Send + Sync + 'static {
+fn tokio_stream_from<T: Send + 'static>(mut rx: tokio::sync::mpsc::Receiver<T>) -> impl futures::Stream<Item = T> + Send + Sync + 'static {
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
@@ -295,11 +286,7 @@ pub async fn probe_ready(addr: std::net::SocketAddr) -> Result<(), String> {
         let mut buf = Vec::new();
         s.read_to_end(&mut buf).await.map_err(|e| e.to_string())?;
         let text = String::from_utf8_lossy(&buf);
-        if text.starts_with("HTTP/1.1 200") {
-            Ok(())
-        } else {
-            Err(text.split("\r\n\r\n").nth(1).unwrap_or("no answer").trim().to_string())
-        }
+        if text.starts_with("HTTP/1.1 200") { Ok(()) } else { Err(text.split("\r\n\r\n").nth(1).unwrap_or("no answer").trim().to_string()) }
     };
     tokio::time::timeout(Duration::from_secs(3), io).await.map_err(|_| "timed out".to_string())?
 }

@@ -37,24 +37,36 @@ use crate::guest::{GuestOptions, GuestRuntime, GuestSource};
 use crate::replica::Replica;
 use crate::store::{Store, StoreOptions};
 
+/// Where start-up is; `/readyz` and 503 answers say it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Phase {
+    Starting,
+    Restoring,
+    Ready,
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Phase::Starting => "starting",
+            Phase::Restoring => "restoring from S3",
+            Phase::Ready => "ready",
+        })
+    }
+}
+
 /// Shared state of a running server.
 pub struct App {
     pub config: Config,
     store: OnceLock<Store>,
     guest: OnceLock<GuestRuntime>,
     replica: OnceLock<Arc<Replica>>,
-    phase: Mutex<String>,
+    phase: Mutex<Phase>,
 }
 
 impl App {
     pub fn new(config: Config) -> Self {
-        App {
-            config,
-            store: OnceLock::new(),
-            guest: OnceLock::new(),
-            replica: OnceLock::new(),
-            phase: Mutex::new("starting".into()),
-        }
+        App { config, store: OnceLock::new(), guest: OnceLock::new(), replica: OnceLock::new(), phase: Mutex::new(Phase::Starting) }
     }
 
     pub fn store(&self) -> Option<&Store> {
@@ -65,8 +77,8 @@ impl App {
         self.guest.get()
     }
 
-    pub fn set_phase(&self, p: impl Into<String>) {
-        *self.phase.lock().unwrap() = p.into();
+    pub fn set_phase(&self, p: Phase) {
+        *self.phase.lock().unwrap() = p;
     }
 
     pub fn not_ready_reason(&self) -> String {
@@ -170,11 +182,9 @@ pub async fn run(
     };
     if let Some(r) = &replica {
         if !config.db.exists() {
-            app.set_phase("restoring from S3");
-            r.restore_to(&config.db, None).await?;
-        } else {
-            r.check_local_against_remote(&config.db).await?;
+            app.set_phase(Phase::Restoring);
         }
+        r.prepare_local(&config.db).await?;
     }
     let store = {
         let opts = StoreOptions {
@@ -223,7 +233,7 @@ pub async fn run(
         })
     };
 
-    app.set_phase("ready");
+    app.set_phase(Phase::Ready);
     println!("listening on http://{local}");
     tracing::info!(addr = %local, db = %config.db.display(), guest = %guest_source(&config).name(), backup = config.s3_url.is_some(), "ready");
 

@@ -19,8 +19,6 @@ pub const MAX_VALUE_BYTES_CEILING: usize = 64 << 20;
 
 /// Most entries one `list` page returns (`limit` above it → 400).
 pub const MAX_LIST_LIMIT: u32 = 1000;
-/// Page size when the client gives none (used by the default guest).
-pub const DEFAULT_LIST_LIMIT: u32 = 100;
 /// Most keys in one `get-many`.
 pub const MAX_GET_MANY_KEYS: usize = 1000;
 
@@ -83,7 +81,7 @@ pub const INSTANCE_POOL_IDLE: usize = 64;
 /// Most concurrent instances with the pooling allocator (fresh mode).
 pub const POOLING_MAX_INSTANCES: u32 = 256;
 
-// ---- HTTP (http::HttpError) ----
+// ---- HTTP (enforced in `http`: 413, 431, connection close) ----
 
 /// Default largest request body (`KVSTORE_MAX_BODY_BYTES`); larger → 413.
 /// Must leave room for a max-size value base64-encoded inside `/_atomic`.
@@ -100,8 +98,9 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 // ---- replication (replica::ReplicaError) ----
 
-/// Default time between outbox uploads in `local` durability mode.
-pub const DEFAULT_SYNC_INTERVAL_MS: u64 = 1_000;
+/// Default time between outbox uploads in `local` durability mode
+/// (`KVSTORE_SYNC_INTERVAL`).
+pub const DEFAULT_SYNC_INTERVAL: &str = "1s";
 /// Largest uncompressed segment; a bigger backlog ships as several segments.
 pub const SEGMENT_MAX_BYTES: usize = 16 << 20;
 /// A new snapshot is taken once this many bytes of segments were shipped
@@ -115,6 +114,10 @@ pub const DEFAULT_SNAPSHOT_RETENTION: usize = 3;
 pub const S3_ACK_TIMEOUT: Duration = Duration::from_secs(10);
 /// Timeout of one S3 operation attempt.
 pub const S3_OP_TIMEOUT: Duration = Duration::from_secs(10);
+/// First wait before retrying a failed snapshot (doubles each failure)...
+pub const SNAPSHOT_RETRY_MIN: Duration = Duration::from_secs(5);
+/// ...up to this: a failing snapshot must not copy the database over and over.
+pub const SNAPSHOT_RETRY_MAX: Duration = Duration::from_secs(600);
 /// Backoff ceiling between failed uploads.
 pub const UPLOAD_BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// How long SIGTERM waits for the outbox to drain to S3.

@@ -16,11 +16,7 @@ fn init_tracing(format: &str) {
     // A log line that cannot be written (stderr on a full disk, a closed
     // pipe) is dropped: tracing-subscriber's fallback is `eprintln!`, which
     // panics, and on the writer thread that stops every write for good.
-    let b = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(ansi)
-        .log_internal_errors(false);
+    let b = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).log_internal_errors(false);
     if format == "json" {
         b.json().flatten_event(true).init();
     } else {
@@ -97,12 +93,9 @@ fn real_main() -> anyhow::Result<()> {
             Some(Command::Snapshot) => {
                 let url = config.s3_url.clone().context("snapshot needs KVSTORE_S3_URL")?;
                 let replica = Arc::new(Replica::new(&url, &config).await?);
-                let store = sidekv::store::Store::open(
-                    &config.db,
-                    sidekv::store::StoreOptions { replicated: true, ..Default::default() },
-                )?;
-                replica.ship_pending(&store).await?;
-                replica.maybe_snapshot(&store, true).await?;
+                let store = sidekv::store::Store::open(&config.db, sidekv::store::StoreOptions { replicated: true, ..Default::default() })?;
+                replica.ship_pending(&store, false).await?;
+                replica.snapshot_now(&store).await?;
                 store.close();
                 println!("snapshot stored");
                 Ok(())
@@ -126,7 +119,7 @@ fn real_main() -> anyhow::Result<()> {
                 if let Some(url) = &config.s3_url {
                     match Replica::new(url, &config).await {
                         Ok(r) => match r.remote.probe().await {
-                            Ok(()) => println!("ok   S3 {url}: reachable, writable"),
+                            Ok(()) => println!("ok   S3 {url}: reachable, writable, conditional writes honoured (fencing works)"),
                             Err(e) => {
                                 problems += 1;
                                 println!("FAIL S3 {url}: {e}")

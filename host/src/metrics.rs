@@ -11,9 +11,8 @@ use std::time::Duration;
 const METHODS: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "OTHER"];
 
 /// Upper bounds of the latency buckets, in seconds.
-const LATENCY_BOUNDS: [f64; 16] = [
-    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
-];
+const LATENCY_BOUNDS: [f64; 16] =
+    [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0];
 /// Upper bounds of the commit batch-size buckets.
 const BATCH_BOUNDS: [f64; 10] = [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 512.0, 4096.0];
 
@@ -127,7 +126,9 @@ impl Metrics {
 
     pub fn render(&self, repl: &ReplicationGauges) -> String {
         let mut out = String::with_capacity(8192);
-        out.push_str("# HELP sidekv_requests_total HTTP requests on the main port by method and status.\n# TYPE sidekv_requests_total counter\n");
+        out.push_str(
+            "# HELP sidekv_requests_total HTTP requests on the main port by method and status.\n# TYPE sidekv_requests_total counter\n",
+        );
         for (mi, m) in METHODS.iter().enumerate() {
             for (s, c) in self.requests[mi].iter().enumerate() {
                 let n = c.load(Relaxed);
@@ -137,7 +138,11 @@ impl Metrics {
             }
         }
         self.request_seconds.render(&mut out, "sidekv_request_duration_seconds", "Time from request head to response head.");
-        self.guest_call_seconds.render(&mut out, "sidekv_guest_call_duration_seconds", "Time spent in handler.handle, host calls included.");
+        self.guest_call_seconds.render(
+            &mut out,
+            "sidekv_guest_call_duration_seconds",
+            "Time spent in handler.handle, host calls included.",
+        );
         self.commit_batch_writes.render(&mut out, "sidekv_commit_batch_writes", "Writes per group commit (one fsync each).");
         let counter = |out: &mut String, name: &str, help: &str, v: u64| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
@@ -147,23 +152,58 @@ impl Metrics {
         };
         counter(&mut out, "sidekv_guest_traps_total", "Guest calls that trapped.", self.guest_traps.load(Relaxed));
         counter(&mut out, "sidekv_guest_timeouts_total", "Guest calls stopped at their deadline.", self.guest_timeouts.load(Relaxed));
-        counter(&mut out, "sidekv_guest_bad_responses_total", "Guest responses rejected (too large, invalid).", self.guest_bad_responses.load(Relaxed));
+        counter(
+            &mut out,
+            "sidekv_guest_bad_responses_total",
+            "Guest responses rejected (too large, invalid).",
+            self.guest_bad_responses.load(Relaxed),
+        );
         gauge(&mut out, "sidekv_connections_open", "Open client connections.", self.connections_open.load(Relaxed) as f64);
-        counter(&mut out, "sidekv_connections_rejected_total", "Connections closed at once because the cap was reached.", self.connections_rejected.load(Relaxed));
+        counter(
+            &mut out,
+            "sidekv_connections_rejected_total",
+            "Connections closed at once because the cap was reached.",
+            self.connections_rejected.load(Relaxed),
+        );
         gauge(&mut out, "sidekv_commit_counter", "Last committed commit counter.", repl.committed as f64);
         gauge(&mut out, "sidekv_replication_enabled", "1 when S3 backup is configured.", repl.enabled as u8 as f64);
         if repl.enabled {
             gauge(&mut out, "sidekv_replication_shipped_counter", "Last commit counter confirmed in S3.", repl.shipped as f64);
             gauge(&mut out, "sidekv_outbox_commits", "Commits not yet in S3.", repl.committed.saturating_sub(repl.shipped) as f64);
-            gauge(&mut out, "sidekv_replication_lag_seconds", "Age of the oldest commit not yet in S3 (0 when caught up).", repl.lag_seconds);
-            gauge(&mut out, "sidekv_replication_fenced", "1 when another writer owns the S3 path and writes are refused.", repl.fenced as u8 as f64);
+            gauge(
+                &mut out,
+                "sidekv_replication_lag_seconds",
+                "Age of the oldest commit not yet in S3 (0 when caught up).",
+                repl.lag_seconds,
+            );
+            gauge(
+                &mut out,
+                "sidekv_replication_fenced",
+                "1 when another writer owns the S3 path and writes are refused.",
+                repl.fenced as u8 as f64,
+            );
             counter(&mut out, "sidekv_uploads_total", "Segments stored in S3.", self.uploads_ok.load(Relaxed));
             counter(&mut out, "sidekv_upload_failures_total", "Failed segment uploads (retried).", self.uploads_failed.load(Relaxed));
             counter(&mut out, "sidekv_upload_bytes_total", "Compressed bytes of segments stored in S3.", self.upload_bytes.load(Relaxed));
-            gauge(&mut out, "sidekv_last_upload_timestamp_seconds", "Unix time of the last successful upload.", self.last_upload_ms.load(Relaxed) as f64 / 1e3);
+            gauge(
+                &mut out,
+                "sidekv_last_upload_timestamp_seconds",
+                "Unix time of the last successful upload.",
+                self.last_upload_ms.load(Relaxed) as f64 / 1e3,
+            );
             counter(&mut out, "sidekv_snapshots_total", "Snapshots stored in S3.", self.snapshots_ok.load(Relaxed));
-            gauge(&mut out, "sidekv_snapshot_last_duration_seconds", "Duration of the last snapshot.", self.snapshot_last_seconds_micros.load(Relaxed) as f64 / 1e6);
-            gauge(&mut out, "sidekv_restore_duration_seconds", "Duration of the restore at launch (0 = none).", self.restore_seconds_micros.load(Relaxed) as f64 / 1e6);
+            gauge(
+                &mut out,
+                "sidekv_snapshot_last_duration_seconds",
+                "Duration of the last snapshot.",
+                self.snapshot_last_seconds_micros.load(Relaxed) as f64 / 1e6,
+            );
+            gauge(
+                &mut out,
+                "sidekv_restore_duration_seconds",
+                "Duration of the restore at launch (0 = none).",
+                self.restore_seconds_micros.load(Relaxed) as f64 / 1e6,
+            );
         }
         out
     }

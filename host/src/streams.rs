@@ -40,7 +40,7 @@ fn change_event(c: &Change) -> String {
         "versionstamp": c.versionstamp.to_string(),
         "expires_at": c.expires_at,
     });
-    format!("id: {}.{}\nevent: {}\ndata: {}\n\n", c.versionstamp, c.n, if c.value.is_some() { "set" } else { "delete" }, data)
+    format!("id: {}.{}\nevent: {}\ndata: {}\n\n", c.versionstamp, c.index, if c.value.is_some() { "set" } else { "delete" }, data)
 }
 
 /// Parse a resume position: `<vs>` (after that whole write) or `<vs>.<n>`
@@ -51,14 +51,14 @@ pub fn parse_position(s: &str) -> Result<ChangePos, String> {
         None => (s, None),
     };
     let vs = vs.parse::<Versionstamp>().map_err(|e| e.to_string())?;
-    Ok(ChangePos { vs, n })
+    Ok(ChangePos { vs, index: n })
 }
 
 /// Where a new prefix watch starts: the client's position, or "now".
 pub fn start_position(store: &Store, after: Option<&str>) -> Result<ChangePos, String> {
     match after {
         Some(a) => parse_position(a),
-        None => Ok(ChangePos { vs: Versionstamp::new(store.committed(), u16::MAX), n: None }),
+        None => Ok(ChangePos { vs: Versionstamp::new(store.committed(), u16::MAX), index: None }),
     }
 }
 
@@ -77,7 +77,7 @@ pub async fn watch_prefix(store: Store, prefix: String, mut pos: ChangePos, tx: 
                     if !send(&tx, change_event(c)).await {
                         return;
                     }
-                    pos = ChangePos { vs: c.versionstamp, n: Some(c.n) };
+                    pos = ChangePos { vs: c.versionstamp, index: Some(c.index) };
                 }
                 continue;
             }

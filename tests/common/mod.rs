@@ -12,6 +12,9 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+mod ops;
+pub use ops::*;
+
 pub const SECRET: &str = "test-secret";
 
 pub fn bin() -> PathBuf {
@@ -142,7 +145,7 @@ impl Server {
 
     /// SIGTERM and wait for a clean exit (panics after `timeout`).
     pub fn terminate(&mut self, timeout: Duration) -> std::process::ExitStatus {
-        unsafe { libc_kill(self.pid(), 15) };
+        unsafe { libc::kill(self.pid(), libc::SIGTERM) };
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(st) = self.child.try_wait().unwrap() {
@@ -157,7 +160,7 @@ impl Server {
     }
 
     pub fn signal(&self, sig: i32) {
-        unsafe { libc_kill(self.pid(), sig) };
+        unsafe { libc::kill(self.pid(), sig) };
     }
 
     pub fn client(&self) -> Client {
@@ -170,11 +173,6 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-unsafe extern "C" {
-    #[link_name = "kill"]
-    fn libc_kill(pid: i32, sig: i32) -> i32;
 }
 
 /// A small HTTP client bound to one server, with the test secret.
@@ -272,13 +270,13 @@ impl S3 {
     /// simulate an outage that keeps the data.
     pub fn pause(&self) {
         if let Some(c) = &self.child {
-            unsafe { libc_kill(c.id() as i32, 19) };
+            unsafe { libc::kill(c.id() as i32, libc::SIGSTOP) };
         }
     }
 
     pub fn resume(&self) {
         if let Some(c) = &self.child {
-            unsafe { libc_kill(c.id() as i32, 18) };
+            unsafe { libc::kill(c.id() as i32, libc::SIGCONT) };
         }
     }
 
@@ -327,7 +325,7 @@ impl S3 {
 impl Drop for S3 {
     fn drop(&mut self) {
         if let Some(c) = &mut self.child {
-            unsafe { libc_kill(c.id() as i32, 18) };
+            unsafe { libc::kill(c.id() as i32, libc::SIGCONT) };
             let _ = c.kill();
             let _ = c.wait();
         }
@@ -377,29 +375,29 @@ impl S3 {
 
 /// A server plus the temporary directory holding its database and logs.
 /// Fields drop in order: the server is killed before the directory goes.
-pub struct Srv {
+pub struct TempServer {
     pub s: Server,
     _dir: tempfile::TempDir,
 }
 
-impl std::ops::Deref for Srv {
+impl std::ops::Deref for TempServer {
     type Target = Server;
     fn deref(&self) -> &Server {
         &self.s
     }
 }
 
-impl std::ops::DerefMut for Srv {
+impl std::ops::DerefMut for TempServer {
     fn deref_mut(&mut self) -> &mut Server {
         &mut self.s
     }
 }
 
 /// Start a server on a fresh temporary database.
-pub fn start_temp(opts: Opts) -> Srv {
+pub fn start_temp(opts: Opts) -> TempServer {
     let dir = tempdir();
     let s = Server::start_at(&dir.path().join("db.sqlite3"), opts);
-    Srv { s, _dir: dir }
+    TempServer { s, _dir: dir }
 }
 
 /// Key → (value, versionstamp): a server's whole state.

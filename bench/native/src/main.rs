@@ -105,21 +105,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             let Ok(permit) = conns.clone().try_acquire_owned() else { continue };
             let _ = stream.set_nodelay(true);
             let app = app.clone();
-            let conn = sidekv::http::connection_builder()
-                .serve_connection(
-                    TokioIo::new(stream),
-                    service_fn(move |req: Request<Incoming>| {
-                        let app = app.clone();
-                        async move {
-                            // Same per-request bookkeeping as sidekv's http::handle.
-                            let started = Instant::now();
-                            let method = req.method().as_str().to_owned();
-                            let r = handle(&app, req).await;
-                            METRICS.request(&method, r.status().as_u16(), started.elapsed());
-                            Ok::<_, Infallible>(r)
-                        }
-                    }),
-                );
+            let conn = sidekv::http::connection_builder().serve_connection(
+                TokioIo::new(stream),
+                service_fn(move |req: Request<Incoming>| {
+                    let app = app.clone();
+                    async move {
+                        // Same per-request bookkeeping as sidekv's http::handle.
+                        let started = Instant::now();
+                        let method = req.method().as_str().to_owned();
+                        let r = handle(&app, req).await;
+                        METRICS.request(&method, r.status().as_u16(), started.elapsed());
+                        Ok::<_, Infallible>(r)
+                    }
+                }),
+            );
             tokio::spawn(async move {
                 let _ = conn.await;
                 drop(permit);

@@ -45,12 +45,7 @@ fn tokens() -> &'static [Token] {
 }
 
 fn reply(status: u16, body: &str) -> Response {
-    Response {
-        status,
-        headers: vec![("content-type".into(), b"application/json".to_vec())],
-        body: body.as_bytes().to_vec(),
-        stream: None,
-    }
+    Response { status, headers: vec![("content-type".into(), b"application/json".to_vec())], body: body.as_bytes().to_vec(), stream: None }
 }
 
 /// The one decision: which token (if any) is presented, and does its scope

@@ -33,10 +33,7 @@ fn vs(s: &str, what: &str) -> Result<Versionstamp, KvError> {
 }
 
 fn cond(o: &kv::WriteOptions) -> Result<store::Condition, KvError> {
-    Ok(store::Condition {
-        if_match: o.if_match.as_deref().map(|s| vs(s, "if-match")).transpose()?,
-        if_absent: o.if_absent,
-    })
+    Ok(store::Condition { if_match: o.if_match.as_deref().map(|s| vs(s, "if-match")).transpose()?, if_absent: o.if_absent })
 }
 
 fn outcome(r: WriteResult) -> kv::WriteOutcome {
@@ -60,38 +57,37 @@ fn query(q: kv::ListQuery) -> store::ListQuery {
 
 impl types::Host for HostState {}
 
-
 impl kv::Host for HostState {
     async fn get(&mut self, key: String) -> Result<Option<Entry>, KvError> {
-        Ok(blocking!(self, self.store.get(key))?.map(entry))
+        Ok(store_call_off_deadline!(self, self.store.get(key))?.map(entry))
     }
 
     async fn get_many(&mut self, keys: Vec<String>) -> Result<Vec<Option<Entry>>, KvError> {
-        Ok(blocking!(self, self.store.get_many(keys))?.into_iter().map(|e| e.map(entry)).collect())
+        Ok(store_call_off_deadline!(self, self.store.get_many(keys))?.into_iter().map(|e| e.map(entry)).collect())
     }
 
     async fn set(&mut self, key: String, value: Vec<u8>, options: kv::WriteOptions) -> Result<kv::WriteOutcome, KvError> {
         let cond = cond(&options)?;
-        let r = blocking!(self, self.store.write(WriteOp::Set { key, value, ttl_ms: options.ttl_ms, cond }))?;
+        let r = store_call_off_deadline!(self, self.store.write(WriteOp::Set { key, value, ttl_ms: options.ttl_ms, cond }))?;
         Ok(outcome(r))
     }
 
     async fn delete(&mut self, key: String, options: kv::WriteOptions) -> Result<kv::WriteOutcome, KvError> {
         let cond = cond(&options)?;
-        Ok(outcome(blocking!(self, self.store.write(WriteOp::Delete { key, cond }))?))
+        Ok(outcome(store_call_off_deadline!(self, self.store.write(WriteOp::Delete { key, cond }))?))
     }
 
     async fn list(&mut self, q: kv::ListQuery) -> Result<kv::ListPage, KvError> {
-        let page = blocking!(self, self.store.list(query(q)))?;
+        let page = store_call_off_deadline!(self, self.store.list(query(q)))?;
         Ok(kv::ListPage { entries: page.entries.into_iter().map(entry).collect(), cursor: page.cursor })
     }
 
     async fn count(&mut self, q: kv::ListQuery) -> Result<u64, KvError> {
-        Ok(blocking!(self, self.store.count(query(q)))?)
+        Ok(store_call_off_deadline!(self, self.store.count(query(q)))?)
     }
 
     async fn delete_prefix(&mut self, prefix: String) -> Result<kv::DeletePrefixOutcome, KvError> {
-        match blocking!(self, self.store.write(WriteOp::DeletePrefix { prefix }))? {
+        match store_call_off_deadline!(self, self.store.write(WriteOp::DeletePrefix { prefix }))? {
             WriteResult::Committed { versionstamp, deleted } => {
                 Ok(kv::DeletePrefixOutcome { deleted, versionstamp: versionstamp.to_string() })
             }
@@ -124,7 +120,7 @@ impl kv::Host for HostState {
                 },
             })
             .collect();
-        match blocking!(self, self.store.write(WriteOp::Atomic { checks, mutations }))? {
+        match store_call_off_deadline!(self, self.store.write(WriteOp::Atomic { checks, mutations }))? {
             WriteResult::Committed { versionstamp, .. } => Ok(kv::AtomicOutcome::Committed(versionstamp.to_string())),
             WriteResult::CheckFailed(i) => Ok(kv::AtomicOutcome::CheckFailed(i as u32)),
             WriteResult::PreconditionFailed => Ok(kv::AtomicOutcome::CheckFailed(0)),
@@ -139,7 +135,7 @@ impl kv::Host for HostState {
             )));
         }
         let since = since.as_deref().map(|s| vs(s, "since")).transpose()?;
-        let (changed, e) = blocking!(self, self.store.watch(key, since, Duration::from_millis(timeout_ms as u64)))?;
+        let (changed, e) = store_call_off_deadline!(self, self.store.watch(key, since, Duration::from_millis(timeout_ms as u64)))?;
         Ok((changed, e.map(entry)))
     }
 }

@@ -39,7 +39,7 @@ impl HostState {
         if mutations.is_empty() {
             return Ok(());
         }
-        match blocking!(self, self.store.write(WriteOp::Atomic { checks: vec![], mutations })).map_err(err)? {
+        match store_call_off_deadline!(self, self.store.write(WriteOp::Atomic { checks: vec![], mutations })).map_err(err)? {
             WriteResult::Committed { .. } => Ok(()),
             other => Err(Error::Other(format!("unexpected outcome {other:?}"))),
         }
@@ -60,7 +60,7 @@ impl store::Host for HostState {
 impl store::HostBucket for HostState {
     async fn get(&mut self, b: Resource<Bucket>, key: String) -> Result<Option<Vec<u8>>, Error> {
         let k = self.full_key(&b, &key)?;
-        Ok(blocking!(self, self.store.get(k)).map_err(err)?.map(|e| e.value))
+        Ok(store_call_off_deadline!(self, self.store.get(k)).map_err(err)?.map(|e| e.value))
     }
 
     async fn set(&mut self, b: Resource<Bucket>, key: String, value: Vec<u8>) -> Result<(), Error> {
@@ -75,7 +75,7 @@ impl store::HostBucket for HostState {
 
     async fn exists(&mut self, b: Resource<Bucket>, key: String) -> Result<bool, Error> {
         let k = self.full_key(&b, &key)?;
-        Ok(blocking!(self, self.store.get(k)).map_err(err)?.is_some())
+        Ok(store_call_off_deadline!(self, self.store.get(k)).map_err(err)?.is_some())
     }
 
     async fn list_keys(&mut self, b: Resource<Bucket>, cursor: Option<u64>) -> Result<KeyResponse, Error> {
@@ -85,8 +85,14 @@ impl store::HostBucket for HostState {
         let mut skip = cursor.unwrap_or(0);
         let mut page_cursor = None;
         loop {
-            let q = ListQuery { prefix: prefix.clone(), limit: limits::MAX_LIST_LIMIT, cursor: page_cursor.take(), keys_only: true, ..Default::default() };
-            let page = blocking!(self, self.store.list(q)).map_err(err)?;
+            let q = ListQuery {
+                prefix: prefix.clone(),
+                limit: limits::MAX_LIST_LIMIT,
+                cursor: page_cursor.take(),
+                keys_only: true,
+                ..Default::default()
+            };
+            let page = store_call_off_deadline!(self, self.store.list(q)).map_err(err)?;
             let n = page.entries.len() as u64;
             if skip >= n && page.cursor.is_some() {
                 skip -= n;
@@ -111,7 +117,7 @@ impl atomics::Host for HostState {
     async fn increment(&mut self, b: Resource<Bucket>, key: String, delta: u64) -> Result<u64, Error> {
         let key = self.full_key(&b, &key)?;
         for _ in 0..limits::MAX_CAS_RETRIES {
-            let cur = blocking!(self, self.store.get(key.clone())).map_err(err)?;
+            let cur = store_call_off_deadline!(self, self.store.get(key.clone())).map_err(err)?;
             let (old, vs) = match &cur {
                 None => (0u64, None),
                 Some(e) => {
@@ -124,7 +130,7 @@ impl atomics::Host for HostState {
                 checks: vec![Check { key: key.clone(), versionstamp: vs }],
                 mutations: vec![Mutation { key: key.clone(), kind: MutationKind::Set(new.to_string().into_bytes()), ttl_ms: None }],
             };
-            match blocking!(self, self.store.write(op)).map_err(err)? {
+            match store_call_off_deadline!(self, self.store.write(op)).map_err(err)? {
                 WriteResult::Committed { .. } => return Ok(new),
                 _ => continue,
             }
@@ -136,7 +142,7 @@ impl atomics::Host for HostState {
 impl batch::Host for HostState {
     async fn get_many(&mut self, b: Resource<Bucket>, keys: Vec<String>) -> Result<Vec<Option<(String, Vec<u8>)>>, Error> {
         let full = keys.iter().map(|k| self.full_key(&b, k)).collect::<Result<Vec<_>, _>>()?;
-        let got = blocking!(self, self.store.get_many(full)).map_err(err)?;
+        let got = store_call_off_deadline!(self, self.store.get_many(full)).map_err(err)?;
         Ok(keys.into_iter().zip(got).map(|(k, e)| e.map(|e| (k, e.value))).collect())
     }
 

@@ -33,7 +33,7 @@
 /// Run a store call, pushing the guest's deadline back by the time spent
 /// waiting for the store: the deadline bounds the guest's own work, and a
 /// write that committed must never be reported as a 504.
-macro_rules! blocking {
+macro_rules! store_call_off_deadline {
     ($self:ident, $e:expr) => {{
         let started = std::time::Instant::now();
         let r = $e.await;
@@ -180,6 +180,11 @@ impl GuestSource {
 
     fn bytes(&self) -> Result<std::borrow::Cow<'static, [u8]>, GuestError> {
         match self {
+            // Empty when the binary was built before the guest (see build.rs).
+            GuestSource::Embedded if DEFAULT_GUEST.is_empty() => Err(GuestError::Load {
+                guest: self.name(),
+                msg: "this binary was built without the default guest (build it with `make build`), so set KVSTORE_GUEST to a guest component".into(),
+            }),
             GuestSource::Embedded => Ok(std::borrow::Cow::Borrowed(DEFAULT_GUEST)),
             GuestSource::File(p) => std::fs::read(p)
                 .map(std::borrow::Cow::Owned)
@@ -247,15 +252,7 @@ impl GuestRuntime {
         let loaded = load(&engine, &linker, source, opts.cache_dir.as_deref())?;
         let ticker = EpochTicker::start(engine.clone());
         let config = Arc::new(opts.config.clone());
-        Ok(GuestRuntime {
-            engine,
-            linker,
-            current: RwLock::new(Arc::new(loaded)),
-            opts,
-            config,
-            store,
-            _ticker: ticker,
-        })
+        Ok(GuestRuntime { engine, linker, current: RwLock::new(Arc::new(loaded)), opts, config, store, _ticker: ticker })
     }
 
     /// Instantiate once at start, so a guest that cannot even be
@@ -329,10 +326,11 @@ impl GuestRuntime {
         }
         // Instantiation runs guest start code: it gets the same deadline.
         let mut store = self.new_store();
-        let bindings = loaded.pre.instantiate_async(&mut store).await.map_err(|e| GuestError::Load {
-            guest: loaded.name.clone(),
-            msg: format!("instantiating: {}", trap_message(&e)),
-        })?;
+        let bindings = loaded
+            .pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(|e| GuestError::Load { guest: loaded.name.clone(), msg: format!("instantiating: {}", trap_message(&e)) })?;
         Ok(Instance { store, bindings, uses: 0 })
     }
 
@@ -411,9 +409,10 @@ fn load(engine: &Engine, linker: &Linker<HostState>, source: &GuestSource, cache
     let started = Instant::now();
     let (component, cached) = cache::compile(engine, &bytes, cache_dir)
         .map_err(|e| GuestError::Load { guest: name.clone(), msg: format!("compiling: {e:#}") })?;
-    let pre = linker
-        .instantiate_pre(&component)
-        .map_err(|e| GuestError::Load { guest: name.clone(), msg: format!("linking (does it target the sidekv:store/guest world?): {e:#}") })?;
+    let pre = linker.instantiate_pre(&component).map_err(|e| GuestError::Load {
+        guest: name.clone(),
+        msg: format!("linking (does it target the sidekv:store/guest world?): {e:#}"),
+    })?;
     let pre = GuestPre::new(pre)
         .map_err(|e| GuestError::Load { guest: name.clone(), msg: format!("it does not export sidekv:store/handler: {e:#}") })?;
     tracing::info!(guest = %name, bytes = bytes.len(), from_cache = cached, ms = started.elapsed().as_millis() as u64, "guest loaded");

@@ -29,25 +29,24 @@
 //! can be lost to a fenced writer; in `local` mode the fenced writer's
 //! unshipped commits stay in its local file, never in the backup.
 
+pub mod objects;
 pub mod segment;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::Mutex;
+use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use aws_sdk_s3::Client;
-use aws_sdk_s3::error::SdkError;
-use aws_sdk_s3::primitives::ByteStream;
-use rusqlite::{Connection, params};
 use tokio::sync::Notify;
 
 use crate::config::Config;
 use crate::limits;
 use crate::metrics::METRICS;
+use crate::store::outbox::{Next, RestoreFile};
 use crate::store::{Durability, Store, StoreError, Versionstamp};
-use segment::{Record, Segment};
+use objects::ObjectStore;
+use segment::Segment;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReplicaError {
@@ -61,6 +60,9 @@ pub enum ReplicaError {
     Gap(String),
     #[error("another writer owns this S3 path: {0}")]
     Fenced(String),
+    /// The change log no longer holds the commit after this one.
+    #[error("the change log no longer holds commit {}", .0 + 1)]
+    HistoryPruned(u64),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("local file {path}: {msg}")]
@@ -71,183 +73,91 @@ fn io_err(path: &Path, e: impl std::fmt::Display) -> ReplicaError {
     ReplicaError::Io { path: path.display().to_string(), msg: e.to_string() }
 }
 
-/// `s3://bucket/prefix` → (bucket, prefix without trailing slash).
-pub fn parse_s3_url(url: &str) -> Result<(String, String), ReplicaError> {
-    let bad = |m: &str| ReplicaError::Config { setting: "KVSTORE_S3_URL", msg: format!("{url:?}: {m}") };
-    let rest = url.strip_prefix("s3://").ok_or_else(|| bad("must look like s3://bucket/prefix"))?;
-    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-    if bucket.is_empty() || !bucket.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.') {
-        return Err(bad("the bucket name is missing or invalid"));
-    }
-    Ok((bucket.to_string(), prefix.trim_matches('/').to_string()))
-}
-
-fn env_nonempty(k: &str) -> Option<String> {
-    std::env::var(k).ok().filter(|v| !v.is_empty())
-}
-
-/// Build an S3 client from the standard AWS variables (and litestream's).
-pub async fn s3_client() -> Result<Client, ReplicaError> {
-    let region = env_nonempty("AWS_REGION").or_else(|| env_nonempty("AWS_DEFAULT_REGION")).unwrap_or_else(|| "us-east-1".into());
-    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new(region))
-        .timeout_config(
-            aws_config::timeout::TimeoutConfig::builder()
-                .operation_attempt_timeout(limits::S3_OP_TIMEOUT)
-                .connect_timeout(Duration::from_secs(3))
-                .build(),
-        )
-        .retry_config(aws_config::retry::RetryConfig::standard().with_max_attempts(3));
-    let key = env_nonempty("AWS_ACCESS_KEY_ID").or_else(|| env_nonempty("LITESTREAM_ACCESS_KEY_ID"));
-    let secret = env_nonempty("AWS_SECRET_ACCESS_KEY").or_else(|| env_nonempty("LITESTREAM_SECRET_ACCESS_KEY"));
-    match (key, secret) {
-        (Some(k), Some(s)) => {
-            loader = loader.credentials_provider(aws_credential_types::Credentials::new(
-                k,
-                s,
-                env_nonempty("AWS_SESSION_TOKEN"),
-                None,
-                "sidekv-env",
-            ));
-        }
-        (Some(_), None) => {
-            return Err(ReplicaError::Config { setting: "AWS_SECRET_ACCESS_KEY", msg: "AWS_ACCESS_KEY_ID is set but the secret key is not".into() })
-        }
-        (None, Some(_)) => {
-            return Err(ReplicaError::Config { setting: "AWS_ACCESS_KEY_ID", msg: "a secret key is set but the access key id is not".into() })
-        }
-        (None, None) => {}
-    }
-    let endpoint = env_nonempty("AWS_ENDPOINT_URL_S3").or_else(|| env_nonempty("AWS_ENDPOINT_URL"));
-    if let Some(ep) = &endpoint {
-        if !(ep.starts_with("http://") || ep.starts_with("https://")) {
-            return Err(ReplicaError::Config { setting: "AWS_ENDPOINT_URL", msg: format!("{ep:?} must start with http:// or https://") });
-        }
-        loader = loader.endpoint_url(ep);
-    }
-    let shared = loader.load().await;
-    let mut b = aws_sdk_s3::config::Builder::from(&shared);
-    if endpoint.is_some() {
-        // MinIO, moto and most self-hosted S3s need path-style addressing.
-        b = b.force_path_style(true);
-    }
-    Ok(Client::from_conf(b.build()))
-}
-
-fn sdk_msg<E: std::fmt::Debug, R: std::fmt::Debug>(e: &SdkError<E, R>) -> String {
-    match e {
-        SdkError::ServiceError(s) => format!("{:?}", s.err()).chars().take(300).collect(),
-        SdkError::TimeoutError(_) => "timed out".into(),
-        SdkError::DispatchFailure(d) => format!("could not connect: {:?}", d).chars().take(300).collect(),
-        other => format!("{other:?}").chars().take(300).collect(),
-    }
-}
-
-fn http_status<E>(e: &SdkError<E, aws_smithy_runtime_api::http::Response>) -> Option<u16> {
-    e.raw_response().map(|r| r.status().as_u16())
-}
-
-/// The S3 side: objects under one prefix.
+/// The backup's objects, named by commit: `segments/<first commit, 20
+/// digits>.seg.zst` and `snapshots/<commit, 20 digits>.sqlite3.zst`.
 pub struct Remote {
-    client: Client,
-    bucket: String,
-    prefix: String,
+    objects: Box<dyn ObjectStore>,
 }
 
 impl Remote {
-    fn key(&self, rel: &str) -> String {
-        if self.prefix.is_empty() { rel.to_string() } else { format!("{}/{rel}", self.prefix) }
+    pub fn new(objects: Box<dyn ObjectStore>) -> Remote {
+        Remote { objects }
+    }
+
+    pub fn describe(&self) -> String {
+        self.objects.describe()
     }
 
     pub fn segment_key(&self, first: u64) -> String {
-        self.key(&format!("segments/{first:020}.seg.zst"))
+        format!("segments/{first:020}.seg.zst")
     }
 
     pub fn snapshot_key(&self, counter: u64) -> String {
-        self.key(&format!("snapshots/{counter:020}.sqlite3.zst"))
+        format!("snapshots/{counter:020}.sqlite3.zst")
     }
 
     /// Create an object only if absent. `Ok(false)` = it already exists.
     pub async fn put_new(&self, key: &str, body: Vec<u8>) -> Result<bool, ReplicaError> {
-        let r = self
-            .client
-            .put_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .if_none_match("*")
-            .body(ByteStream::from(body))
-            .send()
-            .await;
-        match r {
-            Ok(_) => Ok(true),
-            Err(e) if http_status(&e) == Some(412) => Ok(false),
-            Err(e) => Err(ReplicaError::S3 { op: "PUT", key: key.into(), msg: sdk_msg(&e) }),
-        }
+        self.objects.put_new(key, body).await
     }
 
     pub async fn get(&self, key: &str) -> Result<Vec<u8>, ReplicaError> {
-        let r = self.client.get_object().bucket(&self.bucket).key(key).send().await;
-        match r {
-            Ok(o) => Ok(o
-                .body
-                .collect()
-                .await
-                .map_err(|e| ReplicaError::S3 { op: "GET", key: key.into(), msg: e.to_string() })?
-                .into_bytes()
-                .to_vec()),
-            Err(e) => Err(ReplicaError::S3 { op: "GET", key: key.into(), msg: sdk_msg(&e) }),
-        }
+        self.objects.get(key).await
+    }
+
+    pub async fn put_new_file(&self, key: &str, path: &Path) -> Result<bool, ReplicaError> {
+        self.objects.put_new_file(key, path).await
+    }
+
+    pub async fn get_to_file(&self, key: &str, path: &Path) -> Result<u64, ReplicaError> {
+        self.objects.get_to_file(key, path).await
     }
 
     /// Counters named by the objects under `dir` (`segments` / `snapshots`), ascending.
     pub async fn list_counters(&self, dir: &str) -> Result<Vec<(u64, String)>, ReplicaError> {
-        let prefix = self.key(&format!("{dir}/"));
-        let mut out = Vec::new();
-        let mut token = None;
-        loop {
-            let r = self
-                .client
-                .list_objects_v2()
-                .bucket(&self.bucket)
-                .prefix(&prefix)
-                .set_continuation_token(token.take())
-                .send()
-                .await
-                .map_err(|e| ReplicaError::S3 { op: "LIST", key: prefix.clone(), msg: sdk_msg(&e) })?;
-            for o in r.contents() {
-                let Some(k) = o.key() else { continue };
-                let name = &k[prefix.len()..];
-                if let Some(n) = name.split('.').next().and_then(|d| d.parse::<u64>().ok()) {
-                    if name.len() > 20 && name.as_bytes()[20] == b'.' {
-                        out.push((n, k.to_string()));
-                    }
-                }
-            }
-            match r.next_continuation_token() {
-                Some(t) if r.is_truncated() == Some(true) => token = Some(t.to_string()),
-                _ => break,
-            }
-        }
+        let mut out: Vec<(u64, String)> = self
+            .objects
+            .list(dir)
+            .await?
+            .into_iter()
+            .filter_map(|k| {
+                let name = k.strip_prefix(dir)?.strip_prefix('/')?;
+                let n = name.get(..20)?.parse::<u64>().ok()?;
+                (name.as_bytes().get(20) == Some(&b'.')).then_some((n, k))
+            })
+            .collect();
         out.sort();
         Ok(out)
     }
 
     pub async fn delete(&self, key: &str) -> Result<(), ReplicaError> {
-        self.client
-            .delete_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .send()
-            .await
-            .map(|_| ())
-            .map_err(|e| ReplicaError::S3 { op: "DELETE", key: key.into(), msg: sdk_msg(&e) })
+        self.objects.delete(key).await
     }
 
-    /// `check-config`: the bucket answers and accepts writes and deletes.
+    /// `check-config`: the store answers, accepts writes and deletes, and
+    /// refuses to overwrite an existing object (without that, two instances
+    /// on one path cannot be fenced and would corrupt the backup).
     pub async fn probe(&self) -> Result<(), ReplicaError> {
-        let key = self.key(&format!("probe/{:016x}", rand::random::<u64>()));
-        self.put_new(&key, b"sidekv check-config".to_vec()).await?;
+        let key = format!("probe/{:016x}", rand::random::<u64>());
+        let first = self.put_new(&key, b"sidekv check-config 1".to_vec()).await?;
+        let second = self.put_new(&key, b"sidekv check-config 2".to_vec()).await;
+        let kept = self.get(&key).await;
         self.delete(&key).await?;
+        if !first {
+            return Err(ReplicaError::Fenced(format!("the probe object {key} existed before it was written")));
+        }
+        match (second?, kept?) {
+            (false, body) if body == b"sidekv check-config 1" => {}
+            _ => {
+                return Err(ReplicaError::Config {
+                    setting: "KVSTORE_S3_URL",
+                    msg: format!(
+                        "{} ignores If-None-Match: * (a conditional PUT replaced an existing object): two sidekv instances on this path could not be fenced and would corrupt the backup; use a store that supports conditional writes (AWS S3, MinIO >= 2024, …)",
+                        self.describe()
+                    ),
+                });
+            }
+        }
         self.list_counters("segments").await?;
         Ok(())
     }
@@ -260,7 +170,23 @@ struct State {
     behind_since: Option<Instant>,
     bytes_since_snapshot: u64,
     last_snapshot: Option<Instant>,
-    last_snapshot_counter: u64,
+    /// No snapshot attempt before this (backoff after a failure).
+    snapshot_not_before: Option<Instant>,
+    snapshot_backoff: Duration,
+    /// Why the backup is not running right now, if it is not (for /readyz detail and logs).
+    not_backed_up: Option<String>,
+}
+
+/// What S3 holds compared with a local database.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Assessment {
+    /// S3 holds this database's history (or a prefix of it): ship on.
+    Continue,
+    /// S3 holds commits past the local database: another instance wrote.
+    Stale { remote_end: u64 },
+    /// S3 cannot rebuild the local history from commit `after` + 1 on (a
+    /// new prefix, or history S3 lost): the backup restarts from a snapshot.
+    NeedsBase { after: u64 },
 }
 
 pub struct Replica {
@@ -271,152 +197,261 @@ pub struct Replica {
     retention: usize,
     state: Mutex<State>,
     stop: Notify,
-    stopping: std::sync::atomic::AtomicBool,
-    /// The local database has history S3 lacks (a new, empty S3 prefix):
-    /// start the backup with a snapshot, since the early segments are gone.
-    needs_base_snapshot: std::sync::atomic::AtomicBool,
+    stopping: AtomicBool,
+    /// `Some(after)`: the backup must restart from a snapshot, claiming
+    /// commits `after + 1 ..` (see `base_snapshot`).
+    needs_base: Mutex<Option<u64>>,
+    /// The launch check against S3 could not run (S3 unreachable): the
+    /// uploader runs it before it ships anything.
+    needs_check: AtomicBool,
+    /// A snapshot task is running.
+    snapshotting: AtomicBool,
+}
+
+fn set_aside(db: &Path, tag: &str) -> Result<Option<PathBuf>, ReplicaError> {
+    let aside = PathBuf::from(format!("{}.{tag}-{}", db.display(), crate::store::now_ms()));
+    let mut moved = false;
+    // The database first: once it is gone, a crash leaves "no database"
+    // (the next launch restores) and the rest is set aside then, never a
+    // database paired with another file's WAL.
+    for ext in ["", "-wal", "-shm"] {
+        let from = PathBuf::from(format!("{}{ext}", db.display()));
+        if from.exists() {
+            std::fs::rename(&from, format!("{}{ext}", aside.display())).map_err(|e| io_err(&from, e))?;
+            moved = true;
+        }
+    }
+    Ok(moved.then_some(aside))
+}
+
+fn sync_parent(path: &Path) {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    if let Ok(d) = std::fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+}
+
+fn snapshot_tmp(store: &Store) -> PathBuf {
+    let dir = store.path().parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
+    dir.join(format!(".sidekv-snapshot-{}-{:08x}.sqlite3", std::process::id(), rand::random::<u32>()))
+}
+
+/// Remove what an interrupted snapshot or restore left beside `db`.
+pub fn remove_leftovers(db: &Path) {
+    let dir = db.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let restoring = format!("{}.restoring", db.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
+    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.starts_with(".sidekv-snapshot-") || name.starts_with(&restoring) {
+            tracing::info!(file = %e.path().display(), "removing a leftover of an interrupted snapshot or restore");
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
 }
 
 impl Replica {
     pub async fn new(url: &str, config: &Config) -> Result<Replica, ReplicaError> {
-        let (bucket, prefix) = parse_s3_url(url)?;
-        let client = s3_client().await?;
-        Ok(Replica {
-            remote: Remote { client, bucket, prefix },
+        Ok(Replica::with_objects(objects::open(url).await?, config))
+    }
+
+    /// A replica on any object store (tests use a directory).
+    pub fn with_objects(objects: Box<dyn ObjectStore>, config: &Config) -> Replica {
+        Replica {
+            remote: Remote::new(objects),
             durability: config.durability,
             sync_interval: config.sync_interval,
             snapshot_bytes: config.snapshot_bytes,
             retention: config.snapshot_retention,
             state: Mutex::new(State { last_snapshot: Some(Instant::now()), ..State::default() }),
             stop: Notify::new(),
-            stopping: std::sync::atomic::AtomicBool::new(false),
-            needs_base_snapshot: std::sync::atomic::AtomicBool::new(false),
-        })
+            stopping: AtomicBool::new(false),
+            needs_base: Mutex::new(None),
+            needs_check: AtomicBool::new(false),
+            snapshotting: AtomicBool::new(false),
+        }
     }
 
     pub fn fenced_reason(&self) -> Option<String> {
         self.state.lock().unwrap().fenced.clone()
     }
 
+    /// Why the backup is not running right now (S3 unreachable at launch, …).
+    pub fn not_backed_up_reason(&self) -> Option<String> {
+        self.state.lock().unwrap().not_backed_up.clone()
+    }
+
     pub fn lag_seconds(&self) -> f64 {
         self.state.lock().unwrap().behind_since.map(|t| t.elapsed().as_secs_f64()).unwrap_or(0.0)
     }
 
-    /// A local database that S3 has moved past (another instance wrote after
-    /// this file's last commit) is moved aside and replaced by a restore.
-    pub async fn check_local_against_remote(&self, db: &Path) -> Result<(), ReplicaError> {
-        let local_counter = {
-            let conn = Connection::open(db).map_err(|e| io_err(db, e))?;
-            crate::store::read_meta_u64(&conn, "counter")?.unwrap_or(0)
-        };
-        let segments = self.remote.list_counters("segments").await?;
-        let snapshots = self.remote.list_counters("snapshots").await?;
-        // No snapshot and no segment from commit 1: S3 cannot rebuild this
-        // history (a new prefix, or a first snapshot that never finished).
-        let rebuildable = !snapshots.is_empty() || segments.first().is_some_and(|s| s.0 <= 1);
-        let remote_latest = segments.last().map(|s| s.0).unwrap_or(0);
-        if !rebuildable && local_counter > 0 && remote_latest <= local_counter {
-            tracing::info!(db = %db.display(), local_commit = local_counter, "S3 holds no backup at this path yet; it starts with a snapshot of the local database");
-            self.needs_base_snapshot.store(true, Relaxed);
+    // ---------------------------------------------------------- launch ----
+
+    /// Before the store opens: restore a missing database, or compare a
+    /// present one with S3 (a stale one is set aside and restored). When S3
+    /// cannot be reached and a local database exists, the server still
+    /// starts: the uploader repeats the check until S3 answers.
+    pub async fn prepare_local(&self, db: &Path) -> Result<(), ReplicaError> {
+        remove_leftovers(db);
+        if !db.exists() {
+            self.restore_to(db, None).await?;
             return Ok(());
         }
-        let remote_min_latest = segments.last().map(|s| s.0).max(snapshots.last().map(|s| s.0)).unwrap_or(0);
-        if remote_min_latest > local_counter {
-            let aside = PathBuf::from(format!("{}.stale-{}", db.display(), crate::store::now_ms()));
-            tracing::warn!(
-                db = %db.display(), local_commit = local_counter, remote_commit_at_least = remote_min_latest, moved_to = %aside.display(),
-                "S3 holds newer commits than the local database (another instance wrote since); keeping the local file aside and restoring from S3"
-            );
-            for ext in ["", "-wal", "-shm"] {
-                let from = PathBuf::from(format!("{}{ext}", db.display()));
-                if from.exists() {
-                    std::fs::rename(&from, format!("{}{ext}", aside.display())).map_err(|e| io_err(&from, e))?;
-                }
+        let (counter, shipped) = crate::store::outbox::file_positions(db)?;
+        match self.assess(counter, shipped).await {
+            Ok(Assessment::Continue) => Ok(()),
+            Ok(Assessment::NeedsBase { after }) => {
+                tracing::info!(db = %db.display(), local_commit = counter, "S3 cannot rebuild this database's history; the backup restarts with a snapshot");
+                *self.needs_base.lock().unwrap() = Some(after);
+                Ok(())
             }
-            self.restore_to(db, None).await?;
+            Ok(Assessment::Stale { remote_end }) => {
+                let aside = set_aside(db, "stale")?;
+                tracing::warn!(
+                    db = %db.display(), local_commit = counter, remote_commit = remote_end, moved_to = ?aside,
+                    "S3 holds newer commits than the local database (another instance wrote since); keeping the local file aside and restoring from S3"
+                );
+                self.restore_to(db, None).await.map(|_| ())
+            }
+            Err(e @ (ReplicaError::S3 { .. } | ReplicaError::Io { .. })) => {
+                tracing::warn!(error = %e, "S3 cannot be reached at launch; serving the local database, the backup starts once S3 answers");
+                self.state.lock().unwrap().not_backed_up = Some(format!("S3 unreachable at launch: {e}"));
+                self.needs_check.store(true, Relaxed);
+                Ok(())
+            }
+            Err(e) => Err(e),
         }
-        Ok(())
     }
 
+    /// The newest segment's commit range, read from the object itself.
+    async fn newest_segment(&self, segments: &[(u64, String)]) -> Result<Option<Segment>, ReplicaError> {
+        match segments.last() {
+            None => Ok(None),
+            Some((_, key)) => Ok(Some(Segment::decode(&self.remote.get(key).await?, key)?)),
+        }
+    }
+
+    /// Compare a database at (`counter`, `shipped`) with what S3 holds.
+    pub async fn assess(&self, counter: u64, shipped: u64) -> Result<Assessment, ReplicaError> {
+        let segments = self.remote.list_counters("segments").await?;
+        let snapshots = self.remote.list_counters("snapshots").await?;
+        let newest = self.newest_segment(&segments).await?;
+        let remote_end = newest.as_ref().map(|s| s.last).max(snapshots.last().map(|s| s.0)).unwrap_or(0);
+        if remote_end > counter {
+            return Ok(Assessment::Stale { remote_end });
+        }
+        // Can a restore rebuild S3's history? A snapshot, or segments from commit 1.
+        let rebuildable =
+            !snapshots.is_empty() || segments.first().is_some_and(|s| s.0 <= 1) && !newest.as_ref().is_some_and(Segment::is_base);
+        if counter > 0 && (!rebuildable || remote_end < shipped) {
+            if remote_end < shipped {
+                tracing::warn!(shipped, remote_end, "S3 lacks commits this database shipped (objects deleted, or another path?)");
+            }
+            return Ok(Assessment::NeedsBase { after: remote_end });
+        }
+        Ok(Assessment::Continue)
+    }
+
+    // --------------------------------------------------------- restore ----
+
     /// Restore the newest state (or the state at versionstamp `at`) into `to`.
-    /// Creates an empty database when S3 holds nothing (first launch).
+    /// Creates no file when S3 holds nothing (first launch) and returns 0.
     pub async fn restore_to(&self, to: &Path, at: Option<Versionstamp>) -> Result<u64, ReplicaError> {
         let started = Instant::now();
-        let target = at.map(|v| v.counter).unwrap_or(u64::MAX);
-        let snapshots = self.remote.list_counters("snapshots").await?;
-        let segments = self.remote.list_counters("segments").await?;
-        let mut snap = snapshots.iter().rev().find(|(c, _)| *c <= target).cloned();
-        // A snapshot holds every write of its commit: for `--at` N/i it is a
-        // valid base only if no write of commit N comes after index i.
-        if let (Some((c, _)), Some(v)) = (&snap, at) {
-            if *c == v.counter && !self.commit_ends_at(&segments, v).await? {
-                snap = snapshots.iter().rev().find(|(c, _)| *c < v.counter).cloned();
-            }
-        }
-        if snapshots.is_empty() && segments.is_empty() {
+        let plan = self.plan_restore(at).await?;
+        if plan.snapshot.is_none() && plan.segments.is_empty() {
             if at.is_some() {
                 return Err(ReplicaError::Gap("S3 holds no backup at this path".into()));
             }
-            tracing::info!(bucket = %self.remote.bucket, prefix = %self.remote.prefix, "S3 holds no backup yet; starting with an empty database");
+            tracing::info!(backup = %self.remote.describe(), "S3 holds no backup yet; starting with an empty database");
             return Ok(0);
         }
+        if let Some(dir) = to.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
+        }
         let tmp = PathBuf::from(format!("{}.restoring", to.display()));
-        for ext in ["", "-wal", "-shm"] {
+        for ext in ["", "-wal", "-shm", ".zst"] {
             let _ = std::fs::remove_file(format!("{}{ext}", tmp.display()));
         }
-        if let Some(dir) = to.parent() {
-            if !dir.as_os_str().is_empty() {
-                std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
+        let result = self.build_restore(&plan, &tmp, at).await;
+        let _ = std::fs::remove_file(format!("{}.zst", tmp.display()));
+        let (applied, bytes, n_segments) = result?;
+        Self::finalize_restore(&tmp, to)?;
+        METRICS.restore_seconds_micros.store(started.elapsed().as_micros() as u64, Relaxed);
+        tracing::info!(
+            to = %to.display(), snapshot_commit = plan.base(), segments = n_segments, commit = applied, bytes,
+            ms = started.elapsed().as_millis() as u64, "restore complete"
+        );
+        Ok(applied)
+    }
+
+    /// Which objects a restore to `at` (or the newest state) needs.
+    async fn plan_restore(&self, at: Option<Versionstamp>) -> Result<RestorePlan, ReplicaError> {
+        let target = at.map(|v| v.counter).unwrap_or(u64::MAX);
+        let snapshots = self.remote.list_counters("snapshots").await?;
+        let segments = self.remote.list_counters("segments").await?;
+        let mut snapshot = snapshots.iter().rev().find(|(c, _)| *c <= target).cloned();
+        // A snapshot holds every write of its commit: for `--at` N/i it is a
+        // valid base only if no write of commit N comes after index i.
+        if let (Some((c, _)), Some(v)) = (&snapshot, at) {
+            if *c == v.counter && !self.commit_ends_at(&segments, v).await? {
+                snapshot = snapshots.iter().rev().find(|(c, _)| *c < v.counter).cloned();
             }
         }
-        let mut bytes = 0u64;
-        let base = match &snap {
-            Some((counter, key)) => {
-                let data = self.remote.get(key).await?;
-                bytes += data.len() as u64;
-                // Stream to the file: a snapshot expands several-fold.
-                let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp).map_err(|e| io_err(&tmp, e))?);
-                zstd::stream::copy_decode(&data[..], &mut out).map_err(|e| ReplicaError::Corrupt(format!("snapshot {key}: {e}")))?;
-                std::io::Write::flush(&mut out).map_err(|e| io_err(&tmp, e))?;
-                drop(out);
-                tracing::info!(snapshot = %key, commit = counter, bytes = data.len(), "snapshot downloaded");
-                drop(data);
-                *counter
-            }
-            None => 0,
-        };
-        let mut conn = {
-            let (c, _) = crate::store::open_writer(&tmp)?;
-            c
-        };
-        if snap.is_some() {
-            let found = crate::store::read_meta_u64(&conn, "counter")?.unwrap_or(0);
-            if found != base {
-                return Err(ReplicaError::Corrupt(format!("snapshot named for commit {base} holds commit {found}")));
-            }
-            let ok: String = conn.query_row("PRAGMA quick_check", [], |r| r.get(0)).map_err(StoreError::from)?;
-            if ok != "ok" {
-                return Err(ReplicaError::Corrupt(format!("snapshot for commit {base} fails quick_check: {ok}")));
-            }
-        }
-        // Segments covering base+1 onward, in order, without gaps.
+        let base = snapshot.as_ref().map_or(0, |s| s.0);
+        // Segments from the one holding commit base+1 on (names are first commits).
         let start = segments.iter().rposition(|(f, _)| *f <= base + 1).unwrap_or(0);
-        let mut expect = base + 1;
-        let mut applied = base;
-        let mut n_segments = 0usize;
-        for (i, (first, key)) in segments.iter().enumerate().skip(start) {
-            if expect > target {
+        Ok(RestorePlan { snapshot, segments: segments[start..].to_vec(), target })
+    }
+
+    /// Download and apply the plan into `tmp`: (commit, bytes fetched, segments applied).
+    async fn build_restore(&self, plan: &RestorePlan, tmp: &Path, at: Option<Versionstamp>) -> Result<(u64, u64, usize), ReplicaError> {
+        let mut bytes = 0u64;
+        let base = plan.base();
+        if let Some((counter, key)) = &plan.snapshot {
+            // Streamed: object → file → zstd → database file; never whole in memory.
+            let zst = PathBuf::from(format!("{}.zst", tmp.display()));
+            bytes += self.remote.get_to_file(key, &zst).await?;
+            let (zst2, tmp2, key2) = (zst.clone(), tmp.to_path_buf(), key.clone());
+            tokio::task::spawn_blocking(move || -> Result<(), ReplicaError> {
+                let input = std::io::BufReader::new(std::fs::File::open(&zst2).map_err(|e| io_err(&zst2, e))?);
+                let mut out = std::io::BufWriter::new(std::fs::File::create(&tmp2).map_err(|e| io_err(&tmp2, e))?);
+                zstd::stream::copy_decode(input, &mut out).map_err(|e| ReplicaError::Corrupt(format!("snapshot {key2}: {e}")))?;
+                std::io::Write::flush(&mut out).map_err(|e| io_err(&tmp2, e))
+            })
+            .await
+            .map_err(|e| io_err(tmp, e))??;
+            let _ = std::fs::remove_file(&zst);
+            tracing::info!(snapshot = %key, commit = counter, bytes, "snapshot downloaded");
+        }
+        let mut file = RestoreFile::open(tmp)?;
+        if plan.snapshot.is_some() {
+            file.check_snapshot(base)?;
+        }
+        let limit = at.map(|v| v.to_i64()).unwrap_or(i64::MAX);
+        let (mut expect, mut applied, mut n_segments) = (base + 1, base, 0usize);
+        let mut prev: Option<(&str, u64)> = None;
+        for (i, (first, key)) in plan.segments.iter().enumerate() {
+            if expect > plan.target {
                 break;
             }
             // Wholly inside the snapshot when the next segment starts at or
-            // before the first commit we still need: no need to fetch it.
-            if segments.get(i + 1).is_some_and(|(next, _)| *next <= expect) {
+            // before the first commit still needed: no need to fetch it.
+            if plan.segments.get(i + 1).is_some_and(|(next, _)| *next <= expect) {
                 continue;
             }
             if *first > expect {
                 return Err(ReplicaError::Gap(format!(
-                    "commit {expect} is in no segment (next segment {key} starts at {first}); refusing to skip it"
+                    "commit {expect} is in no segment (the next, {key}, starts at {first}{}); refusing to skip it",
+                    prev.map(|(k, l)| format!("; {k} ends at {l}")).unwrap_or_default()
                 )));
+            }
+            if let Some((pk, pl)) = prev {
+                if *first != pl + 1 {
+                    return Err(ReplicaError::Corrupt(format!(
+                        "segments {pk} (ending at commit {pl}) and {key} (starting at {first}) overlap: two histories were written to this path; restore one with `sidekv restore --at` below {first}"
+                    )));
+                }
             }
             let data = self.remote.get(key).await?;
             bytes += data.len() as u64;
@@ -424,20 +459,21 @@ impl Replica {
             if seg.first != *first {
                 return Err(ReplicaError::Corrupt(format!("segment {key} says it starts at commit {}", seg.first)));
             }
+            prev = Some((key.as_str(), seg.last));
             if seg.last < expect {
                 continue; // wholly inside the snapshot
             }
-            let limit = at.map(|v| v.to_i64()).unwrap_or(i64::MAX);
-            let tx = conn.transaction().map_err(StoreError::from)?;
-            for r in &seg.records {
-                let c = (r.version as u64) >> 16;
-                if c < expect || r.version > limit {
-                    continue;
-                }
-                apply_record(&tx, r).map_err(StoreError::from)?;
+            if seg.is_base() {
+                return Err(ReplicaError::Gap(format!(
+                    "commits {}..={} are held only by snapshot {}, which is not in S3{}",
+                    seg.first,
+                    seg.last,
+                    self.remote.snapshot_key(seg.last),
+                    if plan.target < u64::MAX { " at or below the requested point" } else { "" }
+                )));
             }
-            tx.commit().map_err(StoreError::from)?;
-            applied = seg.last.min(target);
+            file.apply(&seg.records, expect, limit)?;
+            applied = seg.last.min(plan.target);
             expect = seg.last + 1;
             n_segments += 1;
             if n_segments % 50 == 0 {
@@ -449,37 +485,28 @@ impl Replica {
                 return Err(ReplicaError::Gap(format!("the backup ends at commit {applied}, before {v}")));
             }
         }
-        conn.execute_batch("DELETE FROM changelog;").map_err(StoreError::from)?;
-        conn.execute("UPDATE meta SET value = ?1 WHERE name IN ('counter', 'shipped')", params![applied as i64])
-            .map_err(StoreError::from)?;
-        conn.execute(
-            "INSERT INTO meta VALUES ('pruned_below', ?1) ON CONFLICT(name) DO UPDATE SET value = excluded.value",
-            params![(applied + 1) as i64],
-        )
-        .map_err(StoreError::from)?;
-        let ok: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0)).map_err(StoreError::from)?;
-        if ok != "ok" {
-            return Err(ReplicaError::Corrupt(format!("the restored database fails integrity_check: {ok}")));
-        }
-        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())).map_err(StoreError::from)?;
-        drop(conn);
-        let f = std::fs::File::open(&tmp).map_err(|e| io_err(&tmp, e))?;
-        f.sync_all().map_err(|e| io_err(&tmp, e))?;
-        std::fs::rename(&tmp, to).map_err(|e| io_err(to, e))?;
+        file.finish(applied)?;
+        Ok((applied, bytes, n_segments))
+    }
+
+    /// fsync the rebuilt file, set aside any WAL/SHM left at the target (a
+    /// dead process's unshipped pages must never be replayed into it), and
+    /// rename it into place.
+    fn finalize_restore(tmp: &Path, to: &Path) -> Result<(), ReplicaError> {
+        std::fs::File::open(tmp).and_then(|f| f.sync_all()).map_err(|e| io_err(tmp, e))?;
         for ext in ["-wal", "-shm"] {
             let _ = std::fs::remove_file(format!("{}{ext}", tmp.display()));
-        }
-        if let Some(dir) = to.parent() {
-            if let Ok(d) = std::fs::File::open(if dir.as_os_str().is_empty() { Path::new(".") } else { dir }) {
-                let _ = d.sync_all();
+            let left = PathBuf::from(format!("{}{ext}", to.display()));
+            if left.exists() {
+                let aside = format!("{}.orphan-{}{ext}", to.display(), crate::store::now_ms());
+                tracing::warn!(file = %left.display(), moved_to = %aside, "setting aside a WAL/SHM file left without its database");
+                std::fs::rename(&left, &aside).map_err(|e| io_err(&left, e))?;
             }
         }
-        METRICS.restore_seconds_micros.store(started.elapsed().as_micros() as u64, Relaxed);
-        tracing::info!(
-            to = %to.display(), snapshot_commit = base, segments = n_segments, commit = applied, bytes,
-            ms = started.elapsed().as_millis() as u64, "restore complete"
-        );
-        Ok(applied)
+        sync_parent(to);
+        std::fs::rename(tmp, to).map_err(|e| io_err(to, e))?;
+        sync_parent(to);
+        Ok(())
     }
 
     /// Whether `at` is the last write of its commit, judged from the segment
@@ -489,9 +516,10 @@ impl Replica {
             return Ok(false);
         };
         let seg = Segment::decode(&self.remote.get(key).await?, key)?;
-        Ok(seg.last >= at.counter
-            && !seg.records.iter().any(|r| (r.version as u64) >> 16 == at.counter && r.version > at.to_i64()))
+        Ok(seg.last >= at.counter && !seg.records.iter().any(|r| r.counter() == at.counter && r.version > at.to_i64()))
     }
+
+    // ---------------------------------------------------------- backup ----
 
     /// Start the uploader (segments + snapshots + retention).
     pub fn start(self: Arc<Self>, store: Store) -> tokio::task::JoinHandle<()> {
@@ -502,26 +530,54 @@ impl Replica {
         tracing::error!(reason = %why, "FENCED: another writer owns this S3 path; refusing writes (reads still served)");
         self.state.lock().unwrap().fenced = Some(why.clone());
         store.block_writes(format!("writes refused: {why}"));
-        store.poke_waiters();
+        store.wake_shipped_waiters();
     }
 
-    async fn upload_loop(&self, store: Store) {
-        let mut commits = store.subscribe_commits();
-        let mut backoff = Duration::from_millis(100);
-        while self.needs_base_snapshot.load(Relaxed) && !self.stopping.load(Relaxed) {
-            match self.base_snapshot(&store).await {
-                Ok(()) => self.needs_base_snapshot.store(false, Relaxed),
-                Err(ReplicaError::Fenced(why)) => return self.fence(&store, why),
-                Err(e) => {
-                    tracing::warn!(error = %e, "the first snapshot of this S3 path failed; retrying");
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
-                        _ = self.stop.notified() => return,
-                    }
-                    backoff = (backoff * 2).min(limits::UPLOAD_BACKOFF_MAX);
-                }
+    /// Sleep for `d`, or return `false` at shutdown.
+    async fn pause(&self, d: Duration) -> bool {
+        tokio::select! {
+            _ = tokio::time::sleep(d) => !self.stopping.load(Relaxed),
+            _ = self.stop.notified() => false,
+        }
+    }
+
+    /// The launch check, repeated by the uploader when S3 was down at launch.
+    /// The store is open now, so a stale database cannot be swapped: it is
+    /// fenced instead (a restart restores).
+    async fn check_running(&self, store: &Store) -> Result<(), ReplicaError> {
+        match self.assess(store.committed(), store.shipped()).await? {
+            Assessment::Continue => {}
+            Assessment::NeedsBase { after } => *self.needs_base.lock().unwrap() = Some(after),
+            Assessment::Stale { remote_end } => {
+                return Err(ReplicaError::Fenced(format!(
+                    "S3 holds commits up to {remote_end}, past this database's {}; restart sidekv to restore from S3",
+                    store.committed()
+                )));
             }
         }
+        self.needs_check.store(false, Relaxed);
+        self.state.lock().unwrap().not_backed_up = None;
+        tracing::info!("S3 answers; the backup starts");
+        Ok(())
+    }
+
+    /// One step of the uploader's work: check, base snapshot, or ship.
+    async fn upload_step(&self, store: &Store, one_segment: bool) -> Result<(), ReplicaError> {
+        if self.needs_check.load(Relaxed) {
+            self.check_running(store).await?;
+        }
+        let base = *self.needs_base.lock().unwrap();
+        if let Some(after) = base {
+            self.base_snapshot(store, after).await?;
+            *self.needs_base.lock().unwrap() = None;
+        }
+        self.ship_pending(store, one_segment).await
+    }
+
+    async fn upload_loop(self: Arc<Self>, store: Store) {
+        let mut commits = store.subscribe_commits();
+        let mut backoff = Duration::from_millis(100);
+        let mut last_ship: Option<Instant> = None;
         loop {
             if self.stopping.load(Relaxed) {
                 return;
@@ -530,45 +586,52 @@ impl Replica {
                 self.stop.notified().await;
                 return;
             }
-            // Wait for work: s3 mode ships as soon as anything commits (group
-            // commit batches whatever arrives meanwhile); local mode every interval.
-            if store.committed() <= store.shipped() {
+            let idle = store.committed() <= store.shipped() && !self.needs_check.load(Relaxed) && self.needs_base.lock().unwrap().is_none();
+            if idle {
                 self.state.lock().unwrap().behind_since = None;
                 tokio::select! {
                     _ = commits.changed() => {}
                     _ = self.stop.notified() => return,
                 }
-                if self.durability == Durability::Local {
-                    self.state.lock().unwrap().behind_since.get_or_insert_with(Instant::now);
-                    tokio::select! {
-                        _ = tokio::time::sleep(self.sync_interval) => {}
-                        _ = self.stop.notified() => return,
+            }
+            self.state.lock().unwrap().behind_since.get_or_insert_with(Instant::now);
+            // Local mode: at most one segment per sync interval, however fast
+            // commits come (S3 requests cost money); s3 mode ships at once
+            // and batches whatever committed while the last PUT was in flight.
+            if self.durability == Durability::Local {
+                if let Some(wait) = last_ship.map(|t| self.sync_interval.saturating_sub(t.elapsed())) {
+                    if !wait.is_zero() && !self.pause(wait).await {
+                        return;
                     }
                 }
             }
-            self.state.lock().unwrap().behind_since.get_or_insert_with(Instant::now);
-            match self.ship_pending(&store).await {
+            last_ship = Some(Instant::now());
+            match self.upload_step(&store, self.durability == Durability::Local).await {
                 Ok(()) => {
                     backoff = Duration::from_millis(100);
                     if self.durability == Durability::S3 && store.write_block_reason().is_some() && self.fenced_reason().is_none() {
                         tracing::info!("S3 answers again; accepting writes");
                         store.unblock_writes();
                     }
-                    if let Err(e) = self.maybe_snapshot(&store, false).await {
-                        tracing::warn!(error = %e, "snapshot failed; will retry");
-                    }
+                    self.maybe_start_snapshot(&store);
                 }
                 Err(ReplicaError::Fenced(why)) => self.fence(&store, why),
+                Err(ReplicaError::HistoryPruned(after)) => {
+                    tracing::warn!(
+                        shipped = after,
+                        "the change log no longer holds the next commit to ship (the backup was off); restarting the backup with a snapshot"
+                    );
+                    *self.needs_base.lock().unwrap() = Some(after);
+                }
                 Err(e) => {
                     METRICS.uploads_failed.fetch_add(1, Relaxed);
                     tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "upload failed; commits stay in the outbox");
                     if self.durability == Durability::S3 {
                         store.block_writes(format!("S3 is unreachable and KVSTORE_DURABILITY=s3: {e}"));
-                        store.poke_waiters();
+                        store.wake_shipped_waiters();
                     }
-                    tokio::select! {
-                        _ = tokio::time::sleep(backoff) => {}
-                        _ = self.stop.notified() => return,
+                    if !self.pause(backoff).await {
+                        return;
                     }
                     backoff = (backoff * 2).min(limits::UPLOAD_BACKOFF_MAX);
                 }
@@ -576,138 +639,186 @@ impl Replica {
         }
     }
 
-    /// Ship every committed-but-unshipped commit, in segments.
-    pub async fn ship_pending(&self, store: &Store) -> Result<(), ReplicaError> {
+    /// Ship committed-but-unshipped commits as segments: all of them, or
+    /// (`one_segment`) one segment unless the size cap cut it.
+    pub async fn ship_pending(&self, store: &Store, one_segment: bool) -> Result<(), ReplicaError> {
         loop {
             let shipped = store.shipped();
-            let Some(seg) = store.read(move |c| read_segment(c, shipped)).await? else {
-                return Ok(());
+            let batch = match store.outbox_next(shipped, limits::SEGMENT_MAX_BYTES).await? {
+                Next::Empty => return Ok(()),
+                Next::Pruned { .. } => return Err(ReplicaError::HistoryPruned(shipped)),
+                Next::Batch(b) => b,
             };
-            let key = self.remote.segment_key(seg.first);
-            let body = seg.encode()?;
-            let len = body.len() as u64;
-            if !self.remote.put_new(&key, body).await? {
-                // The name is taken: ours (a retry, or a re-ship after a crash) or another writer's.
-                let existing = Segment::decode(&self.remote.get(&key).await?, &key)?;
-                let mine = store
-                    .read({
-                        let (f, l) = (existing.first, existing.last);
-                        move |c| read_range(c, f, l)
-                    })
-                    .await?;
-                if mine.as_ref() != Some(&existing.records) {
-                    return Err(ReplicaError::Fenced(format!(
-                        "segment {key} (commits {}..={}) was written by another instance",
-                        existing.first, existing.last
-                    )));
-                }
-                tracing::info!(segment = %key, "segment already in S3 with identical content; counting it as shipped");
-                store.mark_shipped(existing.last).await?;
-                continue;
-            }
-            store.mark_shipped(seg.last).await?;
-            METRICS.uploads_ok.fetch_add(1, Relaxed);
-            METRICS.upload_bytes.fetch_add(len, Relaxed);
-            METRICS.last_upload_ms.store(crate::store::now_ms(), Relaxed);
-            tracing::debug!(segment = %key, first = seg.first, last = seg.last, records = seg.records.len(), bytes = len, "segment shipped");
-            self.state.lock().unwrap().bytes_since_snapshot += len;
+            let cut = batch.cut;
+            let seg = Segment { first: batch.first, last: batch.last, records: batch.records, flags: 0, writer: store.writer_id() };
+            self.ship_segment(store, seg).await?;
             if store.shipped() >= store.committed() {
                 self.state.lock().unwrap().behind_since = None;
             }
-        }
-    }
-
-    /// First backup of an existing database into an empty S3 path: the
-    /// changelog before `shipped` is gone, so segments alone cannot rebuild
-    /// it. Mark everything shipped, snapshot, and let segments follow.
-    async fn base_snapshot(&self, store: &Store) -> Result<(), ReplicaError> {
-        // Segments may only start after the snapshot: pretend nothing is
-        // shipped beyond what the snapshot will hold by shipping nothing
-        // first and snapshotting at the committed counter directly.
-        let committed = store.committed();
-        store.mark_shipped(committed).await?;
-        self.maybe_snapshot(store, true).await
-    }
-
-    /// Take and upload a snapshot when enough was shipped since the last one
-    /// (or `force`), then apply retention.
-    pub async fn maybe_snapshot(&self, store: &Store, force: bool) -> Result<(), ReplicaError> {
-        {
-            let st = self.state.lock().unwrap();
-            let due_bytes = st.bytes_since_snapshot >= self.snapshot_bytes;
-            let due_time = st.bytes_since_snapshot > 0 && st.last_snapshot.is_none_or(|t| t.elapsed() >= limits::SNAPSHOT_INTERVAL);
-            if !(force || due_bytes || due_time) {
+            if one_segment && !cut {
                 return Ok(());
             }
         }
-        let started = Instant::now();
-        let dir = store.path().parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
-        let tmp = dir.join(format!(".sidekv-snapshot-{}.sqlite3", std::process::id()));
-        let _ = std::fs::remove_file(&tmp);
-        let tmp2 = tmp.clone();
-        // The copy is made on a reader thread; trimming it runs on the
-        // blocking pool: neither may hold a runtime thread for seconds.
-        let counter = match store
-            .read(move |c| {
-                c.execute("VACUUM INTO ?1", [tmp2.to_string_lossy().as_ref()])?;
-                Ok(())
-            })
-            .await
-        {
-            Ok(()) => {
-                let tmp3 = tmp.clone();
-                tokio::task::spawn_blocking(move || -> Result<u64, StoreError> {
-                    let c = Connection::open(&tmp3)?;
-                    let counter = crate::store::read_meta_u64(&c, "counter")?.unwrap_or(0);
-                    c.execute_batch("DELETE FROM changelog;")?;
-                    c.execute("UPDATE meta SET value = ?1 WHERE name = 'shipped'", [counter as i64])?;
-                    c.execute(
-                        "INSERT INTO meta VALUES ('pruned_below', ?1) ON CONFLICT(name) DO UPDATE SET value = excluded.value",
-                        [(counter + 1) as i64],
-                    )?;
-                    c.execute_batch("VACUUM;")?;
-                    Ok(counter)
-                })
-                .await
-                .map_err(|e| StoreError::Internal(e.to_string()))
-                .and_then(|r| r)
+    }
+
+    /// Create one segment (or find it already there, ours) and mark it shipped.
+    async fn ship_segment(&self, store: &Store, seg: Segment) -> Result<(), ReplicaError> {
+        let key = self.remote.segment_key(seg.first);
+        let body = seg.encode()?;
+        let len = body.len() as u64;
+        if !self.remote.put_new(&key, body).await? {
+            // The name is taken: ours (a retry, or a re-ship after a crash) or another writer's.
+            let existing = Segment::decode(&self.remote.get(&key).await?, &key)?;
+            let mine = if existing.is_base() {
+                existing.writer == store.writer_id()
+            } else {
+                store.outbox_range(existing.first, existing.last).await?.as_ref() == Some(&existing.records)
+            };
+            if !mine {
+                return Err(ReplicaError::Fenced(format!(
+                    "segment {key} (commits {}..={}) was written by another instance",
+                    existing.first, existing.last
+                )));
             }
-            Err(e) => Err(e),
-        };
+            tracing::info!(segment = %key, "segment already in S3 with identical content; counting it as shipped");
+            store.mark_shipped(existing.last).await?;
+            return Ok(());
+        }
+        store.mark_shipped(seg.last).await?;
+        METRICS.uploads_ok.fetch_add(1, Relaxed);
+        METRICS.upload_bytes.fetch_add(len, Relaxed);
+        METRICS.last_upload_ms.store(crate::store::now_ms(), Relaxed);
+        tracing::debug!(segment = %key, first = seg.first, last = seg.last, records = seg.records.len(), bytes = len, "segment shipped");
+        self.state.lock().unwrap().bytes_since_snapshot += len;
+        Ok(())
+    }
+
+    /// Restart the backup from a snapshot when S3 cannot rebuild the local
+    /// history after commit `after` (a new prefix, the change log pruned
+    /// while the backup was off, history S3 lost). In order, so that no
+    /// commit counts as shipped before an object covering it exists:
+    /// 1. copy the database locally (commit C);
+    /// 2. claim commits `after+1..=C` with a base segment named `after+1`
+    ///    (the fencing token: a second writer continuing from `after` loses);
+    /// 3. upload snapshot C;
+    /// 4. only now mark C shipped (s3-mode writes up to C are acknowledged).
+    async fn base_snapshot(&self, store: &Store, after: u64) -> Result<(), ReplicaError> {
+        let tmp = snapshot_tmp(store);
         let result = async {
-            let counter = counter?;
-            // Never publish a snapshot ahead of the segments: a fenced writer's
-            // snapshot must not become the newest state in S3.
-            self.ship_pending(store).await?;
-            if store.shipped() < counter {
-                return Err(ReplicaError::Gap("commits in the snapshot are not shipped yet".into()));
+            let counter = store.snapshot_to(&tmp).await?;
+            if counter > after {
+                let marker = Segment { first: after + 1, last: counter, records: vec![], flags: segment::BASE, writer: store.writer_id() };
+                let key = self.remote.segment_key(marker.first);
+                if !self.remote.put_new(&key, marker.encode()?).await? {
+                    let existing = Segment::decode(&self.remote.get(&key).await?, &key)?;
+                    if !(existing.is_base() && existing.writer == store.writer_id()) {
+                        return Err(ReplicaError::Fenced(format!("segment {key} was written by another instance")));
+                    }
+                    // Ours, from an attempt that did not finish: the snapshot below covers it.
+                }
             }
-            let tmp3 = tmp.clone();
-            let compressed = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, ReplicaError> {
-                let file = std::fs::File::open(&tmp3).map_err(|e| io_err(&tmp3, e))?;
-                let mut compressed = Vec::new();
-                zstd::stream::copy_encode(std::io::BufReader::new(file), &mut compressed, 3).map_err(|e| io_err(&tmp3, e))?;
-                Ok(compressed)
-            })
-            .await
-            .map_err(|e| io_err(&tmp, e))??;
-            let compressed_len = compressed.len();
-            let key = self.remote.snapshot_key(counter);
-            let created = self.remote.put_new(&key, compressed).await?;
-            tracing::info!(snapshot = %key, commit = counter, bytes = compressed_len, created, ms = started.elapsed().as_millis() as u64, "snapshot stored");
+            self.upload_snapshot(&tmp, counter).await?;
+            store.mark_shipped(counter).await?;
             Ok(counter)
         }
         .await;
         let _ = std::fs::remove_file(&tmp);
         let counter = result?;
-        {
-            let mut st = self.state.lock().unwrap();
-            st.bytes_since_snapshot = 0;
-            st.last_snapshot = Some(Instant::now());
-            st.last_snapshot_counter = counter;
-        }
-        METRICS.snapshots_ok.fetch_add(1, Relaxed);
+        tracing::info!(after, commit = counter, "the backup restarted from a snapshot");
+        self.snapshot_done();
+        self.apply_retention().await
+    }
+
+    /// Compress `file` (a snapshot copy at `counter`) to a temporary file and
+    /// create `snapshots/<counter>` from it, streamed.
+    async fn upload_snapshot(&self, file: &Path, counter: u64) -> Result<(), ReplicaError> {
+        let started = Instant::now();
+        let zst = PathBuf::from(format!("{}.zst", file.display()));
+        let (src, dst) = (file.to_path_buf(), zst.clone());
+        let compressed = tokio::task::spawn_blocking(move || -> Result<u64, ReplicaError> {
+            let input = std::io::BufReader::new(std::fs::File::open(&src).map_err(|e| io_err(&src, e))?);
+            let out = std::fs::File::create(&dst).map_err(|e| io_err(&dst, e))?;
+            let mut enc = zstd::stream::Encoder::new(std::io::BufWriter::new(out), 3).map_err(|e| io_err(&dst, e))?;
+            std::io::copy(&mut { input }, &mut enc).map_err(|e| io_err(&src, e))?;
+            let mut w = enc.finish().map_err(|e| io_err(&dst, e))?;
+            std::io::Write::flush(&mut w).map_err(|e| io_err(&dst, e))?;
+            Ok(std::fs::metadata(&dst).map_err(|e| io_err(&dst, e))?.len())
+        })
+        .await
+        .map_err(|e| io_err(file, e))?;
+        let result = match compressed {
+            Ok(bytes) => {
+                let key = self.remote.snapshot_key(counter);
+                self.remote.put_new_file(&key, &zst).await.map(|created| {
+                    tracing::info!(snapshot = %key, commit = counter, bytes, created, ms = started.elapsed().as_millis() as u64, "snapshot stored");
+                })
+            }
+            Err(e) => Err(e),
+        };
+        let _ = std::fs::remove_file(&zst);
         METRICS.snapshot_last_seconds_micros.store(started.elapsed().as_micros() as u64, Relaxed);
+        result
+    }
+
+    fn snapshot_done(&self) {
+        let mut st = self.state.lock().unwrap();
+        st.bytes_since_snapshot = 0;
+        st.last_snapshot = Some(Instant::now());
+        st.snapshot_not_before = None;
+        st.snapshot_backoff = Duration::ZERO;
+        METRICS.snapshots_ok.fetch_add(1, Relaxed);
+    }
+
+    fn snapshot_due(&self) -> bool {
+        let st = self.state.lock().unwrap();
+        if st.snapshot_not_before.is_some_and(|t| Instant::now() < t) {
+            return false;
+        }
+        let due_bytes = st.bytes_since_snapshot >= self.snapshot_bytes;
+        let due_time = st.bytes_since_snapshot > 0 && st.last_snapshot.is_none_or(|t| t.elapsed() >= limits::SNAPSHOT_INTERVAL);
+        due_bytes || due_time
+    }
+
+    /// Start a snapshot beside shipping when one is due: the copy,
+    /// compression and upload take long on a big database, and segments
+    /// must keep flowing meanwhile. A failure is retried with backoff.
+    fn maybe_start_snapshot(self: &Arc<Self>, store: &Store) {
+        if !self.snapshot_due() || self.snapshotting.swap(true, Relaxed) {
+            return;
+        }
+        let (me, store) = (self.clone(), store.clone());
+        tokio::spawn(async move {
+            let r = me.snapshot_now(&store).await;
+            if let Err(e) = &r {
+                let mut st = me.state.lock().unwrap();
+                st.snapshot_backoff = (st.snapshot_backoff * 2).clamp(limits::SNAPSHOT_RETRY_MIN, limits::SNAPSHOT_RETRY_MAX);
+                st.snapshot_not_before = Some(Instant::now() + st.snapshot_backoff);
+                tracing::warn!(error = %e, retry_in_s = st.snapshot_backoff.as_secs(), "snapshot failed; will retry");
+            }
+            me.snapshotting.store(false, Relaxed);
+        });
+    }
+
+    /// Take and upload a snapshot now (after shipping everything it holds),
+    /// then apply retention.
+    pub async fn snapshot_now(&self, store: &Store) -> Result<(), ReplicaError> {
+        let tmp = snapshot_tmp(store);
+        let result = async {
+            let counter = store.snapshot_to(&tmp).await?;
+            // Never publish a snapshot ahead of the segments: a fenced writer's
+            // snapshot must not become the newest state in S3.
+            let mut shipped = store.subscribe_shipped();
+            let caught_up =
+                matches!(tokio::time::timeout(limits::S3_ACK_TIMEOUT * 6, shipped.wait_for(|s| *s >= counter)).await, Ok(Ok(_)));
+            if !caught_up || self.fenced_reason().is_some() {
+                return Err(ReplicaError::Gap(format!("commit {counter} of the snapshot is not shipped yet")));
+            }
+            self.upload_snapshot(&tmp, counter).await
+        }
+        .await;
+        let _ = std::fs::remove_file(&tmp);
+        result?;
+        self.snapshot_done();
         self.apply_retention().await
     }
 
@@ -747,96 +858,39 @@ impl Replica {
             tracing::error!(unshipped_commits = store.committed().saturating_sub(store.shipped()), "fenced: the outbox was not drained");
             return;
         }
+        if self.needs_check.load(Relaxed) || self.needs_base.lock().unwrap().is_some() {
+            tracing::error!(
+                unshipped_commits = store.committed().saturating_sub(store.shipped()),
+                "the backup had not started (S3 unreachable); the commits are safe in the local database and ship at the next start"
+            );
+            return;
+        }
         let pending = store.committed().saturating_sub(store.shipped());
-        match tokio::time::timeout(limits::SHUTDOWN_DRAIN_TIMEOUT, self.ship_pending(store)).await {
+        match tokio::time::timeout(limits::SHUTDOWN_DRAIN_TIMEOUT, self.ship_pending(store, false)).await {
             Ok(Ok(())) => tracing::info!(commits = pending, "outbox drained to S3"),
             Ok(Err(e)) => tracing::error!(
                 error = %e, unshipped_commits = store.committed().saturating_sub(store.shipped()),
                 "could not drain the outbox to S3 before exiting; the commits are safe in the local database and ship at the next start"
             ),
             Err(_) => tracing::error!(
-                unshipped_commits = store.committed().saturating_sub(store.shipped()), timeout_s = limits::SHUTDOWN_DRAIN_TIMEOUT.as_secs(),
+                unshipped_commits = store.committed().saturating_sub(store.shipped()),
+                timeout_s = limits::SHUTDOWN_DRAIN_TIMEOUT.as_secs(),
                 "draining the outbox to S3 timed out; the commits are safe in the local database and ship at the next start"
             ),
         }
     }
 }
 
-fn apply_record(tx: &rusqlite::Transaction<'_>, r: &Record) -> rusqlite::Result<()> {
-    match &r.value {
-        Some(v) => tx.execute(
-            "INSERT OR REPLACE INTO kv (key, value, version, expires_at) VALUES (?1, ?2, ?3, ?4)",
-            params![r.key, v, r.version, r.expires_at],
-        )?,
-        None => tx.execute("DELETE FROM kv WHERE key = ?1", params![r.key])?,
-    };
-    Ok(())
+/// The objects a restore reads.
+struct RestorePlan {
+    snapshot: Option<(u64, String)>,
+    /// From the one holding the first commit after the snapshot, in order.
+    segments: Vec<(u64, String)>,
+    target: u64,
 }
 
-fn read_records(c: &Connection, from: i64, to: i64) -> rusqlite::Result<Vec<Record>> {
-    let mut s = c.prepare_cached(
-        "SELECT version, n, key, value, expires_at FROM changelog WHERE version >= ?1 AND version < ?2 ORDER BY version, n",
-    )?;
-    s.query_map(params![from, to], |r| {
-        Ok(Record { version: r.get(0)?, n: r.get(1)?, key: r.get(2)?, value: r.get(3)?, expires_at: r.get(4)? })
-    })?
-    .collect()
-}
-
-/// The next segment after `shipped`: whole commits up to `SEGMENT_MAX_BYTES`.
-fn read_segment(c: &mut Connection, shipped: u64) -> Result<Option<Segment>, StoreError> {
-    let tx = c.transaction()?;
-    let committed = crate::store::read_meta_u64(&tx, "counter")?.unwrap_or(0);
-    if committed <= shipped {
-        return Ok(None);
-    }
-    let first = shipped + 1;
-    let mut records = Vec::new();
-    let mut bytes = 0usize;
-    let mut last = committed;
-    {
-        let mut s = tx.prepare_cached(
-            "SELECT version, n, key, value, expires_at FROM changelog WHERE version >= ?1 AND version < ?2 ORDER BY version, n",
-        )?;
-        let mut rows = s.query(params![
-            Versionstamp::commit_start(first).to_i64(),
-            Versionstamp::commit_start(committed + 1).to_i64()
-        ])?;
-        while let Some(r) = rows.next()? {
-            let rec = Record { version: r.get(0)?, n: r.get(1)?, key: r.get(2)?, value: r.get(3)?, expires_at: r.get(4)? };
-            let c = (rec.version as u64) >> 16;
-            if bytes >= limits::SEGMENT_MAX_BYTES && records.last().is_some_and(|p: &Record| ((p.version as u64) >> 16) != c) {
-                last = c - 1;
-                break;
-            }
-            bytes += 32 + rec.key.len() + rec.value.as_ref().map_or(0, Vec::len);
-            records.push(rec);
-        }
-    }
-    tx.finish()?;
-    Ok(Some(Segment { first, last, records }))
-}
-
-/// The local records of commits `first..=last`, or `None` if they are no longer kept.
-fn read_range(c: &mut Connection, first: u64, last: u64) -> Result<Option<Vec<Record>>, StoreError> {
-    let pruned_below = crate::store::read_meta_u64(c, "pruned_below")?.unwrap_or(0);
-    let committed = crate::store::read_meta_u64(c, "counter")?.unwrap_or(0);
-    if first < pruned_below || last > committed {
-        return Ok(None);
-    }
-    Ok(Some(read_records(c, Versionstamp::commit_start(first).to_i64(), Versionstamp::commit_start(last + 1).to_i64())?))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn s3_urls() {
-        assert_eq!(parse_s3_url("s3://b/p/q/").unwrap(), ("b".into(), "p/q".into()));
-        assert_eq!(parse_s3_url("s3://bucket").unwrap(), ("bucket".into(), "".into()));
-        assert!(parse_s3_url("http://b/p").is_err());
-        assert!(parse_s3_url("s3:///p").is_err());
-        assert!(parse_s3_url("s3://Bad_Bucket/p").is_err());
+impl RestorePlan {
+    fn base(&self) -> u64 {
+        self.snapshot.as_ref().map_or(0, |s| s.0)
     }
 }

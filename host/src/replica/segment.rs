@@ -1,9 +1,9 @@
 //! The segment format: a run of whole commits from the changelog.
 //!
 //! ```text
-//! zstd( "SKVSEG01"
-//!       first u64 | last u64 | records u32          (big-endian)
-//!       records: version i64 | n u32 | key_len u16 | key
+//! zstd( "SKVSEG02"
+//!       first u64 | last u64 | records u32 | flags u8 | writer u64   (big-endian)
+//!       records: version i64 | index u32 | key_len u16 | key
 //!                | kind u8 (0 delete, 1 set, 2 set+expiry) [| expires_at u64]
 //!                [| value_len u32 | value]
 //!       crc32c u32 of everything above )
@@ -13,32 +13,40 @@
 //! have no records, e.g. a delete-prefix that matched nothing). Segments
 //! are named by `first`, so two writers continuing the same history collide
 //! on the object name, which `If-None-Match: *` turns into fencing.
+//!
+//! `writer` identifies the database file that shipped it (random, new for
+//! every restored file), so a writer can recognise its own objects after a
+//! crash. Flag `BASE` marks a segment with no records that stands for
+//! commits `first..=last` held only by snapshot `last`: it is how a backup
+//! that must restart from a snapshot claims its place in the history (the
+//! name is still the fencing token). Version 1 segments (`SKVSEG01`, no
+//! flags or writer) are still read.
 
 use super::ReplicaError;
 
-const MAGIC: &[u8; 8] = b"SKVSEG01";
+const MAGIC: &[u8; 8] = b"SKVSEG02";
+const MAGIC_V1: &[u8; 8] = b"SKVSEG01";
+/// The segment stands for commits held only by the snapshot of its last commit.
+pub const BASE: u8 = 1;
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Record {
-    /// Versionstamp as stored (`counter << 16 | index`).
-    pub version: i64,
-    pub n: u32,
-    pub key: Vec<u8>,
-    /// `None` = delete.
-    pub value: Option<Vec<u8>>,
-    pub expires_at: Option<i64>,
-}
+pub use crate::store::outbox::Record;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Segment {
     pub first: u64,
     pub last: u64,
     pub records: Vec<Record>,
+    pub flags: u8,
+    pub writer: u64,
 }
 
 impl Segment {
     pub fn raw_len(&self) -> usize {
-        self.records.iter().map(|r| 32 + r.key.len() + r.value.as_ref().map_or(0, |v| v.len())).sum::<usize>() + 32
+        self.records.iter().map(crate::store::outbox::record_bytes).sum::<usize>() + 48
+    }
+
+    pub fn is_base(&self) -> bool {
+        self.flags & BASE != 0
     }
 
     pub fn encode(&self) -> Result<Vec<u8>, ReplicaError> {
@@ -47,9 +55,11 @@ impl Segment {
         b.extend_from_slice(&self.first.to_be_bytes());
         b.extend_from_slice(&self.last.to_be_bytes());
         b.extend_from_slice(&(self.records.len() as u32).to_be_bytes());
+        b.push(self.flags);
+        b.extend_from_slice(&self.writer.to_be_bytes());
         for r in &self.records {
             b.extend_from_slice(&r.version.to_be_bytes());
-            b.extend_from_slice(&r.n.to_be_bytes());
+            b.extend_from_slice(&r.index.to_be_bytes());
             b.extend_from_slice(&(r.key.len() as u16).to_be_bytes());
             b.extend_from_slice(&r.key);
             match (&r.value, r.expires_at) {
@@ -77,7 +87,8 @@ impl Segment {
         let mut dec = zstd::stream::Decoder::new(compressed).map_err(|e| bad(&format!("not zstd: {e}")))?;
         let mut b = Vec::new();
         std::io::Read::read_to_end(&mut dec, &mut b).map_err(|e| bad(&format!("not zstd: {e}")))?;
-        if b.len() < MAGIC.len() + 24 || &b[..8] != MAGIC {
+        let v1 = b.get(..8) == Some(MAGIC_V1.as_slice());
+        if b.len() < MAGIC.len() + 24 || !(v1 || &b[..8] == MAGIC) {
             return Err(bad("not a sidekv segment (bad magic)"));
         }
         let (body, crc) = b.split_at(b.len() - 4);
@@ -88,6 +99,14 @@ impl Segment {
         let first = r.u64().ok_or_else(|| bad("truncated header"))?;
         let last = r.u64().ok_or_else(|| bad("truncated header"))?;
         let count = r.u32().ok_or_else(|| bad("truncated header"))?;
+        let (flags, writer) =
+            if v1 { (0, 0) } else { (r.u8().ok_or_else(|| bad("truncated header"))?, r.u64().ok_or_else(|| bad("truncated header"))?) };
+        if flags & !BASE != 0 {
+            return Err(bad("unknown flags (written by a newer sidekv?)"));
+        }
+        if flags & BASE != 0 && count != 0 {
+            return Err(bad("a base segment with records"));
+        }
         if last < first {
             return Err(bad("last commit before first"));
         }
@@ -108,7 +127,7 @@ impl Segment {
                     }
                     _ => return None,
                 };
-                Some(Record { version, n, key, value, expires_at })
+                Some(Record { version, index: n, key, value, expires_at })
             })()
             .ok_or_else(|| bad("truncated or malformed record"))?;
             let c = (rec.version as u64) >> 16;
@@ -120,7 +139,7 @@ impl Segment {
         if r.pos != body.len() {
             return Err(bad("trailing bytes"));
         }
-        Ok(Segment { first, last, records })
+        Ok(Segment { first, last, records, flags, writer })
     }
 }
 
@@ -159,10 +178,12 @@ mod tests {
             first: 5,
             last: 7,
             records: vec![
-                Record { version: (5 << 16) | 0, n: 0, key: b"a".to_vec(), value: Some(b"1".to_vec()), expires_at: None },
-                Record { version: (6 << 16) | 2, n: 1, key: b"b".to_vec(), value: None, expires_at: None },
-                Record { version: 7 << 16, n: 0, key: "ü".as_bytes().to_vec(), value: Some(vec![0, 255]), expires_at: Some(99) },
+                Record { version: (5 << 16) | 0, index: 0, key: b"a".to_vec(), value: Some(b"1".to_vec()), expires_at: None },
+                Record { version: (6 << 16) | 2, index: 1, key: b"b".to_vec(), value: None, expires_at: None },
+                Record { version: 7 << 16, index: 0, key: "ü".as_bytes().to_vec(), value: Some(vec![0, 255]), expires_at: Some(99) },
             ],
+            flags: 0,
+            writer: 42,
         }
     }
 
@@ -170,6 +191,18 @@ mod tests {
     fn round_trip() {
         let s = sample();
         assert_eq!(Segment::decode(&s.encode().unwrap(), "t").unwrap(), s);
+    }
+
+    #[test]
+    fn reads_version_1() {
+        let s = Segment { writer: 0, ..sample() };
+        let mut raw = zstd::decode_all(&s.encode().unwrap()[..]).unwrap();
+        raw.truncate(raw.len() - 4);
+        raw.drain(28..37); // flags + writer
+        raw[..8].copy_from_slice(MAGIC_V1);
+        let crc = crc32c::crc32c(&raw);
+        raw.extend_from_slice(&crc.to_be_bytes());
+        assert_eq!(Segment::decode(&zstd::bulk::compress(&raw, 3).unwrap(), "v1").unwrap(), s);
     }
 
     #[test]

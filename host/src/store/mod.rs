@@ -21,9 +21,10 @@
 //! Expired entries are filtered by every read (`expires_at > now`), so a TTL
 //! takes effect at once; the writer's sweep only reclaims space.
 
-pub mod versionstamp;
-mod schema;
+pub mod outbox;
 mod reads;
+mod schema;
+pub mod versionstamp;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -35,6 +36,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use rusqlite::Connection;
 use tokio::sync::{oneshot, watch};
 
+pub use outbox::Record;
 pub use reads::{Change, ChangePos, ListPage, ListQuery};
 pub use schema::{open_reader, open_writer, read_meta_u64};
 pub use versionstamp::Versionstamp;
@@ -158,12 +160,7 @@ pub struct StoreOptions {
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        StoreOptions {
-            max_value_bytes: limits::DEFAULT_MAX_VALUE_BYTES,
-            readers: 2,
-            durability: Durability::Local,
-            replicated: false,
-        }
+        StoreOptions { max_value_bytes: limits::DEFAULT_MAX_VALUE_BYTES, readers: 2, durability: Durability::Local, replicated: false }
     }
 }
 
@@ -189,6 +186,8 @@ struct Inner {
     /// Set at shutdown: long-polls and streams end at once.
     closing: watch::Sender<bool>,
     opts: StoreOptions,
+    /// Identifies this database file in the objects it ships (see `replica::segment`).
+    writer_id: u64,
 }
 
 /// A cheap, cloneable handle to the store.
@@ -206,11 +205,7 @@ pub fn validate_key(key: &str) -> Result<(), StoreError> {
         return Err(StoreError::InvalidKey("the key is empty".into()));
     }
     if key.len() > limits::MAX_KEY_BYTES {
-        return Err(StoreError::InvalidKey(format!(
-            "the key is {} bytes, over the {}-byte limit",
-            key.len(),
-            limits::MAX_KEY_BYTES
-        )));
+        return Err(StoreError::InvalidKey(format!("the key is {} bytes, over the {}-byte limit", key.len(), limits::MAX_KEY_BYTES)));
     }
     Ok(())
 }
@@ -220,6 +215,7 @@ impl Store {
     /// and reader threads.
     pub fn open(path: &Path, opts: StoreOptions) -> Result<Store, StoreError> {
         let (conn, state) = schema::open_writer(path)?;
+        let writer_id = read_meta_u64(&conn, "writer")?.unwrap_or(0);
         let counter = state.counter;
         let shipped = state.shipped;
         let (writer_tx, writer_rx) = crossbeam_channel::bounded(limits::WRITE_QUEUE_DEPTH);
@@ -237,6 +233,7 @@ impl Store {
             write_blocked: AtomicBool::new(false),
             closing: watch::channel(false).0,
             opts: opts.clone(),
+            writer_id,
         });
         let mut threads = Vec::new();
         {
@@ -269,6 +266,11 @@ impl Store {
 
     pub fn path(&self) -> &Path {
         &self.inner.path
+    }
+
+    /// This database file's writer identity (new for every restored file).
+    pub fn writer_id(&self) -> u64 {
+        self.inner.writer_id
     }
 
     pub fn options(&self) -> &StoreOptions {
@@ -348,18 +350,13 @@ impl Store {
     fn validate_write(&self, op: &WriteOp) -> Result<(), StoreError> {
         let max = self.inner.opts.max_value_bytes;
         let check_value = |v: &[u8]| {
-            if v.len() > max {
-                Err(StoreError::ValueTooLarge { size: v.len(), limit: max })
-            } else {
-                Ok(())
-            }
+            if v.len() > max { Err(StoreError::ValueTooLarge { size: v.len(), limit: max }) } else { Ok(()) }
         };
         let check_ttl = |t: Option<u64>| match t {
             Some(0) => Err(StoreError::InvalidArgument("ttl must be at least 1 ms".into())),
-            Some(t) if t > limits::MAX_TTL_MS => Err(StoreError::InvalidArgument(format!(
-                "ttl {t} ms is over the {} ms limit",
-                limits::MAX_TTL_MS
-            ))),
+            Some(t) if t > limits::MAX_TTL_MS => {
+                Err(StoreError::InvalidArgument(format!("ttl {t} ms is over the {} ms limit", limits::MAX_TTL_MS)))
+            }
             _ => Ok(()),
         };
         match op {
@@ -452,9 +449,7 @@ impl Store {
                     return Ok(());
                 }
                 if let Some(why) = self.write_block_reason() {
-                    return Err(StoreError::Unavailable(format!(
-                        "committed locally but not acknowledged: {why}"
-                    )));
+                    return Err(StoreError::Unavailable(format!("committed locally but not acknowledged: {why}")));
                 }
                 if rx.changed().await.is_err() {
                     return Err(StoreError::Unavailable("the store is shutting down".into()));
@@ -491,7 +486,7 @@ impl Store {
     /// Record that every commit up to `counter` is in S3: persist it and
     /// release the changelog rows no longer needed.
     pub async fn mark_shipped(&self, counter: u64) -> Result<(), StoreError> {
-        self.exec(move |conn, state| writer::mark_shipped(conn, state, counter)).await?;
+        self.on_writer(move |conn, state| writer::mark_shipped(conn, state, counter)).await?;
         self.inner.shipped.send_if_modified(|v| {
             if counter > *v {
                 *v = counter;
@@ -504,12 +499,12 @@ impl Store {
     }
 
     /// Wake s3-mode waiters so they see a new write block.
-    pub fn poke_waiters(&self) {
+    pub fn wake_shipped_waiters(&self) {
         self.inner.shipped.send_modify(|_| {});
     }
 
     /// Run `f` on the writer connection, serialized with writes.
-    pub async fn exec<R, F>(&self, f: F) -> Result<R, StoreError>
+    pub async fn on_writer<R, F>(&self, f: F) -> Result<R, StoreError>
     where
         R: Send + 'static,
         F: FnOnce(&mut Connection, &mut writer::WriterState) -> Result<R, StoreError> + Send + 'static,
@@ -557,12 +552,7 @@ impl Store {
     }
 
     /// Long-poll one key until its versionstamp differs from `since`.
-    pub async fn watch(
-        &self,
-        key: String,
-        since: Option<Versionstamp>,
-        timeout: Duration,
-    ) -> Result<(bool, Option<Entry>), StoreError> {
+    pub async fn watch(&self, key: String, since: Option<Versionstamp>, timeout: Duration) -> Result<(bool, Option<Entry>), StoreError> {
         validate_key(&key)?;
         let mut commits = self.subscribe_commits();
         let deadline = tokio::time::Instant::now() + timeout;
@@ -669,16 +659,24 @@ mod tests {
     #[tokio::test]
     async fn counters_and_conditions() {
         let (_d, s) = open();
-        let sum = |n| WriteOp::Atomic { checks: vec![], mutations: vec![Mutation { key: "c".into(), kind: MutationKind::Sum(n), ttl_ms: None }] };
+        let sum =
+            |n| WriteOp::Atomic { checks: vec![], mutations: vec![Mutation { key: "c".into(), kind: MutationKind::Sum(n), ttl_ms: None }] };
         committed(s.write(sum(5)).await.unwrap());
         committed(s.write(sum(7)).await.unwrap());
         assert_eq!(s.get("c".into()).await.unwrap().unwrap().value, b"12");
         let vs = s.get("c".into()).await.unwrap().unwrap().versionstamp;
-        let stale = WriteOp::Set { key: "c".into(), value: b"x".to_vec(), ttl_ms: None, cond: Condition { if_match: Some(Versionstamp::new(1, 0)), if_absent: false } };
+        let stale = WriteOp::Set {
+            key: "c".into(),
+            value: b"x".to_vec(),
+            ttl_ms: None,
+            cond: Condition { if_match: Some(Versionstamp::new(1, 0)), if_absent: false },
+        };
         assert_eq!(s.write(stale).await.unwrap(), WriteResult::PreconditionFailed);
-        let fresh = WriteOp::Set { key: "c".into(), value: b"x".to_vec(), ttl_ms: None, cond: Condition { if_match: Some(vs), if_absent: false } };
+        let fresh =
+            WriteOp::Set { key: "c".into(), value: b"x".to_vec(), ttl_ms: None, cond: Condition { if_match: Some(vs), if_absent: false } };
         committed(s.write(fresh).await.unwrap());
-        let absent = WriteOp::Set { key: "c".into(), value: b"y".to_vec(), ttl_ms: None, cond: Condition { if_match: None, if_absent: true } };
+        let absent =
+            WriteOp::Set { key: "c".into(), value: b"y".to_vec(), ttl_ms: None, cond: Condition { if_match: None, if_absent: true } };
         assert_eq!(s.write(absent).await.unwrap(), WriteResult::PreconditionFailed);
         s.close();
     }
@@ -686,14 +684,16 @@ mod tests {
     #[tokio::test]
     async fn ttl_hides_at_once_and_sweep_reclaims() {
         let (_d, s) = open();
-        committed(s.write(WriteOp::Set { key: "t".into(), value: b"v".to_vec(), ttl_ms: Some(50), cond: Condition::default() }).await.unwrap());
+        committed(
+            s.write(WriteOp::Set { key: "t".into(), value: b"v".to_vec(), ttl_ms: Some(50), cond: Condition::default() }).await.unwrap(),
+        );
         assert!(s.get("t".into()).await.unwrap().is_some());
         tokio::time::sleep(Duration::from_millis(80)).await;
         assert!(s.get("t".into()).await.unwrap().is_none());
         let q = ListQuery { prefix: "".into(), limit: 10, ..Default::default() };
         assert_eq!(s.count(q.clone()).await.unwrap(), 0);
         s.sweep();
-        let rows: i64 = s.exec(|c, _| Ok(c.query_row("SELECT count(*) FROM kv", [], |r| r.get(0))?)).await.unwrap();
+        let rows: i64 = s.on_writer(|c, _| Ok(c.query_row("SELECT count(*) FROM kv", [], |r| r.get(0))?)).await.unwrap();
         assert_eq!(rows, 0, "the sweep deleted the expired row");
         s.close();
     }

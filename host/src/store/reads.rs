@@ -31,7 +31,7 @@ pub struct Change {
     pub versionstamp: Versionstamp,
     /// Position of this mutation inside its commit (a batch or a
     /// delete-prefix has many mutations under one versionstamp).
-    pub n: u32,
+    pub index: u32,
     pub key: String,
     pub value: Option<Vec<u8>>,
     pub expires_at: Option<u64>,
@@ -40,11 +40,7 @@ pub struct Change {
 impl ListQuery {
     pub fn validate(&self) -> Result<(), StoreError> {
         if self.limit == 0 || self.limit > limits::MAX_LIST_LIMIT {
-            return Err(StoreError::InvalidArgument(format!(
-                "limit must be between 1 and {}, got {}",
-                limits::MAX_LIST_LIMIT,
-                self.limit
-            )));
+            return Err(StoreError::InvalidArgument(format!("limit must be between 1 and {}, got {}", limits::MAX_LIST_LIMIT, self.limit)));
         }
         if self.prefix.len() > limits::MAX_KEY_BYTES {
             return Err(StoreError::InvalidArgument("the prefix is longer than the longest key".into()));
@@ -74,8 +70,7 @@ pub fn decode_cursor(c: &str) -> Result<String, StoreError> {
     let bytes = URL_SAFE_NO_PAD
         .decode(c.as_bytes())
         .map_err(|_| StoreError::InvalidArgument("the cursor is not one this server returned".into()))?;
-    let key = String::from_utf8(bytes)
-        .map_err(|_| StoreError::InvalidArgument("the cursor is not one this server returned".into()))?;
+    let key = String::from_utf8(bytes).map_err(|_| StoreError::InvalidArgument("the cursor is not one this server returned".into()))?;
     validate_key(&key).map_err(|_| StoreError::InvalidArgument("the cursor is not one this server returned".into()))?;
     Ok(key)
 }
@@ -139,9 +134,7 @@ pub fn list(conn: &Connection, q: &ListQuery, now: u64) -> Result<ListPage, Stor
             return Err(StoreError::InvalidArgument("the cursor belongs to another prefix".into()));
         }
     }
-    let mut sql = String::from(
-        "SELECT key, value, version, expires_at FROM kv WHERE (expires_at IS NULL OR expires_at > ?) AND key >= ?",
-    );
+    let mut sql = String::from("SELECT key, value, version, expires_at FROM kv WHERE (expires_at IS NULL OR expires_at > ?) AND key >= ?");
     let mut args: Vec<Value> = vec![Value::Integer(now as i64), Value::Blob(lower)];
     if let Some(u) = upper {
         sql.push_str(" AND key < ?");
@@ -154,9 +147,7 @@ pub fn list(conn: &Connection, q: &ListQuery, now: u64) -> Result<ListPage, Stor
     sql.push_str(if q.reverse { " ORDER BY key DESC LIMIT ?" } else { " ORDER BY key ASC LIMIT ?" });
     args.push(Value::Integer(q.limit as i64 + 1));
     let mut stmt = conn.prepare_cached(&sql)?;
-    let mut entries = stmt
-        .query_map(params_from_iter(args), |r| row_to_entry(r, q.keys_only))?
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut entries = stmt.query_map(params_from_iter(args), |r| row_to_entry(r, q.keys_only))?.collect::<Result<Vec<_>, _>>()?;
     let cursor = if entries.len() > q.limit as usize {
         entries.truncate(q.limit as usize);
         entries.last().map(|e| encode_cursor(&e.key))
@@ -179,12 +170,12 @@ pub fn count(conn: &Connection, q: &ListQuery, now: u64) -> Result<u64, StoreErr
     Ok(n as u64)
 }
 
-/// A position in the change history: after mutation `n` of the write with
-/// versionstamp `vs` (`n: None` = after that whole write).
+/// A position in the change history: after mutation `index` of the write with
+/// versionstamp `vs` (`index: None` = after that whole write).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ChangePos {
     pub vs: Versionstamp,
-    pub n: Option<u32>,
+    pub index: Option<u32>,
 }
 
 /// Why `changes` cannot answer.
@@ -206,7 +197,7 @@ pub fn changes(conn: &mut Connection, prefix: &str, after: ChangePos, limit: u32
     let mut sql = String::from(
         "SELECT version, key, value, expires_at, n FROM changelog WHERE (version > ? OR (version = ? AND n > ?)) AND key >= ?",
     );
-    let n_after = after.n.map(i64::from).unwrap_or(i64::MAX);
+    let n_after = after.index.map(i64::from).unwrap_or(i64::MAX);
     let mut args: Vec<Value> = vec![
         Value::Integer(after.vs.to_i64()),
         Value::Integer(after.vs.to_i64()),
@@ -225,7 +216,7 @@ pub fn changes(conn: &mut Connection, prefix: &str, after: ChangePos, limit: u32
             let key: Vec<u8> = r.get(1)?;
             Ok(Change {
                 versionstamp: Versionstamp::from_i64(r.get(0)?),
-                n: r.get(4)?,
+                index: r.get(4)?,
                 key: String::from_utf8_lossy(&key).into_owned(),
                 value: r.get(2)?,
                 expires_at: r.get::<_, Option<i64>>(3)?.map(|v| v as u64),

@@ -34,7 +34,8 @@ CREATE TABLE IF NOT EXISTS changelog (
     PRIMARY KEY (version, n)
 ) WITHOUT ROWID;
 -- counter: last commit; shipped: last commit confirmed in S3;
--- db_id: identity of this database's history (kept across restores).
+-- db_id: identity of this database's history (kept across restores);
+-- writer: identity of this file as a backup writer (new after every restore).
 CREATE TABLE IF NOT EXISTS meta (
     name  TEXT PRIMARY KEY,
     value
@@ -50,18 +51,14 @@ fn base_pragmas(conn: &Connection) -> Result<(), StoreError> {
 }
 
 pub fn read_meta_u64(conn: &Connection, name: &str) -> Result<Option<u64>, StoreError> {
-    Ok(conn
-        .query_row("SELECT value FROM meta WHERE name = ?1", [name], |r| r.get::<_, i64>(0))
-        .optional()?
-        .map(|v| v as u64))
+    Ok(conn.query_row("SELECT value FROM meta WHERE name = ?1", [name], |r| r.get::<_, i64>(0)).optional()?.map(|v| v as u64))
 }
 
 /// Open the writer connection, creating the schema, and read its state.
 pub fn open_writer(path: &Path) -> Result<(Connection, WriterState), StoreError> {
     if let Some(dir) = path.parent() {
         if !dir.as_os_str().is_empty() && !dir.exists() {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| StoreError::Internal(format!("creating {}: {e}", dir.display())))?;
+            std::fs::create_dir_all(dir).map_err(|e| StoreError::Internal(format!("creating {}: {e}", dir.display())))?;
         }
     }
     let conn = Connection::open(path).map_err(|e| StoreError::Internal(format!("opening {}: {e}", path.display())))?;
@@ -80,6 +77,8 @@ pub fn open_writer(path: &Path) -> Result<(Connection, WriterState), StoreError>
     // One transaction (one fsync) for the whole schema: start-up on an empty
     // database otherwise paid an fsync per statement.
     let db_id = format!("{:016x}", rand::random::<u64>());
+    // Positive, so it reads back as the same i64 SQLite stores.
+    let writer = rand::random::<u64>() >> 1;
     conn.execute_batch(&format!(
         "BEGIN IMMEDIATE;
          {SCHEMA}
@@ -87,11 +86,10 @@ pub fn open_writer(path: &Path) -> Result<(Connection, WriterState), StoreError>
          INSERT OR IGNORE INTO meta VALUES ('counter', 0);
          INSERT OR IGNORE INTO meta VALUES ('shipped', 0);
          INSERT OR IGNORE INTO meta VALUES ('db_id', '{db_id}');
+         INSERT OR IGNORE INTO meta VALUES ('writer', {writer});
          COMMIT;"
     ))?;
-    let found: Option<i64> = conn
-        .query_row("SELECT value FROM meta WHERE name = 'schema'", [], |r| r.get(0))
-        .optional()?;
+    let found: Option<i64> = conn.query_row("SELECT value FROM meta WHERE name = 'schema'", [], |r| r.get(0)).optional()?;
     match found {
         None => return Err(StoreError::Internal("the schema row is missing after creation".into())),
         Some(v) if v == SCHEMA_VERSION => {}
@@ -99,7 +97,7 @@ pub fn open_writer(path: &Path) -> Result<(Connection, WriterState), StoreError>
             return Err(StoreError::Internal(format!(
                 "{} has schema version {v}; this sidekv understands {SCHEMA_VERSION}",
                 path.display()
-            )))
+            )));
         }
     }
     let counter = read_meta_u64(&conn, "counter")?.unwrap_or(0);
@@ -110,11 +108,9 @@ pub fn open_writer(path: &Path) -> Result<(Connection, WriterState), StoreError>
 
 /// Open a read-only connection to an existing database.
 pub fn open_reader(path: &Path) -> Result<Connection, StoreError> {
-    let conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI,
-    )
-    .map_err(|e| StoreError::Internal(format!("opening {} for reading: {e}", path.display())))?;
+    let conn =
+        Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI)
+            .map_err(|e| StoreError::Internal(format!("opening {} for reading: {e}", path.display())))?;
     base_pragmas(&conn)?;
     Ok(conn)
 }

@@ -14,10 +14,7 @@ use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, 
 use tokio::sync::watch;
 
 use super::versionstamp::MAX_COUNTER;
-use super::{
-    Check, Condition, MutationKind, StoreError, Versionstamp, WriteOp, WriteResult, WriterMsg, now_ms,
-    reads::prefix_upper_bound,
-};
+use super::{Check, Condition, MutationKind, StoreError, Versionstamp, WriteOp, WriteResult, WriterMsg, now_ms, reads::prefix_upper_bound};
 use crate::limits;
 
 /// What the writer knows about the database between commits.
@@ -173,19 +170,12 @@ fn commit_batch(
 
 /// The live versionstamp of `key` inside the transaction.
 fn current_version(tx: &Transaction<'_>, key: &str, now: u64) -> rusqlite::Result<Option<Versionstamp>> {
-    let mut stmt = tx.prepare_cached(
-        "SELECT version FROM kv WHERE key = ?1 AND (expires_at IS NULL OR expires_at > ?2)",
-    )?;
-    Ok(stmt
-        .query_row(params![key.as_bytes(), now as i64], |r| r.get::<_, i64>(0))
-        .optional()?
-        .map(Versionstamp::from_i64))
+    let mut stmt = tx.prepare_cached("SELECT version FROM kv WHERE key = ?1 AND (expires_at IS NULL OR expires_at > ?2)")?;
+    Ok(stmt.query_row(params![key.as_bytes(), now as i64], |r| r.get::<_, i64>(0)).optional()?.map(Versionstamp::from_i64))
 }
 
 fn current_value(tx: &Transaction<'_>, key: &str, now: u64) -> rusqlite::Result<Option<Vec<u8>>> {
-    let mut stmt = tx.prepare_cached(
-        "SELECT value FROM kv WHERE key = ?1 AND (expires_at IS NULL OR expires_at > ?2)",
-    )?;
+    let mut stmt = tx.prepare_cached("SELECT value FROM kv WHERE key = ?1 AND (expires_at IS NULL OR expires_at > ?2)")?;
     stmt.query_row(params![key.as_bytes(), now as i64], |r| r.get(0)).optional()
 }
 
@@ -256,8 +246,7 @@ fn apply(tx: &Transaction<'_>, op: &WriteOp, vs: Versionstamp, now: u64) -> Resu
                     None => ("SELECT key, expires_at FROM kv WHERE key >= ?1 AND ?2 IS NULL", None),
                 };
                 let mut s = tx.prepare_cached(sql)?;
-                s.query_map(params![prefix.as_bytes(), upper], |r| Ok((r.get(0)?, r.get(1)?)))?
-                    .collect::<Result<_, _>>()?
+                s.query_map(params![prefix.as_bytes(), upper], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?
             };
             let mut live = 0u64;
             for (n, (k, exp)) in keys.iter().enumerate() {
@@ -327,9 +316,8 @@ fn apply_atomic(
 }
 
 fn sweep(conn: &Connection) -> rusqlite::Result<usize> {
-    let mut s = conn.prepare_cached(
-        "DELETE FROM kv WHERE key IN (SELECT key FROM kv WHERE expires_at IS NOT NULL AND expires_at <= ?1 LIMIT ?2)",
-    )?;
+    let mut s =
+        conn.prepare_cached("DELETE FROM kv WHERE key IN (SELECT key FROM kv WHERE expires_at IS NOT NULL AND expires_at <= ?1 LIMIT ?2)")?;
     s.execute(params![now_ms() as i64, limits::EXPIRY_SWEEP_BATCH as i64])
 }
 
@@ -338,10 +326,7 @@ fn sweep(conn: &Connection) -> rusqlite::Result<usize> {
 fn prune(conn: &Connection, state: &WriterState, replicated: bool) -> rusqlite::Result<()> {
     let history_floor = state.counter.saturating_sub(limits::WATCH_HISTORY_COMMITS) + 1;
     let below = if replicated { history_floor.min(state.shipped + 1) } else { history_floor };
-    conn.execute(
-        "DELETE FROM changelog WHERE version < ?1",
-        [Versionstamp::commit_start(below).to_i64()],
-    )?;
+    conn.execute("DELETE FROM changelog WHERE version < ?1", [Versionstamp::commit_start(below).to_i64()])?;
     conn.execute(
         "INSERT INTO meta VALUES ('pruned_below', ?1)
          ON CONFLICT(name) DO UPDATE SET value = max(value, excluded.value)",

@@ -1,0 +1,230 @@
+//! The replication outbox, as the replica sees it: typed reads of the
+//! change log, snapshot copies, and the files a restore builds. Every SQL
+//! statement the backup needs is here, once; `replica/` has none.
+//!
+//! ```text
+//! replica ──next_batch(after)──▶ whole commits after `after` (≤ a byte cap)
+//!         ◀── Batch / Empty / Pruned (the log no longer holds `after+1`:
+//!                                     the backup must restart from a snapshot)
+//! replica ──snapshot_to(path)──▶ VACUUM INTO path, then reset its history
+//! restore ──RestoreFile──▶ check snapshot, apply records, reset history
+//! ```
+//!
+//! "Reset history" (one definition, [`reset_history`]) makes a database say
+//! "everything up to commit N is in the backup, and the log holds nothing
+//! before N+1": a snapshot and a restored file both start that way.
+
+use std::path::Path;
+
+use rusqlite::{Connection, params};
+
+use super::{Store, StoreError, Versionstamp, schema::read_meta_u64};
+
+/// One logged mutation of a commit; `value: None` is a delete.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    /// Versionstamp as stored (`counter << 16 | index`).
+    pub version: i64,
+    /// Position of the mutation inside its commit.
+    pub index: u32,
+    pub key: Vec<u8>,
+    pub value: Option<Vec<u8>>,
+    pub expires_at: Option<i64>,
+}
+
+impl Record {
+    pub fn counter(&self) -> u64 {
+        (self.version as u64) >> 16
+    }
+}
+
+/// Whole commits `first..=last` of the log (a commit may have no records).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Batch {
+    pub first: u64,
+    pub last: u64,
+    pub records: Vec<Record>,
+    /// The byte cap ended the batch before the last commit.
+    pub cut: bool,
+}
+
+/// What the log holds after a position.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Next {
+    /// Nothing was committed after it.
+    Empty,
+    Batch(Batch),
+    /// The log no longer holds the next commit (pruned while the backup was
+    /// off): segments cannot continue; a snapshot must.
+    Pruned {
+        pruned_below: u64,
+    },
+}
+
+const SELECT_RECORDS: &str =
+    "SELECT version, n, key, value, expires_at FROM changelog WHERE version >= ?1 AND version < ?2 ORDER BY version, n";
+
+fn record(r: &rusqlite::Row<'_>) -> rusqlite::Result<Record> {
+    Ok(Record { version: r.get(0)?, index: r.get(1)?, key: r.get(2)?, value: r.get(3)?, expires_at: r.get(4)? })
+}
+
+fn bounds(first: u64, last: u64) -> [i64; 2] {
+    [Versionstamp::commit_start(first).to_i64(), Versionstamp::commit_start(last + 1).to_i64()]
+}
+
+/// Approximate encoded size of a record (for segment size caps).
+pub fn record_bytes(r: &Record) -> usize {
+    32 + r.key.len() + r.value.as_ref().map_or(0, Vec::len)
+}
+
+fn next_batch(c: &mut Connection, after: u64, max_bytes: usize) -> Result<Next, StoreError> {
+    let tx = c.transaction()?;
+    let committed = read_meta_u64(&tx, "counter")?.unwrap_or(0);
+    if committed <= after {
+        return Ok(Next::Empty);
+    }
+    let pruned_below = read_meta_u64(&tx, "pruned_below")?.unwrap_or(0);
+    if pruned_below > after + 1 {
+        return Ok(Next::Pruned { pruned_below });
+    }
+    let first = after + 1;
+    let (mut records, mut bytes, mut last, mut cut) = (Vec::new(), 0usize, committed, false);
+    {
+        let mut s = tx.prepare_cached(SELECT_RECORDS)?;
+        let mut rows = s.query(bounds(first, committed))?;
+        while let Some(r) = rows.next()? {
+            let rec = record(r)?;
+            // Cut only between commits: a segment always holds whole commits.
+            if bytes >= max_bytes && records.last().is_some_and(|p: &Record| p.counter() != rec.counter()) {
+                last = rec.counter() - 1;
+                cut = true;
+                break;
+            }
+            bytes += record_bytes(&rec);
+            records.push(rec);
+        }
+    }
+    tx.finish()?;
+    Ok(Next::Batch(Batch { first, last, records, cut }))
+}
+
+fn range(c: &mut Connection, first: u64, last: u64) -> Result<Option<Vec<Record>>, StoreError> {
+    let tx = c.transaction()?;
+    let pruned_below = read_meta_u64(&tx, "pruned_below")?.unwrap_or(0);
+    let committed = read_meta_u64(&tx, "counter")?.unwrap_or(0);
+    if first < pruned_below || last > committed {
+        return Ok(None);
+    }
+    let mut s = tx.prepare_cached(SELECT_RECORDS)?;
+    let out = s.query_map(bounds(first, last), record)?.collect::<Result<Vec<_>, _>>()?;
+    Ok(Some(out))
+}
+
+/// Make `conn` say: commits up to `counter` are all in the backup, and the
+/// log holds nothing before `counter + 1`.
+fn reset_history(conn: &Connection, counter: u64) -> Result<(), StoreError> {
+    // A restored or snapshotted file is a new writer: it gets its own id when opened.
+    conn.execute_batch("DELETE FROM changelog; DELETE FROM meta WHERE name = 'writer';")?;
+    conn.execute("UPDATE meta SET value = ?1 WHERE name IN ('counter', 'shipped')", [counter as i64])?;
+    conn.execute(
+        "INSERT INTO meta VALUES ('pruned_below', ?1) ON CONFLICT(name) DO UPDATE SET value = excluded.value",
+        [(counter + 1) as i64],
+    )?;
+    Ok(())
+}
+
+fn check(conn: &Connection, pragma: &str, what: &str) -> Result<(), StoreError> {
+    let ok: String = conn.query_row(&format!("PRAGMA {pragma}"), [], |r| r.get(0))?;
+    if ok != "ok" {
+        return Err(StoreError::Internal(format!("{what} fails {pragma}: {ok}")));
+    }
+    Ok(())
+}
+
+impl Store {
+    /// The commits after `after`, whole, up to about `max_bytes`.
+    pub async fn outbox_next(&self, after: u64, max_bytes: usize) -> Result<Next, StoreError> {
+        self.read(move |c| next_batch(c, after, max_bytes)).await
+    }
+
+    /// The records of commits `first..=last`, or `None` if the log no longer
+    /// holds all of them (or they are not committed).
+    pub async fn outbox_range(&self, first: u64, last: u64) -> Result<Option<Vec<Record>>, StoreError> {
+        self.read(move |c| range(c, first, last)).await
+    }
+
+    /// A consistent copy of the database at `path` with its history reset
+    /// at the copy's commit, which is returned. The copy is made on a reader
+    /// (a read transaction: writers go on), trimmed on the blocking pool.
+    pub async fn snapshot_to(&self, path: &Path) -> Result<u64, StoreError> {
+        let _ = std::fs::remove_file(path);
+        let p = path.to_path_buf();
+        self.read(move |c| Ok(c.execute("VACUUM INTO ?1", [p.to_string_lossy().as_ref()]).map(|_| ())?)).await?;
+        let p = path.to_path_buf();
+        tokio::task::spawn_blocking(move || -> Result<u64, StoreError> {
+            let c = Connection::open(&p)?;
+            let counter = read_meta_u64(&c, "counter")?.unwrap_or(0);
+            reset_history(&c, counter)?;
+            c.execute_batch("VACUUM;")?;
+            Ok(counter)
+        })
+        .await
+        .map_err(|e| StoreError::Internal(e.to_string()))?
+    }
+}
+
+/// (last commit, last commit shipped) of a database file, read without opening a store.
+pub fn file_positions(path: &Path) -> Result<(u64, u64), StoreError> {
+    // Read-write open: a WAL database cannot always be opened read-only.
+    let conn = Connection::open(path).map_err(|e| StoreError::Internal(format!("opening {}: {e}", path.display())))?;
+    Ok((read_meta_u64(&conn, "counter")?.unwrap_or(0), read_meta_u64(&conn, "shipped")?.unwrap_or(0)))
+}
+
+/// A database file being rebuilt by a restore: a snapshot (or nothing),
+/// then segments' records applied in order, then its history reset.
+pub struct RestoreFile {
+    conn: Connection,
+}
+
+impl RestoreFile {
+    /// Open (creating the schema if the file is new) the file at `path`.
+    pub fn open(path: &Path) -> Result<RestoreFile, StoreError> {
+        Ok(RestoreFile { conn: super::open_writer(path)?.0 })
+    }
+
+    /// A downloaded snapshot must hold exactly commit `counter` and be sound.
+    pub fn check_snapshot(&self, counter: u64) -> Result<(), StoreError> {
+        let found = read_meta_u64(&self.conn, "counter")?.unwrap_or(0);
+        if found != counter {
+            return Err(StoreError::Internal(format!("the snapshot named for commit {counter} holds commit {found}")));
+        }
+        check(&self.conn, "quick_check", &format!("the snapshot for commit {counter}"))
+    }
+
+    /// Apply, in one transaction, the records of commits from `from` on
+    /// whose versionstamp is at most `limit`.
+    pub fn apply(&mut self, records: &[Record], from: u64, limit: i64) -> Result<(), StoreError> {
+        let tx = self.conn.transaction()?;
+        {
+            let mut put = tx.prepare_cached("INSERT OR REPLACE INTO kv (key, value, version, expires_at) VALUES (?1, ?2, ?3, ?4)")?;
+            let mut del = tx.prepare_cached("DELETE FROM kv WHERE key = ?1")?;
+            for r in records.iter().filter(|r| r.counter() >= from && r.version <= limit) {
+                match &r.value {
+                    Some(v) => put.execute(params![r.key, v, r.version, r.expires_at])?,
+                    None => del.execute([&r.key])?,
+                };
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Reset the history at `counter`, check integrity, and leave a single
+    /// self-contained file (the WAL checkpointed into it and truncated).
+    pub fn finish(self, counter: u64) -> Result<(), StoreError> {
+        reset_history(&self.conn, counter)?;
+        check(&self.conn, "integrity_check", "the restored database")?;
+        self.conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        Ok(())
+    }
+}
