@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{
-    Client, Opts, S3, SECRET, Server, gauge, metrics, readyz, tail, terminate, try_delete, try_incr, try_set, wait_caught_up, wipe,
+    Client, Opts, S3, SECRET, Server, gauge, metric, metrics, readyz, tail, terminate, try_delete, try_incr, try_set, wait_caught_up, wipe,
 };
 use reqwest::Method;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -454,7 +454,7 @@ async fn s3_writer(c: Client, w: usize, stop: Arc<AtomicBool>) -> Acked {
             Err(e) => a.errors.push(format!("POST /{key}: {e:?}")),
         }
         a.writes += 1;
-        if i % 3 == 0 {
+        if i.is_multiple_of(3) {
             match try_incr(&c, "c").await {
                 Ok(vs) => a.increments.push(vs),
                 Err(e) => a.errors.push(format!("sum c: {e:?}")),
@@ -1193,8 +1193,11 @@ async fn raw(s: &Server, bytes: &[u8]) -> Raw {
     r
 }
 
-/// Split a byte stream into HTTP/1.1 responses: (status, headers, body).
-fn parse_responses(mut b: &[u8]) -> Vec<(u16, Vec<(String, String)>, Vec<u8>)> {
+/// One parsed HTTP/1.1 response: (status, headers, body).
+type Response = (u16, Vec<(String, String)>, Vec<u8>);
+
+/// Split a byte stream into HTTP/1.1 responses.
+fn parse_responses(mut b: &[u8]) -> Vec<Response> {
     let mut out = Vec::new();
     while !b.is_empty() {
         let end = b.windows(4).position(|w| w == b"\r\n\r\n").expect("response head") + 4;
@@ -1464,7 +1467,7 @@ async fn header_of_100_kib_gets_431() {
 fn nofile_limit() -> u64 {
     let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
     assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) }, 0);
-    r.rlim_cur as u64
+    r.rlim_cur
 }
 
 /// 2000 concurrent connections against KVSTORE_MAX_CONNECTIONS=500: the

@@ -112,7 +112,9 @@ async fn js_hmac_guest_accepts_only_signed_requests() {
         m.extend_from_slice(b"evil");
         hex::encode(hmac_sha256(b"another key", &m))
     };
-    let cases: Vec<(&str, Method, &str, Option<String>, &[u8])> = vec![
+    // (what, method, path, signature header, body)
+    type Case<'a> = (&'a str, Method, &'a str, Option<String>, &'a [u8]);
+    let cases: Vec<Case<'_>> = vec![
         ("no signature", Method::POST, "/greeting", None, b"evil"),
         ("empty signature", Method::POST, "/greeting", Some(String::new()), b"evil"),
         ("not hex", Method::POST, "/greeting", Some("zz".repeat(32)), b"evil"),

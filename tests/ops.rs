@@ -218,13 +218,13 @@ fn parse_prometheus(text: &str) {
         let v: f64 = value.parse().unwrap_or_else(|_| panic!("bad value in {line:?}"));
         let name = series.split('{').next().unwrap();
         assert!(name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'), "{line}");
-        if let Some(labels) = series.strip_prefix(name) {
-            if !labels.is_empty() {
-                assert!(labels.starts_with('{') && labels.ends_with('}'), "{line}");
-                for kv in labels[1..labels.len() - 1].split(',') {
-                    let (k, val) = kv.split_once('=').unwrap_or_else(|| panic!("{line}"));
-                    assert!(!k.is_empty() && val.starts_with('"') && val.ends_with('"'), "{line}");
-                }
+        if let Some(labels) = series.strip_prefix(name)
+            && !labels.is_empty()
+        {
+            assert!(labels.starts_with('{') && labels.ends_with('}'), "{line}");
+            for kv in labels[1..labels.len() - 1].split(',') {
+                let (k, val) = kv.split_once('=').unwrap_or_else(|| panic!("{line}"));
+                assert!(!k.is_empty() && val.starts_with('"') && val.ends_with('"'), "{line}");
             }
         }
         let base = ["_bucket", "_sum", "_count"]
@@ -234,10 +234,10 @@ fn parse_prometheus(text: &str) {
         let declared = base.unwrap_or(name);
         assert!(types.contains_key(declared), "no TYPE for {name}");
         if name.ends_with("_bucket") {
-            if let Some((prev_name, prev)) = &last_bucket {
-                if prev_name == name {
-                    assert!(v >= *prev, "buckets not cumulative: {line}");
-                }
+            if let Some((prev_name, prev)) = &last_bucket
+                && prev_name == name
+            {
+                assert!(v >= *prev, "buckets not cumulative: {line}");
             }
             last_bucket = Some((name.to_string(), v));
         }

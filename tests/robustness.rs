@@ -139,7 +139,7 @@ fn judge(key: &str, km: &mut KeyModel, got: Option<Vec<u8>>, etag: Option<String
     if exact {
         return Ok(());
     }
-    if !km.maybe.iter().any(|m| *m == got) {
+    if !km.maybe.contains(&got) {
         if got == acked_value {
             return Err(format!("{key}: value right but versionstamp differs (acknowledged {acked_vs:?}, served {etag:?})"));
         }
@@ -191,10 +191,10 @@ async fn verify(c: &Client, model: &Mutex<HashMap<String, KeyModel>>) -> String 
         let km = m.get_mut(&key).unwrap();
         judge(&key, km, got, etag).unwrap_or_else(|e| panic!("{e}"));
         km.maybe.clear();
-        if let Some((_, vs)) = &km.acked {
-            if *vs > max_vs {
-                max_vs = vs.clone();
-            }
+        if let Some((_, vs)) = &km.acked
+            && *vs > max_vs
+        {
+            max_vs = vs.clone();
         }
     }
     max_vs
@@ -321,10 +321,10 @@ fn linearizable(events: &[Event]) -> bool {
             if done & (1 << i) != 0 || events[i].invoke > min_ret {
                 continue;
             }
-            if let Some(next) = step(state, &events[i]) {
-                if dfs(events, done | (1 << i), next, seen) {
-                    return true;
-                }
+            if let Some(next) = step(state, &events[i])
+                && dfs(events, done | (1 << i), next, seen)
+            {
+                return true;
             }
         }
         false

@@ -211,15 +211,15 @@ impl Config {
         if self.snapshot_retention == 0 {
             return Err(invalid("KVSTORE_SNAPSHOT_RETENTION", "must be at least 1"));
         }
-        if let Some(s) = &self.secret {
-            if s.is_empty() {
-                return Err(invalid("KVSTORE_SECRET", "is set but empty; unset it to get a generated one"));
-            }
+        if let Some(s) = &self.secret
+            && s.is_empty()
+        {
+            return Err(invalid("KVSTORE_SECRET", "is set but empty; unset it to get a generated one"));
         }
-        if let Some(g) = &self.guest {
-            if !g.is_file() {
-                return Err(invalid("KVSTORE_GUEST", format!("{} is not a file", g.display())));
-            }
+        if let Some(g) = &self.guest
+            && !g.is_file()
+        {
+            return Err(invalid("KVSTORE_GUEST", format!("{} is not a file", g.display())));
         }
         if self.durability == Durability::S3 && self.s3_url.is_none() {
             return Err(invalid("KVSTORE_DURABILITY", "is `s3` but KVSTORE_S3_URL is not set"));

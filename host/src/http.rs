@@ -150,10 +150,10 @@ async fn handle_inner(app: &Arc<App>, req: HttpRequest<Incoming>) -> HttpRespons
         return error_response(503, &app.not_ready_reason());
     };
     let max = app.config.max_body_bytes;
-    if let Some(len) = req.headers().get(hyper::header::CONTENT_LENGTH) {
-        if len.to_str().ok().and_then(|s| s.parse::<u64>().ok()).is_some_and(|n| n > max as u64) {
-            return body_too_large(max);
-        }
+    if let Some(len) = req.headers().get(hyper::header::CONTENT_LENGTH)
+        && len.to_str().ok().and_then(|s| s.parse::<u64>().ok()).is_some_and(|n| n > max as u64)
+    {
+        return body_too_large(max);
     }
     let (parts, body) = req.into_parts();
     let body = match Limited::new(body, max).collect().await {

@@ -90,10 +90,10 @@ impl App {
         if self.guest.get().is_none() {
             return Err(self.not_ready_reason());
         }
-        if let Some(r) = self.replica.get() {
-            if let Some(why) = r.fenced_reason() {
-                return Err(format!("not ready: {why}"));
-            }
+        if let Some(r) = self.replica.get()
+            && let Some(why) = r.fenced_reason()
+        {
+            return Err(format!("not ready: {why}"));
         }
         Ok(())
     }

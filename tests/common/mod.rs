@@ -13,6 +13,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 mod ops;
+#[allow(unused_imports)] // each test binary uses its own subset
 pub use ops::*;
 
 pub const SECRET: &str = "test-secret";

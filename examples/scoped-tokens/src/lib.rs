@@ -58,8 +58,8 @@ fn authorize(req: &Request, key: &str, write: bool) -> Result<(), Response> {
     let mut found: Option<&Token> = None;
     for t in tokens() {
         let mut diff = 0u8;
-        for i in 0..32 {
-            diff |= t.hash[i] ^ h[i];
+        for (a, b) in t.hash.iter().zip(h.iter()) {
+            diff |= a ^ b;
         }
         if std::hint::black_box(diff) == 0 {
             found = Some(t);

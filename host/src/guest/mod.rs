@@ -319,10 +319,10 @@ impl GuestRuntime {
     }
 
     async fn instance(&self, loaded: &Loaded) -> Result<Instance, GuestError> {
-        if self.opts.instance_mode == InstanceMode::Reuse {
-            if let Some(i) = loaded.idle.lock().unwrap().pop() {
-                return Ok(i);
-            }
+        if self.opts.instance_mode == InstanceMode::Reuse
+            && let Some(i) = loaded.idle.lock().unwrap().pop()
+        {
+            return Ok(i);
         }
         // Instantiation runs guest start code: it gets the same deadline.
         let mut store = self.new_store();

@@ -393,10 +393,11 @@ impl Replica {
         let mut snapshot = snapshots.iter().rev().find(|(c, _)| *c <= target).cloned();
         // A snapshot holds every write of its commit: for `--at` N/i it is a
         // valid base only if no write of commit N comes after index i.
-        if let (Some((c, _)), Some(v)) = (&snapshot, at) {
-            if *c == v.counter && !self.commit_ends_at(&segments, v).await? {
-                snapshot = snapshots.iter().rev().find(|(c, _)| *c < v.counter).cloned();
-            }
+        if let (Some((c, _)), Some(v)) = (&snapshot, at)
+            && *c == v.counter
+            && !self.commit_ends_at(&segments, v).await?
+        {
+            snapshot = snapshots.iter().rev().find(|(c, _)| *c < v.counter).cloned();
         }
         let base = snapshot.as_ref().map_or(0, |s| s.0);
         // Segments from the one holding commit base+1 on (names are first commits).
@@ -446,12 +447,12 @@ impl Replica {
                     prev.map(|(k, l)| format!("; {k} ends at {l}")).unwrap_or_default()
                 )));
             }
-            if let Some((pk, pl)) = prev {
-                if *first != pl + 1 {
-                    return Err(ReplicaError::Corrupt(format!(
-                        "segments {pk} (ending at commit {pl}) and {key} (starting at {first}) overlap: two histories were written to this path; restore one with `sidekv restore --at` below {first}"
-                    )));
-                }
+            if let Some((pk, pl)) = prev
+                && *first != pl + 1
+            {
+                return Err(ReplicaError::Corrupt(format!(
+                    "segments {pk} (ending at commit {pl}) and {key} (starting at {first}) overlap: two histories were written to this path; restore one with `sidekv restore --at` below {first}"
+                )));
             }
             let data = self.remote.get(key).await?;
             bytes += data.len() as u64;
@@ -480,10 +481,10 @@ impl Replica {
                 tracing::info!(segments = n_segments, bytes, commit = applied, "restoring");
             }
         }
-        if let Some(v) = at {
-            if applied < v.counter {
-                return Err(ReplicaError::Gap(format!("the backup ends at commit {applied}, before {v}")));
-            }
+        if let Some(v) = at
+            && applied < v.counter
+        {
+            return Err(ReplicaError::Gap(format!("the backup ends at commit {applied}, before {v}")));
         }
         file.finish(applied)?;
         Ok((applied, bytes, n_segments))
@@ -598,12 +599,12 @@ impl Replica {
             // Local mode: at most one segment per sync interval, however fast
             // commits come (S3 requests cost money); s3 mode ships at once
             // and batches whatever committed while the last PUT was in flight.
-            if self.durability == Durability::Local {
-                if let Some(wait) = last_ship.map(|t| self.sync_interval.saturating_sub(t.elapsed())) {
-                    if !wait.is_zero() && !self.pause(wait).await {
-                        return;
-                    }
-                }
+            if self.durability == Durability::Local
+                && let Some(wait) = last_ship.map(|t| self.sync_interval.saturating_sub(t.elapsed()))
+                && !wait.is_zero()
+                && !self.pause(wait).await
+            {
+                return;
             }
             last_ship = Some(Instant::now());
             match self.upload_step(&store, self.durability == Durability::Local).await {
@@ -894,3 +895,6 @@ impl RestorePlan {
         self.snapshot.as_ref().map_or(0, |s| s.0)
     }
 }
+
+#[cfg(test)]
+mod tests;

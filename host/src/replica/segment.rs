@@ -178,7 +178,7 @@ mod tests {
             first: 5,
             last: 7,
             records: vec![
-                Record { version: (5 << 16) | 0, index: 0, key: b"a".to_vec(), value: Some(b"1".to_vec()), expires_at: None },
+                Record { version: (5 << 16), index: 0, key: b"a".to_vec(), value: Some(b"1".to_vec()), expires_at: None },
                 Record { version: (6 << 16) | 2, index: 1, key: b"b".to_vec(), value: None, expires_at: None },
                 Record { version: 7 << 16, index: 0, key: "ü".as_bytes().to_vec(), value: Some(vec![0, 255]), expires_at: Some(99) },
             ],

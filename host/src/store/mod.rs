@@ -84,10 +84,10 @@ impl StoreError {
 
 impl From<rusqlite::Error> for StoreError {
     fn from(e: rusqlite::Error) -> Self {
-        if let rusqlite::Error::SqliteFailure(code, _) = &e {
-            if code.code == rusqlite::ErrorCode::DiskFull {
-                return StoreError::StorageFull;
-            }
+        if let rusqlite::Error::SqliteFailure(code, _) = &e
+            && code.code == rusqlite::ErrorCode::DiskFull
+        {
+            return StoreError::StorageFull;
         }
         StoreError::Internal(e.to_string())
     }
@@ -166,10 +166,13 @@ impl Default for StoreOptions {
 
 type ReadJob = Box<dyn FnOnce(&mut Connection) + Send>;
 
+/// Work run on the writer connection, serialized with writes.
+type WriterJob = Box<dyn FnOnce(&mut Connection, &mut writer::WriterState) + Send>;
+
 pub(crate) enum WriterMsg {
     Write(WriteOp, oneshot::Sender<Result<WriteResult, StoreError>>),
     /// Run maintenance on the writer connection (replica bookkeeping).
-    Exec(Box<dyn FnOnce(&mut Connection, &mut writer::WriterState) + Send>),
+    OnWriter(WriterJob),
     Sweep,
 }
 
@@ -433,10 +436,10 @@ impl Store {
             }
         }
         let result = rx.await.map_err(|_| StoreError::Internal("the writer thread stopped".into()))??;
-        if self.inner.opts.durability == Durability::S3 {
-            if let WriteResult::Committed { versionstamp, .. } = &result {
-                self.wait_shipped(versionstamp.counter).await?;
-            }
+        if self.inner.opts.durability == Durability::S3
+            && let WriteResult::Committed { versionstamp, .. } = &result
+        {
+            self.wait_shipped(versionstamp.counter).await?;
         }
         Ok(result)
     }
@@ -512,7 +515,7 @@ impl Store {
         let (tx, rx) = oneshot::channel();
         let sender = self.writer()?;
         sender
-            .send(WriterMsg::Exec(Box::new(move |c, s| {
+            .send(WriterMsg::OnWriter(Box::new(move |c, s| {
                 let _ = tx.send(f(c, s));
             })))
             .map_err(|_| StoreError::Unavailable("the store is shutting down".into()))?;

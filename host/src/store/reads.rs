@@ -111,10 +111,10 @@ pub fn get_many(conn: &mut Connection, keys: &[String], now: u64) -> Result<Vec<
 /// Lower (inclusive) and upper (exclusive) byte bounds of a query, before the cursor.
 fn bounds(q: &ListQuery) -> (Vec<u8>, Option<Vec<u8>>) {
     let mut lower = q.prefix.as_bytes().to_vec();
-    if let Some(s) = &q.start {
-        if s.as_bytes() > lower.as_slice() {
-            lower = s.as_bytes().to_vec();
-        }
+    if let Some(s) = &q.start
+        && s.as_bytes() > lower.as_slice()
+    {
+        lower = s.as_bytes().to_vec();
     }
     let mut upper = prefix_upper_bound(q.prefix.as_bytes());
     if let Some(e) = &q.end {
@@ -129,10 +129,10 @@ fn bounds(q: &ListQuery) -> (Vec<u8>, Option<Vec<u8>>) {
 pub fn list(conn: &Connection, q: &ListQuery, now: u64) -> Result<ListPage, StoreError> {
     let (lower, upper) = bounds(q);
     let cursor = q.cursor.as_deref().map(decode_cursor).transpose()?;
-    if let Some(c) = &cursor {
-        if !c.as_bytes().starts_with(q.prefix.as_bytes()) {
-            return Err(StoreError::InvalidArgument("the cursor belongs to another prefix".into()));
-        }
+    if let Some(c) = &cursor
+        && !c.as_bytes().starts_with(q.prefix.as_bytes())
+    {
+        return Err(StoreError::InvalidArgument("the cursor belongs to another prefix".into()));
     }
     let mut sql = String::from("SELECT key, value, version, expires_at FROM kv WHERE (expires_at IS NULL OR expires_at > ?) AND key >= ?");
     let mut args: Vec<Value> = vec![Value::Integer(now as i64), Value::Blob(lower)];

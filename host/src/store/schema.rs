@@ -56,10 +56,11 @@ pub fn read_meta_u64(conn: &Connection, name: &str) -> Result<Option<u64>, Store
 
 /// Open the writer connection, creating the schema, and read its state.
 pub fn open_writer(path: &Path) -> Result<(Connection, WriterState), StoreError> {
-    if let Some(dir) = path.parent() {
-        if !dir.as_os_str().is_empty() && !dir.exists() {
-            std::fs::create_dir_all(dir).map_err(|e| StoreError::Internal(format!("creating {}: {e}", dir.display())))?;
-        }
+    if let Some(dir) = path.parent()
+        && !dir.as_os_str().is_empty()
+        && !dir.exists()
+    {
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::Internal(format!("creating {}: {e}", dir.display())))?;
     }
     let conn = Connection::open(path).map_err(|e| StoreError::Internal(format!("opening {}: {e}", path.display())))?;
     // 8 KiB pages (before anything is written; ignored for an existing

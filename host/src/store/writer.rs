@@ -63,7 +63,7 @@ pub(crate) fn run(
                         // Keep order: commit the writes queued before this message.
                         commit_batch(&mut conn, &mut state, &mut writes, &committed, replicated);
                         match other {
-                            WriterMsg::Exec(f) => f(&mut conn, &mut state),
+                            WriterMsg::OnWriter(f) => f(&mut conn, &mut state),
                             WriterMsg::Sweep => {
                                 if let Err(e) = sweep(&conn) {
                                     tracing::warn!(error = %e, "expiry sweep failed");
@@ -279,7 +279,9 @@ fn apply_atomic(
     }
     // The batch's view of each key it touches: Some(value) or None (deleted).
     let mut overlay: HashMap<&str, Option<Vec<u8>>> = HashMap::new();
-    let mut planned: Vec<(&str, Option<Vec<u8>>, Option<i64>)> = Vec::with_capacity(mutations.len());
+    // (key, new value or None for a delete, expiry)
+    type Planned<'k> = (&'k str, Option<Vec<u8>>, Option<i64>);
+    let mut planned: Vec<Planned<'_>> = Vec::with_capacity(mutations.len());
     for (i, m) in mutations.iter().enumerate() {
         let key = m.key.as_str();
         let current = match overlay.get(key) {

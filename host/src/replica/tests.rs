@@ -1,0 +1,304 @@
+//! The backup's promises, checked on a directory object store (and fault
+//! wrappers around it), without an S3 server. Process-level versions of the
+//! same scenarios against moto are in tests/replication.rs.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
+
+use clap::Parser;
+use futures::future::BoxFuture;
+
+use super::objects::DirStore;
+use super::*;
+use crate::store::{Condition, StoreOptions, WriteOp, WriteResult};
+
+fn config(durability: &str, sync_ms: u64) -> Config {
+    Config::try_parse_from(["sidekv", "--durability", durability, "--sync-interval", &format!("{sync_ms}ms")]).unwrap()
+}
+
+fn dir_store(d: &Path) -> Box<dyn ObjectStore> {
+    Box::new(DirStore::new(d.join("backup")).unwrap())
+}
+
+fn open(path: &Path, replicated: bool) -> Store {
+    Store::open(path, StoreOptions { replicated, ..Default::default() }).unwrap()
+}
+
+async fn set(s: &Store, k: &str, v: &str) -> Versionstamp {
+    let op = WriteOp::Set { key: k.into(), value: v.as_bytes().to_vec(), ttl_ms: None, cond: Condition::default() };
+    match s.write(op).await.unwrap() {
+        WriteResult::Committed { versionstamp, .. } => versionstamp,
+        other => panic!("{other:?}"),
+    }
+}
+
+/// Every key of a database file: key → (value, versionstamp).
+async fn contents(path: &Path) -> BTreeMap<String, (String, Versionstamp)> {
+    let s = open(path, false);
+    let page = s.list(crate::store::ListQuery { limit: 1000, ..Default::default() }).await.unwrap();
+    s.close();
+    page.entries.into_iter().map(|e| (e.key, (String::from_utf8(e.value).unwrap(), e.versionstamp))).collect()
+}
+
+async fn live(s: &Store) -> BTreeMap<String, (String, Versionstamp)> {
+    let page = s.list(crate::store::ListQuery { limit: 1000, ..Default::default() }).await.unwrap();
+    page.entries.into_iter().map(|e| (e.key, (String::from_utf8(e.value).unwrap(), e.versionstamp))).collect()
+}
+
+/// A store that refuses writes (a bucket policy allowing List but not Put).
+struct DenyPuts(Box<dyn ObjectStore>, AtomicUsize);
+
+impl ObjectStore for DenyPuts {
+    fn list<'a>(&'a self, dir: &'a str) -> BoxFuture<'a, Result<Vec<String>, ReplicaError>> {
+        self.0.list(dir)
+    }
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Vec<u8>, ReplicaError>> {
+        self.0.get(key)
+    }
+    fn put_new<'a>(&'a self, key: &'a str, _: Vec<u8>) -> BoxFuture<'a, Result<bool, ReplicaError>> {
+        self.1.fetch_add(1, Relaxed);
+        Box::pin(async move { Err(ReplicaError::S3 { op: "PUT", key: key.into(), msg: "AccessDenied".into() }) })
+    }
+    fn put_new_file<'a>(&'a self, key: &'a str, _: &'a Path) -> BoxFuture<'a, Result<bool, ReplicaError>> {
+        self.1.fetch_add(1, Relaxed);
+        Box::pin(async move { Err(ReplicaError::S3 { op: "PUT", key: key.into(), msg: "AccessDenied".into() }) })
+    }
+    fn get_to_file<'a>(&'a self, key: &'a str, path: &'a Path) -> BoxFuture<'a, Result<u64, ReplicaError>> {
+        self.0.get_to_file(key, path)
+    }
+    fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), ReplicaError>> {
+        self.0.delete(key)
+    }
+    fn describe(&self) -> String {
+        "deny-puts".into()
+    }
+}
+
+/// A store that ignores `If-None-Match` (replaces existing objects).
+struct Overwrites(std::sync::Mutex<BTreeMap<String, Vec<u8>>>, AtomicBool);
+
+impl ObjectStore for Overwrites {
+    fn list<'a>(&'a self, dir: &'a str) -> BoxFuture<'a, Result<Vec<String>, ReplicaError>> {
+        let keys = self.0.lock().unwrap().keys().filter(|k| k.starts_with(&format!("{dir}/"))).cloned().collect();
+        Box::pin(async move { Ok(keys) })
+    }
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Vec<u8>, ReplicaError>> {
+        let v = self.0.lock().unwrap().get(key).cloned();
+        Box::pin(async move { v.ok_or_else(|| ReplicaError::S3 { op: "GET", key: key.into(), msg: "NoSuchKey".into() }) })
+    }
+    fn put_new<'a>(&'a self, key: &'a str, body: Vec<u8>) -> BoxFuture<'a, Result<bool, ReplicaError>> {
+        self.0.lock().unwrap().insert(key.into(), body);
+        Box::pin(async move { Ok(true) })
+    }
+    fn put_new_file<'a>(&'a self, key: &'a str, path: &'a Path) -> BoxFuture<'a, Result<bool, ReplicaError>> {
+        let body = std::fs::read(path).unwrap();
+        self.put_new(key, body)
+    }
+    fn get_to_file<'a>(&'a self, key: &'a str, path: &'a Path) -> BoxFuture<'a, Result<u64, ReplicaError>> {
+        let v = self.0.lock().unwrap().get(key).cloned().unwrap_or_default();
+        std::fs::write(path, &v).unwrap();
+        Box::pin(async move { Ok(v.len() as u64) })
+    }
+    fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), ReplicaError>> {
+        self.1.store(true, Relaxed);
+        self.0.lock().unwrap().remove(key);
+        Box::pin(async move { Ok(()) })
+    }
+    fn describe(&self) -> String {
+        "overwrites".into()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_on_a_directory_is_exact() {
+    let d = tempfile::tempdir().unwrap();
+    let store = open(&d.path().join("db"), true);
+    let r = Replica::with_objects(dir_store(d.path()), &config("local", 1000));
+    for i in 0..20 {
+        set(&store, &format!("k{}", i % 7), &format!("v{i}")).await;
+    }
+    r.ship_pending(&store, false).await.unwrap();
+    r.snapshot_now(&store).await.unwrap();
+    set(&store, "after", "snapshot").await;
+    r.ship_pending(&store, false).await.unwrap();
+    let want = live(&store).await;
+    let commit = r.restore_to(&d.path().join("restored"), None).await.unwrap();
+    assert_eq!(commit, store.committed());
+    assert_eq!(contents(&d.path().join("restored")).await, want);
+    store.close();
+}
+
+/// Defect 1: a base snapshot counted every commit as shipped before the
+/// snapshot was in S3, so `s3`-mode writes were acknowledged with S3 empty.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_base_snapshot_ships_nothing_before_it_is_stored() {
+    let d = tempfile::tempdir().unwrap();
+    let db = d.path().join("db");
+    {
+        let s = open(&db, false);
+        set(&s, "old", "history").await;
+        s.close();
+    }
+    let deny = DenyPuts(dir_store(d.path()), AtomicUsize::new(0));
+    let r = Replica::with_objects(Box::new(deny), &config("s3", 1000));
+    r.prepare_local(&db).await.unwrap();
+    assert_eq!(*r.needs_base.lock().unwrap(), Some(0), "an empty S3 path needs a base snapshot");
+    let store = open(&db, true);
+    let err = r.upload_step(&store, false).await.unwrap_err();
+    assert!(matches!(err, ReplicaError::S3 { .. }), "{err}");
+    assert_eq!(store.shipped(), 0, "nothing may count as shipped while S3 refuses every PUT");
+    store.close();
+}
+
+/// Defect 4: restore spliced overlapping histories; it must fail, naming both objects.
+#[tokio::test]
+async fn restore_refuses_overlapping_segments() {
+    let d = tempfile::tempdir().unwrap();
+    let r = Replica::with_objects(dir_store(d.path()), &config("local", 1000));
+    let rec = |c: u64, v: &str| crate::store::Record {
+        version: (c << 16) as i64,
+        index: 0,
+        key: b"k".to_vec(),
+        value: Some(v.as_bytes().to_vec()),
+        expires_at: None,
+    };
+    let a = Segment { first: 1, last: 4, records: (1..=4).map(|c| rec(c, "a")).collect(), flags: 0, writer: 1 };
+    let b = Segment { first: 3, last: 5, records: (3..=5).map(|c| rec(c, "b")).collect(), flags: 0, writer: 2 };
+    r.remote.put_new(&r.remote.segment_key(1), a.encode().unwrap()).await.unwrap();
+    r.remote.put_new(&r.remote.segment_key(3), b.encode().unwrap()).await.unwrap();
+    let err = r.restore_to(&d.path().join("restored"), None).await.unwrap_err().to_string();
+    assert!(
+        err.contains("overlap") && err.contains("segments/00000000000000000001") && err.contains("segments/00000000000000000003"),
+        "{err}"
+    );
+    assert!(!d.path().join("restored").exists());
+}
+
+/// Defect 4: the launch check compared the local commit with the newest
+/// segment's *first* commit, so a database inside that segment passed.
+#[tokio::test]
+async fn a_database_inside_the_newest_segment_is_stale() {
+    let d = tempfile::tempdir().unwrap();
+    let r = Replica::with_objects(dir_store(d.path()), &config("local", 1000));
+    let seg = Segment { first: 1, last: 60, records: vec![], flags: 0, writer: 1 };
+    r.remote.put_new(&r.remote.segment_key(1), seg.encode().unwrap()).await.unwrap();
+    assert_eq!(r.assess(50, 50).await.unwrap(), Assessment::Stale { remote_end: 60 });
+    assert_eq!(r.assess(60, 60).await.unwrap(), Assessment::Continue);
+}
+
+/// Defect 5: with the log pruned (backup off for a while), a segment was
+/// shipped that silently lacked commits. Now the backup restarts from a
+/// snapshot, and a restore is exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pruned_history_restarts_from_a_snapshot() {
+    let d = tempfile::tempdir().unwrap();
+    let store = open(&d.path().join("db"), true);
+    let r = Replica::with_objects(dir_store(d.path()), &config("local", 1000));
+    set(&store, "a", "1").await;
+    r.ship_pending(&store, false).await.unwrap();
+    let shipped = store.shipped();
+    set(&store, "b", "2").await;
+    set(&store, "c", "3").await;
+    // What the writer's pruning does while no replica ships.
+    let below = store.committed();
+    store
+        .on_writer(move |c, _| {
+            c.execute("DELETE FROM changelog WHERE version < ?1", [Versionstamp::commit_start(below).to_i64()])?;
+            c.execute("INSERT OR REPLACE INTO meta VALUES ('pruned_below', ?1)", [below as i64])?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+    let err = r.ship_pending(&store, false).await.unwrap_err();
+    assert!(matches!(err, ReplicaError::HistoryPruned(s) if s == shipped), "{err}");
+    assert_eq!(store.shipped(), shipped, "no partial segment was shipped");
+    *r.needs_base.lock().unwrap() = Some(shipped);
+    r.upload_step(&store, false).await.unwrap();
+    assert_eq!(store.shipped(), store.committed());
+    r.restore_to(&d.path().join("restored"), None).await.unwrap();
+    assert_eq!(contents(&d.path().join("restored")).await, live(&store).await);
+    store.close();
+}
+
+/// Two databases with different histories both starting a backup on one
+/// empty path: the second is fenced at its base claim.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_base_snapshots_on_one_path_fence_the_second() {
+    let d = tempfile::tempdir().unwrap();
+    let (a, b) = (open(&d.path().join("a"), true), open(&d.path().join("b"), true));
+    set(&a, "who", "a").await;
+    for i in 0..3 {
+        set(&b, "who", &format!("b{i}")).await;
+    }
+    let ra = Replica::with_objects(dir_store(d.path()), &config("local", 1000));
+    let rb = Replica::with_objects(dir_store(d.path()), &config("local", 1000));
+    *ra.needs_base.lock().unwrap() = Some(0);
+    *rb.needs_base.lock().unwrap() = Some(0);
+    ra.upload_step(&a, false).await.unwrap();
+    let err = rb.upload_step(&b, false).await.unwrap_err();
+    assert!(matches!(err, ReplicaError::Fenced(_)), "{err}");
+    r_restore_matches(&ra, d.path(), &a).await;
+    a.close();
+    b.close();
+}
+
+async fn r_restore_matches(r: &Replica, d: &Path, s: &Store) {
+    let to = d.join(format!("restored-{}", rand::random::<u32>()));
+    r.restore_to(&to, None).await.unwrap();
+    assert_eq!(contents(&to).await, live(s).await);
+}
+
+/// Defect 8: check-config must notice a store that ignores `If-None-Match: *`.
+#[tokio::test]
+async fn the_probe_detects_a_store_without_conditional_writes() {
+    let remote = Remote::new(Box::new(Overwrites(Default::default(), AtomicBool::new(false))));
+    let err = remote.probe().await.unwrap_err().to_string();
+    assert!(err.contains("If-None-Match"), "{err}");
+    let d = tempfile::tempdir().unwrap();
+    Remote::new(dir_store(d.path())).probe().await.unwrap();
+}
+
+/// Defect 7: in local mode the uploader shipped back to back under load.
+/// At most one segment per sync interval now, however fast commits come.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_mode_ships_at_most_one_segment_per_interval() {
+    let d = tempfile::tempdir().unwrap();
+    let store = open(&d.path().join("db"), true);
+    let r = Arc::new(Replica::with_objects(dir_store(d.path()), &config("local", 400)));
+    let task = r.clone().start(store.clone());
+    let t0 = Instant::now();
+    let mut i = 0;
+    while t0.elapsed() < Duration::from_millis(2000) {
+        set(&store, &format!("k{}", i % 50), "v").await;
+        i += 1;
+    }
+    let elapsed = t0.elapsed();
+    r.shutdown(&store, task).await;
+    let segments = r.remote.list_counters("segments").await.unwrap().len();
+    // One per interval, plus the first (immediate) one and the drain at shutdown.
+    let bound = (elapsed.as_millis() / 400) as usize + 2;
+    assert!(i > 50, "the load did not get going ({i} writes)");
+    assert!(segments <= bound, "{segments} segments for {i} commits in {elapsed:?} (at most {bound})");
+    assert_eq!(store.shipped(), store.committed());
+    store.close();
+}
+
+/// Defect 3: a WAL left at the target path (the dead process's unshipped
+/// writes) was replayed into the restored database.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leftover_wal_is_never_replayed_into_a_restore() {
+    let d = tempfile::tempdir().unwrap();
+    let db = d.path().join("db");
+    let store = open(&db, true);
+    let r = Replica::with_objects(dir_store(d.path()), &config("local", 1000));
+    set(&store, "k", "shipped").await;
+    r.ship_pending(&store, false).await.unwrap();
+    set(&store, "k", "unshipped").await;
+    // kill -9 now: the unshipped write lives only in db-wal. The disk loses db.
+    let target = d.path().join("again");
+    std::fs::copy(format!("{}-wal", db.display()), format!("{}-wal", target.display())).unwrap();
+    std::fs::copy(format!("{}-shm", db.display()), format!("{}-shm", target.display())).unwrap();
+    store.close();
+    r.restore_to(&target, None).await.unwrap();
+    assert_eq!(contents(&target).await["k"].0, "shipped");
+}
