@@ -144,6 +144,11 @@ pub struct Config {
     #[arg(long, env = "KVSTORE_SNAPSHOT_BYTES", default_value_t = limits::SNAPSHOT_AFTER_BYTES)]
     pub snapshot_bytes: u64,
 
+    /// Part size (bytes) of multipart uploads: snapshots larger than one
+    /// part go to S3 in parts of this size (5 MiB .. 5 GiB).
+    #[arg(long, env = "KVSTORE_S3_PART_BYTES", default_value_t = limits::DEFAULT_S3_PART_BYTES)]
+    pub s3_part_bytes: u64,
+
     /// Address for /healthz, /readyz and /metrics (e.g. 127.0.0.1:9090);
     /// unset disables them. The main port belongs to the guest.
     #[arg(long, env = "KVSTORE_ADMIN_ADDR")]
@@ -207,6 +212,9 @@ impl Config {
         }
         if self.sync_interval.is_zero() {
             return Err(invalid("KVSTORE_SYNC_INTERVAL", "must be more than 0"));
+        }
+        if !(limits::MIN_S3_PART_BYTES..=limits::MAX_S3_PART_BYTES).contains(&self.s3_part_bytes) {
+            return Err(invalid("KVSTORE_S3_PART_BYTES", "must be between 5 MiB (5242880) and 5 GiB, as S3 requires"));
         }
         if self.snapshot_retention == 0 {
             return Err(invalid("KVSTORE_SNAPSHOT_RETENTION", "must be at least 1"));

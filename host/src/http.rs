@@ -266,7 +266,10 @@ fn admin(app: &App, path: &str) -> HttpResponse<Body> {
     match path {
         "/healthz" => HttpResponse::new(full("ok\n")),
         "/readyz" => match app.readiness() {
-            Ok(()) => HttpResponse::new(full("ready\n")),
+            Ok(()) => match app.degraded() {
+                None => HttpResponse::new(full("ready\n")),
+                Some(why) => HttpResponse::new(full(format!("ready ({why})\n"))),
+            },
             Err(why) => error_response(503, &why),
         },
         "/metrics" => HttpResponse::builder()

@@ -85,6 +85,11 @@ impl App {
         format!("not ready: {}", self.phase.lock().unwrap())
     }
 
+    /// What `/readyz` adds to "ready" when something is degraded but served.
+    pub fn degraded(&self) -> Option<String> {
+        self.replica.get().and_then(|r| r.not_backed_up_reason()).map(|why| format!("not backed up: {why}"))
+    }
+
     /// Ready = restore finished, store open, guest loaded, not fenced.
     pub fn readiness(&self) -> Result<(), String> {
         if self.guest.get().is_none() {
@@ -107,6 +112,7 @@ impl App {
                 shipped: s.shipped(),
                 lag_seconds: r.lag_seconds(),
                 fenced: r.fenced_reason().is_some(),
+                not_backed_up: r.not_backed_up_reason().is_some(),
             },
             _ => metrics::ReplicationGauges { committed, ..Default::default() },
         }
@@ -196,6 +202,9 @@ pub async fn run(
         let db = config.db.clone();
         tokio::task::spawn_blocking(move || Store::open(&db, opts)).await??
     };
+    if let Some(r) = &replica {
+        r.attach(&store).await?;
+    }
     let _ = app.store.set(store.clone());
     let guest = {
         let (src, opts, store) = (guest_source(&config), guest_options(&config)?, store.clone());

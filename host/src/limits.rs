@@ -118,6 +118,16 @@ pub const S3_OP_TIMEOUT: Duration = Duration::from_secs(10);
 pub const SNAPSHOT_RETRY_MIN: Duration = Duration::from_secs(5);
 /// ...up to this: a failing snapshot must not copy the database over and over.
 pub const SNAPSHOT_RETRY_MAX: Duration = Duration::from_secs(600);
+/// Tries to reserve a versionstamp epoch when others take the candidates first.
+pub const EPOCH_RESERVE_ATTEMPTS: usize = 64;
+/// Default part size of multipart uploads (`KVSTORE_S3_PART_BYTES`):
+/// snapshots larger than one part are uploaded in parts (S3 caps a single
+/// PUT at 5 GB, and allows 10 000 parts: 640 GB at this size).
+pub const DEFAULT_S3_PART_BYTES: u64 = 64 << 20;
+/// S3's smallest part (all but the last).
+pub const MIN_S3_PART_BYTES: u64 = 5 << 20;
+/// S3's largest part.
+pub const MAX_S3_PART_BYTES: u64 = 5 << 30;
 /// Backoff ceiling between failed uploads.
 pub const UPLOAD_BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// How long SIGTERM waits for the outbox to drain to S3.

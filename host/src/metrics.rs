@@ -101,6 +101,8 @@ pub struct ReplicationGauges {
     pub shipped: u64,
     pub lag_seconds: f64,
     pub fenced: bool,
+    /// The backup is not running (S3 unreachable since launch).
+    pub not_backed_up: bool,
 }
 
 impl Metrics {
@@ -181,6 +183,12 @@ impl Metrics {
                 "sidekv_replication_fenced",
                 "1 when another writer owns the S3 path and writes are refused.",
                 repl.fenced as u8 as f64,
+            );
+            gauge(
+                &mut out,
+                "sidekv_backup_stalled",
+                "1 while the backup cannot start (S3 unreachable since launch); local writes are kept and ship once it answers.",
+                repl.not_backed_up as u8 as f64,
             );
             counter(&mut out, "sidekv_uploads_total", "Segments stored in S3.", self.uploads_ok.load(Relaxed));
             counter(&mut out, "sidekv_upload_failures_total", "Failed segment uploads (retried).", self.uploads_failed.load(Relaxed));

@@ -33,8 +33,8 @@ pub mod objects;
 pub mod segment;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicBool, AtomicU64};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -43,7 +43,8 @@ use tokio::sync::Notify;
 use crate::config::Config;
 use crate::limits;
 use crate::metrics::METRICS;
-use crate::store::outbox::{Next, RestoreFile};
+use crate::store::outbox::{FilePositions, Next, RestoreFile, file_positions};
+use crate::store::versionstamp::{EPOCH_BITS, MAX_EPOCH, epoch_of, epoch_start};
 use crate::store::{Durability, Store, StoreError, Versionstamp};
 use objects::ObjectStore;
 use segment::Segment;
@@ -86,6 +87,16 @@ impl Remote {
 
     pub fn describe(&self) -> String {
         self.objects.describe()
+    }
+
+    /// `key` as the object store names it (S3: with the prefix), for messages.
+    pub fn name(&self, key: &str) -> String {
+        self.objects.name(key)
+    }
+
+    /// Read and decode a segment object.
+    pub async fn segment(&self, key: &str) -> Result<Segment, ReplicaError> {
+        Segment::decode(&self.get(key).await?, &self.name(key))
     }
 
     pub fn segment_key(&self, first: u64) -> String {
@@ -206,7 +217,13 @@ pub struct Replica {
     needs_check: AtomicBool,
     /// A snapshot task is running.
     snapshotting: AtomicBool,
+    /// The versionstamp epoch reserved for the local database (`NO_EPOCH`: none yet).
+    epoch: AtomicU64,
+    /// Reserved at launch, to be adopted by the store once it is open (`attach`).
+    epoch_to_adopt: Mutex<Option<u64>>,
 }
+
+const NO_EPOCH: u64 = u64::MAX;
 
 fn set_aside(db: &Path, tag: &str) -> Result<Option<PathBuf>, ReplicaError> {
     let aside = PathBuf::from(format!("{}.{tag}-{}", db.display(), crate::store::now_ms()));
@@ -252,7 +269,7 @@ pub fn remove_leftovers(db: &Path) {
 
 impl Replica {
     pub async fn new(url: &str, config: &Config) -> Result<Replica, ReplicaError> {
-        Ok(Replica::with_objects(objects::open(url).await?, config))
+        Ok(Replica::with_objects(objects::open(url, config.s3_part_bytes).await?, config))
     }
 
     /// A replica on any object store (tests use a directory).
@@ -269,6 +286,8 @@ impl Replica {
             needs_base: Mutex::new(None),
             needs_check: AtomicBool::new(false),
             snapshotting: AtomicBool::new(false),
+            epoch: AtomicU64::new(NO_EPOCH),
+            epoch_to_adopt: Mutex::new(None),
         }
     }
 
@@ -295,39 +314,121 @@ impl Replica {
         remove_leftovers(db);
         if !db.exists() {
             self.restore_to(db, None).await?;
-            return Ok(());
+        } else if let Err(e) = self.check_local(db).await {
+            return self.unreachable_at_launch(db, e);
         }
-        let (counter, shipped) = crate::store::outbox::file_positions(db)?;
-        match self.assess(counter, shipped).await {
-            Ok(Assessment::Continue) => Ok(()),
-            Ok(Assessment::NeedsBase { after }) => {
+        match self.plan_epoch(db).await {
+            Err(e) => self.unreachable_at_launch(db, e),
+            ok => ok,
+        }
+    }
+
+    /// Compare a present local database with S3; a stale one is set aside
+    /// and S3 restored in its place.
+    async fn check_local(&self, db: &Path) -> Result<(), ReplicaError> {
+        let FilePositions { counter, shipped, .. } = file_positions(db)?;
+        match self.assess(counter, shipped).await? {
+            Assessment::Continue => {}
+            Assessment::NeedsBase { after } => {
                 tracing::info!(db = %db.display(), local_commit = counter, "S3 cannot rebuild this database's history; the backup restarts with a snapshot");
                 *self.needs_base.lock().unwrap() = Some(after);
-                Ok(())
             }
-            Ok(Assessment::Stale { remote_end }) => {
+            Assessment::Stale { remote_end } => {
                 let aside = set_aside(db, "stale")?;
                 tracing::warn!(
                     db = %db.display(), local_commit = counter, remote_commit = remote_end, moved_to = ?aside,
                     "S3 holds newer commits than the local database (another instance wrote since); keeping the local file aside and restoring from S3"
                 );
-                self.restore_to(db, None).await.map(|_| ())
+                self.restore_to(db, None).await?;
             }
-            Err(e @ (ReplicaError::S3 { .. } | ReplicaError::Io { .. })) => {
-                tracing::warn!(error = %e, "S3 cannot be reached at launch; serving the local database, the backup starts once S3 answers");
-                self.state.lock().unwrap().not_backed_up = Some(format!("S3 unreachable at launch: {e}"));
-                self.needs_check.store(true, Relaxed);
-                Ok(())
-            }
-            Err(e) => Err(e),
         }
+        Ok(())
+    }
+
+    /// S3 failed during the launch checks of a present local database:
+    /// serve it anyway, and let the uploader repeat the checks until S3
+    /// answers. Until then the backup is off (reported in /readyz detail and
+    /// metrics) and, without a reserved epoch, writes are refused.
+    fn unreachable_at_launch(&self, db: &Path, e: ReplicaError) -> Result<(), ReplicaError> {
+        if !matches!(e, ReplicaError::S3 { .. } | ReplicaError::Io { .. }) || !db.exists() {
+            return Err(e);
+        }
+        tracing::warn!(error = %e, "S3 cannot be reached at launch; serving the local database, the backup starts once S3 answers");
+        self.state.lock().unwrap().not_backed_up = Some(format!("S3 unreachable at launch: {e}"));
+        self.needs_check.store(true, Relaxed);
+        if let Some(e) = file_positions(db)?.epoch {
+            self.epoch.store(e, Relaxed);
+        }
+        Ok(())
+    }
+
+    /// The versionstamp epoch of the local database: the one it holds, or a
+    /// new one reserved now (a restored file, or one never backed up), which
+    /// the store adopts when it opens (`attach`).
+    async fn plan_epoch(&self, db: &Path) -> Result<(), ReplicaError> {
+        let pos = file_positions(db)?;
+        match pos.epoch {
+            Some(e) => self.epoch.store(e, Relaxed),
+            None => {
+                let e = self.reserve_epoch(pos.counter).await?;
+                *self.epoch_to_adopt.lock().unwrap() = Some(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Reserve a versionstamp epoch above every epoch reserved on this path
+    /// and above `counter`: `epochs/<e>.epoch`, created only if absent.
+    async fn reserve_epoch(&self, counter: u64) -> Result<u64, ReplicaError> {
+        let listed = self.remote.list_counters("epochs").await?;
+        let above_listed = listed.last().map_or(0, |(e, _)| e + 1);
+        let above_local = if counter > 0 { epoch_of(counter) + 1 } else { 0 };
+        let mut e = above_listed.max(above_local);
+        for _ in 0..limits::EPOCH_RESERVE_ATTEMPTS {
+            if e > MAX_EPOCH {
+                break;
+            }
+            let key = format!("epochs/{e:020}.epoch");
+            let body = format!("reserved by sidekv pid {} at unix ms {}\n", std::process::id(), crate::store::now_ms());
+            if self.remote.put_new(&key, body.into_bytes()).await? {
+                tracing::info!(epoch = e, first_counter = epoch_start(e) + 1, "reserved a versionstamp epoch");
+                return Ok(e);
+            }
+            e += 1; // another instance reserved it just now
+        }
+        Err(ReplicaError::Gap(format!("no versionstamp epoch could be reserved (tried up to {e})")))
+    }
+
+    /// Once the store is open: adopt the epoch reserved at launch (its
+    /// counter jumps to the epoch's start), before any write is accepted.
+    pub async fn attach(&self, store: &Store) -> Result<(), ReplicaError> {
+        let pending = self.epoch_to_adopt.lock().unwrap().take();
+        if let Some(e) = pending {
+            let counter = store.adopt_epoch(e).await?;
+            self.epoch.store(e, Relaxed);
+            tracing::info!(epoch = e, counter, "new commits are numbered in the reserved epoch");
+        }
+        Ok(())
+    }
+
+    /// Past half of the current epoch, reserve and adopt the next one, so
+    /// the writer never runs into its limit.
+    async fn maybe_roll_epoch(&self, store: &Store) -> Result<(), ReplicaError> {
+        let e = self.epoch.load(Relaxed);
+        if e == NO_EPOCH || store.committed() < epoch_start(e) + (1 << (EPOCH_BITS - 1)) {
+            return Ok(());
+        }
+        let next = self.reserve_epoch(store.committed()).await?;
+        store.adopt_epoch(next).await?;
+        self.epoch.store(next, Relaxed);
+        Ok(())
     }
 
     /// The newest segment's commit range, read from the object itself.
     async fn newest_segment(&self, segments: &[(u64, String)]) -> Result<Option<Segment>, ReplicaError> {
         match segments.last() {
             None => Ok(None),
-            Some((_, key)) => Ok(Some(Segment::decode(&self.remote.get(key).await?, key)?)),
+            Some((_, key)) => Ok(Some(self.remote.segment(key).await?)),
         }
     }
 
@@ -443,22 +544,25 @@ impl Replica {
             }
             if *first > expect {
                 return Err(ReplicaError::Gap(format!(
-                    "commit {expect} is in no segment (the next, {key}, starts at {first}{}); refusing to skip it",
-                    prev.map(|(k, l)| format!("; {k} ends at {l}")).unwrap_or_default()
+                    "commit {expect} is in no segment (the next, {}, starts at {first}{}); refusing to skip it",
+                    self.remote.name(key),
+                    prev.map(|(k, l)| format!("; {} ends at {l}", self.remote.name(k))).unwrap_or_default()
                 )));
             }
             if let Some((pk, pl)) = prev
                 && *first != pl + 1
             {
                 return Err(ReplicaError::Corrupt(format!(
-                    "segments {pk} (ending at commit {pl}) and {key} (starting at {first}) overlap: two histories were written to this path; restore one with `sidekv restore --at` below {first}"
+                    "segments {} (ending at commit {pl}) and {} (starting at {first}) overlap: two histories were written to this path; restore one with `sidekv restore --at` below {first}",
+                    self.remote.name(pk),
+                    self.remote.name(key)
                 )));
             }
             let data = self.remote.get(key).await?;
             bytes += data.len() as u64;
-            let seg = Segment::decode(&data, key)?;
+            let seg = Segment::decode(&data, &self.remote.name(key))?;
             if seg.first != *first {
-                return Err(ReplicaError::Corrupt(format!("segment {key} says it starts at commit {}", seg.first)));
+                return Err(ReplicaError::Corrupt(format!("segment {} says it starts at commit {}", self.remote.name(key), seg.first)));
             }
             prev = Some((key.as_str(), seg.last));
             if seg.last < expect {
@@ -469,7 +573,7 @@ impl Replica {
                     "commits {}..={} are held only by snapshot {}, which is not in S3{}",
                     seg.first,
                     seg.last,
-                    self.remote.snapshot_key(seg.last),
+                    self.remote.name(&self.remote.snapshot_key(seg.last)),
                     if plan.target < u64::MAX { " at or below the requested point" } else { "" }
                 )));
             }
@@ -516,7 +620,7 @@ impl Replica {
         let Some((_, key)) = segments.iter().rev().find(|(f, _)| *f <= at.counter) else {
             return Ok(false);
         };
-        let seg = Segment::decode(&self.remote.get(key).await?, key)?;
+        let seg = self.remote.segment(key).await?;
         Ok(seg.last >= at.counter && !seg.records.iter().any(|r| r.counter() == at.counter && r.version > at.to_i64()))
     }
 
@@ -556,6 +660,11 @@ impl Replica {
                 )));
             }
         }
+        if self.epoch.load(Relaxed) == NO_EPOCH {
+            let e = self.reserve_epoch(store.committed()).await?;
+            store.adopt_epoch(e).await?;
+            self.epoch.store(e, Relaxed);
+        }
         self.needs_check.store(false, Relaxed);
         self.state.lock().unwrap().not_backed_up = None;
         tracing::info!("S3 answers; the backup starts");
@@ -572,13 +681,15 @@ impl Replica {
             self.base_snapshot(store, after).await?;
             *self.needs_base.lock().unwrap() = None;
         }
+        self.maybe_roll_epoch(store).await?;
         self.ship_pending(store, one_segment).await
     }
 
     async fn upload_loop(self: Arc<Self>, store: Store) {
         let mut commits = store.subscribe_commits();
         let mut backoff = Duration::from_millis(100);
-        let mut last_ship: Option<Instant> = None;
+        // Local mode ships once per interval, counted from the start too.
+        let mut last_ship: Option<Instant> = Some(Instant::now());
         loop {
             if self.stopping.load(Relaxed) {
                 return;
@@ -587,8 +698,8 @@ impl Replica {
                 self.stop.notified().await;
                 return;
             }
-            let idle = store.committed() <= store.shipped() && !self.needs_check.load(Relaxed) && self.needs_base.lock().unwrap().is_none();
-            if idle {
+            let setup = self.needs_check.load(Relaxed) || self.needs_base.lock().unwrap().is_some();
+            if !setup && store.committed() <= store.shipped() {
                 self.state.lock().unwrap().behind_since = None;
                 tokio::select! {
                     _ = commits.changed() => {}
@@ -600,6 +711,7 @@ impl Replica {
             // commits come (S3 requests cost money); s3 mode ships at once
             // and batches whatever committed while the last PUT was in flight.
             if self.durability == Durability::Local
+                && !setup
                 && let Some(wait) = last_ship.map(|t| self.sync_interval.saturating_sub(t.elapsed()))
                 && !wait.is_zero()
                 && !self.pause(wait).await
@@ -669,7 +781,7 @@ impl Replica {
         let len = body.len() as u64;
         if !self.remote.put_new(&key, body).await? {
             // The name is taken: ours (a retry, or a re-ship after a crash) or another writer's.
-            let existing = Segment::decode(&self.remote.get(&key).await?, &key)?;
+            let existing = self.remote.segment(&key).await?;
             let mine = if existing.is_base() {
                 existing.writer == store.writer_id()
             } else {
@@ -677,8 +789,10 @@ impl Replica {
             };
             if !mine {
                 return Err(ReplicaError::Fenced(format!(
-                    "segment {key} (commits {}..={}) was written by another instance",
-                    existing.first, existing.last
+                    "segment {} (commits {}..={}) was written by another instance",
+                    self.remote.name(&key),
+                    existing.first,
+                    existing.last
                 )));
             }
             tracing::info!(segment = %key, "segment already in S3 with identical content; counting it as shipped");
@@ -711,9 +825,9 @@ impl Replica {
                 let marker = Segment { first: after + 1, last: counter, records: vec![], flags: segment::BASE, writer: store.writer_id() };
                 let key = self.remote.segment_key(marker.first);
                 if !self.remote.put_new(&key, marker.encode()?).await? {
-                    let existing = Segment::decode(&self.remote.get(&key).await?, &key)?;
+                    let existing = self.remote.segment(&key).await?;
                     if !(existing.is_base() && existing.writer == store.writer_id()) {
-                        return Err(ReplicaError::Fenced(format!("segment {key} was written by another instance")));
+                        return Err(ReplicaError::Fenced(format!("segment {} was written by another instance", self.remote.name(&key))));
                     }
                     // Ours, from an attempt that did not finish: the snapshot below covers it.
                 }
@@ -859,15 +973,9 @@ impl Replica {
             tracing::error!(unshipped_commits = store.committed().saturating_sub(store.shipped()), "fenced: the outbox was not drained");
             return;
         }
-        if self.needs_check.load(Relaxed) || self.needs_base.lock().unwrap().is_some() {
-            tracing::error!(
-                unshipped_commits = store.committed().saturating_sub(store.shipped()),
-                "the backup had not started (S3 unreachable); the commits are safe in the local database and ship at the next start"
-            );
-            return;
-        }
         let pending = store.committed().saturating_sub(store.shipped());
-        match tokio::time::timeout(limits::SHUTDOWN_DRAIN_TIMEOUT, self.ship_pending(store, false)).await {
+        // The whole step: a check or base snapshot still pending runs first.
+        match tokio::time::timeout(limits::SHUTDOWN_DRAIN_TIMEOUT, self.upload_step(store, false)).await {
             Ok(Ok(())) => tracing::info!(commits = pending, "outbox drained to S3"),
             Ok(Err(e)) => tracing::error!(
                 error = %e, unshipped_commits = store.committed().saturating_sub(store.shipped()),

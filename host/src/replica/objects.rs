@@ -43,10 +43,15 @@ pub trait ObjectStore: Send + Sync {
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), ReplicaError>>;
     /// For logs and errors: `s3://bucket/prefix` or `file:///dir`.
     fn describe(&self) -> String;
+    /// The full name of `key` as its store knows it (for messages).
+    fn name(&self, key: &str) -> String {
+        format!("{}/{key}", self.describe().trim_end_matches('/'))
+    }
 }
 
-/// Open the store a `KVSTORE_S3_URL` names: `s3://bucket/prefix` or `file:///dir`.
-pub async fn open(url: &str) -> Result<Box<dyn ObjectStore>, ReplicaError> {
+/// Open the store a `KVSTORE_S3_URL` names: `s3://bucket/prefix` or
+/// `file:///dir`; S3 multipart uploads use parts of `part_bytes`.
+pub async fn open(url: &str, part_bytes: u64) -> Result<Box<dyn ObjectStore>, ReplicaError> {
     if let Some(path) = url.strip_prefix("file://") {
         if !path.starts_with('/') {
             return Err(ReplicaError::Config {
@@ -57,7 +62,7 @@ pub async fn open(url: &str) -> Result<Box<dyn ObjectStore>, ReplicaError> {
         return Ok(Box::new(DirStore::new(PathBuf::from(path))?));
     }
     let (bucket, prefix) = parse_s3_url(url)?;
-    Ok(Box::new(S3Store { client: s3_client().await?, bucket, prefix }))
+    Ok(Box::new(S3Store { client: s3_client().await?, bucket, prefix, part_bytes }))
 }
 
 /// `s3://bucket/prefix` → (bucket, prefix without trailing slash).
@@ -149,6 +154,8 @@ pub struct S3Store {
     client: Client,
     bucket: String,
     prefix: String,
+    /// Multipart part size; files larger than one part are uploaded in parts.
+    part_bytes: u64,
 }
 
 impl S3Store {
@@ -158,6 +165,65 @@ impl S3Store {
 
     fn err(op: &'static str, key: &str, msg: String) -> ReplicaError {
         ReplicaError::S3 { op, key: key.into(), msg }
+    }
+}
+
+impl S3Store {
+    /// A file too large for one PUT (S3 caps it at 5 GB; long single PUTs
+    /// also fail more), as a multipart upload whose parts are streamed from
+    /// the file. Only snapshots are this large; a snapshot's name is not a
+    /// fencing token (it is published only after every segment up to its
+    /// commit is ours), so "only if absent" is a check before the upload.
+    async fn put_multipart(&self, full: &str, path: &Path, size: u64) -> Result<bool, ReplicaError> {
+        use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+        if self.client.head_object().bucket(&self.bucket).key(full).send().await.is_ok() {
+            return Ok(false);
+        }
+        let up = self.client.create_multipart_upload().bucket(&self.bucket).key(full).send().await.map_err(|e| Self::err("PUT", full, sdk_msg(&e)))?;
+        let id = up.upload_id().unwrap_or_default().to_string();
+        let result = async {
+            let mut parts = Vec::new();
+            let (mut offset, mut n) = (0u64, 1i32);
+            while offset < size {
+                let len = self.part_bytes.min(size - offset);
+                let body = ByteStream::read_from()
+                    .path(path)
+                    .offset(offset)
+                    .length(aws_sdk_s3::primitives::Length::Exact(len))
+                    .build()
+                    .await
+                    .map_err(|e| Self::err("PUT", full, format!("reading {}: {e}", path.display())))?;
+                let r = self
+                    .client
+                    .upload_part()
+                    .bucket(&self.bucket)
+                    .key(full)
+                    .upload_id(&id)
+                    .part_number(n)
+                    .body(body)
+                    .send()
+                    .await
+                    .map_err(|e| Self::err("PUT", full, format!("part {n}: {}", sdk_msg(&e))))?;
+                parts.push(CompletedPart::builder().part_number(n).set_e_tag(r.e_tag().map(str::to_string)).build());
+                offset += len;
+                n += 1;
+            }
+            self.client
+                .complete_multipart_upload()
+                .bucket(&self.bucket)
+                .key(full)
+                .upload_id(&id)
+                .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+                .send()
+                .await
+                .map_err(|e| Self::err("PUT", full, sdk_msg(&e)))
+        }
+        .await;
+        if let Err(e) = result {
+            let _ = self.client.abort_multipart_upload().bucket(&self.bucket).key(full).upload_id(&id).send().await;
+            return Err(e);
+        }
+        Ok(true)
     }
 }
 
@@ -218,6 +284,10 @@ impl ObjectStore for S3Store {
     fn put_new_file<'a>(&'a self, key: &'a str, path: &'a Path) -> BoxFuture<'a, Result<bool, ReplicaError>> {
         Box::pin(async move {
             let full = self.full(key);
+            let size = std::fs::metadata(path).map_err(|e| dir_err("PUT", path, e))?.len();
+            if size > self.part_bytes {
+                return self.put_multipart(&full, path, size).await;
+            }
             let body =
                 ByteStream::from_path(path).await.map_err(|e| Self::err("PUT", &full, format!("reading {}: {e}", path.display())))?;
             let r = self.client.put_object().bucket(&self.bucket).key(&full).if_none_match("*").body(body).send().await;
@@ -264,6 +334,10 @@ impl ObjectStore for S3Store {
 
     fn describe(&self) -> String {
         format!("s3://{}/{}", self.bucket, self.prefix)
+    }
+
+    fn name(&self, key: &str) -> String {
+        self.full(key)
     }
 }
 

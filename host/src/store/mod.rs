@@ -217,8 +217,16 @@ impl Store {
     /// Open (creating if needed) the database at `path` and start the writer
     /// and reader threads.
     pub fn open(path: &Path, opts: StoreOptions) -> Result<Store, StoreError> {
-        let (conn, state) = schema::open_writer(path)?;
+        let (conn, mut state) = schema::open_writer(path)?;
         let writer_id = read_meta_u64(&conn, "writer")?.unwrap_or(0);
+        if opts.replicated {
+            // Backed up: commits only inside the epoch reserved in S3; until
+            // the replica reserves one (`adopt_epoch`), none.
+            state.counter_limit = match read_meta_u64(&conn, "epoch")? {
+                Some(e) => versionstamp::epoch_end(e),
+                None => state.counter,
+            };
+        }
         let counter = state.counter;
         let shipped = state.shipped;
         let (writer_tx, writer_rx) = crossbeam_channel::bounded(limits::WRITE_QUEUE_DEPTH);
@@ -269,6 +277,28 @@ impl Store {
 
     pub fn path(&self) -> &Path {
         &self.inner.path
+    }
+
+    /// Issue counters in epoch `e` (reserved in S3 by the replica) from now
+    /// on: the counter jumps to the epoch's start if it is below it.
+    pub async fn adopt_epoch(&self, e: u64) -> Result<u64, StoreError> {
+        let me = self.clone();
+        self.on_writer(move |conn, state| {
+            let start = versionstamp::epoch_start(e);
+            let tx = conn.transaction()?;
+            tx.execute("INSERT OR REPLACE INTO meta VALUES ('epoch', ?1)", [e as i64])?;
+            if state.counter < start {
+                tx.execute("UPDATE meta SET value = ?1 WHERE name = 'counter'", [start as i64])?;
+            }
+            tx.commit()?;
+            if state.counter < start {
+                state.counter = start;
+                me.inner.committed.send_replace(start);
+            }
+            state.counter_limit = versionstamp::epoch_end(e);
+            Ok(state.counter)
+        })
+        .await
     }
 
     /// This database file's writer identity (new for every restored file).

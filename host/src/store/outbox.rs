@@ -124,7 +124,8 @@ fn range(c: &mut Connection, first: u64, last: u64) -> Result<Option<Vec<Record>
 /// log holds nothing before `counter + 1`.
 fn reset_history(conn: &Connection, counter: u64) -> Result<(), StoreError> {
     // A restored or snapshotted file is a new writer: it gets its own id when opened.
-    conn.execute_batch("DELETE FROM changelog; DELETE FROM meta WHERE name = 'writer';")?;
+    // Nor does it inherit the versionstamp epoch: it must reserve its own.
+    conn.execute_batch("DELETE FROM changelog; DELETE FROM meta WHERE name IN ('writer', 'epoch');")?;
     conn.execute("UPDATE meta SET value = ?1 WHERE name IN ('counter', 'shipped')", [counter as i64])?;
     conn.execute(
         "INSERT INTO meta VALUES ('pruned_below', ?1) ON CONFLICT(name) DO UPDATE SET value = excluded.value",
@@ -173,11 +174,29 @@ impl Store {
     }
 }
 
-/// (last commit, last commit shipped) of a database file, read without opening a store.
-pub fn file_positions(path: &Path) -> Result<(u64, u64), StoreError> {
+/// Where a database file stands, read without opening a store.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FilePositions {
+    /// The last commit.
+    pub counter: u64,
+    /// The last commit in the backup.
+    pub shipped: u64,
+    /// The versionstamp epoch reserved for it, if any.
+    pub epoch: Option<u64>,
+}
+
+/// A database file's positions (all zero / none when the file does not exist).
+pub fn file_positions(path: &Path) -> Result<FilePositions, StoreError> {
+    if !path.exists() {
+        return Ok(FilePositions::default());
+    }
     // Read-write open: a WAL database cannot always be opened read-only.
     let conn = Connection::open(path).map_err(|e| StoreError::Internal(format!("opening {}: {e}", path.display())))?;
-    Ok((read_meta_u64(&conn, "counter")?.unwrap_or(0), read_meta_u64(&conn, "shipped")?.unwrap_or(0)))
+    Ok(FilePositions {
+        counter: read_meta_u64(&conn, "counter")?.unwrap_or(0),
+        shipped: read_meta_u64(&conn, "shipped")?.unwrap_or(0),
+        epoch: read_meta_u64(&conn, "epoch")?,
+    })
 }
 
 /// A database file being rebuilt by a restore: a snapshot (or nothing),

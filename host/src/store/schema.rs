@@ -35,7 +35,8 @@ CREATE TABLE IF NOT EXISTS changelog (
 ) WITHOUT ROWID;
 -- counter: last commit; shipped: last commit confirmed in S3;
 -- db_id: identity of this database's history (kept across restores);
--- writer: identity of this file as a backup writer (new after every restore).
+-- writer: identity of this file as a backup writer (new after every restore);
+-- epoch: the versionstamp epoch reserved in S3 for this file (absent: none).
 CREATE TABLE IF NOT EXISTS meta (
     name  TEXT PRIMARY KEY,
     value
@@ -104,7 +105,7 @@ pub fn open_writer(path: &Path) -> Result<(Connection, WriterState), StoreError>
     let counter = read_meta_u64(&conn, "counter")?.unwrap_or(0);
     let shipped = read_meta_u64(&conn, "shipped")?.unwrap_or(0);
     let db_id: String = conn.query_row("SELECT value FROM meta WHERE name='db_id'", [], |r| r.get(0))?;
-    Ok((conn, WriterState { counter, shipped, db_id, commits_since_prune: 0 }))
+    Ok((conn, WriterState { counter, shipped, db_id, commits_since_prune: 0, counter_limit: super::versionstamp::MAX_COUNTER }))
 }
 
 /// Open a read-only connection to an existing database.

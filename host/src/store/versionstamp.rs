@@ -20,6 +20,30 @@ pub struct Versionstamp {
 /// four years of uninterrupted commits; real loads commit far less often.
 pub const MAX_COUNTER: u64 = (1 << 47) - 1;
 
+/// Commits per versionstamp epoch. With S3 backup on, a database issues
+/// counters only inside epochs reserved in S3 (`replica`): a restore starts
+/// a new epoch above every reserved one, so a versionstamp handed out by a
+/// database that died with unshipped commits is never handed out again.
+pub const EPOCH_BITS: u32 = 32;
+
+/// The first counter of epoch `e` (commits start at `epoch_start(e) + 1`).
+pub fn epoch_start(e: u64) -> u64 {
+    e << EPOCH_BITS
+}
+
+/// The last counter of epoch `e`.
+pub fn epoch_end(e: u64) -> u64 {
+    (epoch_start(e + 1) - 1).min(MAX_COUNTER)
+}
+
+/// The epoch holding `counter`.
+pub fn epoch_of(counter: u64) -> u64 {
+    counter >> EPOCH_BITS
+}
+
+/// Epochs available: `MAX_COUNTER` bounds them.
+pub const MAX_EPOCH: u64 = MAX_COUNTER >> EPOCH_BITS;
+
 impl Versionstamp {
     pub const ZERO: Versionstamp = Versionstamp { counter: 0, index: 0 };
 

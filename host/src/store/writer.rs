@@ -25,6 +25,9 @@ pub struct WriterState {
     pub shipped: u64,
     pub db_id: String,
     pub commits_since_prune: u64,
+    /// The last counter this database may issue (the end of its reserved
+    /// epoch when backed up; see `versionstamp::EPOCH_BITS`).
+    pub counter_limit: u64,
 }
 
 enum ApplyError {
@@ -109,9 +112,14 @@ fn commit_batch(
     let batch: Vec<(WriteOp, Reply)> = std::mem::take(writes);
     crate::metrics::METRICS.commit_batch_writes.observe(batch.len() as f64);
     let counter = state.counter + 1;
-    if counter > MAX_COUNTER {
+    if counter > MAX_COUNTER || counter > state.counter_limit {
+        let err = if counter > MAX_COUNTER {
+            StoreError::Internal("the commit counter is exhausted".into())
+        } else {
+            StoreError::Unavailable("no versionstamp range is reserved in S3 for new commits yet (S3 unreachable?); retry shortly".into())
+        };
         for (_, reply) in batch {
-            let _ = reply.send(Err(StoreError::Internal("the commit counter is exhausted".into())));
+            let _ = reply.send(Err(err.clone()));
         }
         return;
     }
