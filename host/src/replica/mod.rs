@@ -797,6 +797,8 @@ impl Replica {
             }
             tracing::info!(segment = %key, "segment already in S3 with identical content; counting it as shipped");
             store.mark_shipped(existing.last).await?;
+            // It is in S3 all the same: it counts towards the next snapshot.
+            self.state.lock().unwrap().bytes_since_snapshot += len;
             return Ok(());
         }
         store.mark_shipped(seg.last).await?;

@@ -179,7 +179,14 @@ impl S3Store {
         if self.client.head_object().bucket(&self.bucket).key(full).send().await.is_ok() {
             return Ok(false);
         }
-        let up = self.client.create_multipart_upload().bucket(&self.bucket).key(full).send().await.map_err(|e| Self::err("PUT", full, sdk_msg(&e)))?;
+        let up = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(full)
+            .send()
+            .await
+            .map_err(|e| Self::err("PUT", full, sdk_msg(&e)))?;
         let id = up.upload_id().unwrap_or_default().to_string();
         let result = async {
             let mut parts = Vec::new();
