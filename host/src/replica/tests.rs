@@ -366,3 +366,24 @@ async fn a_backed_up_store_without_an_epoch_refuses_writes() {
     set(&store, "k", "v").await;
     store.close();
 }
+
+/// Defect 9: an aborted snapshot or restore left its files beside the database.
+#[test]
+fn leftovers_of_interrupted_snapshots_and_restores_are_removed() {
+    let d = tempfile::tempdir().unwrap();
+    let db = d.path().join("db.sqlite3");
+    for f in [
+        ".sidekv-snapshot-12-0a0b0c0d.sqlite3",
+        ".sidekv-snapshot-12-0a0b0c0d.sqlite3.zst",
+        "db.sqlite3.restoring",
+        "db.sqlite3.restoring-wal",
+    ] {
+        std::fs::write(d.path().join(f), b"x").unwrap();
+    }
+    std::fs::write(&db, b"keep").unwrap();
+    std::fs::write(d.path().join("other.sqlite3"), b"keep").unwrap();
+    remove_leftovers(&db);
+    let mut left: Vec<String> = std::fs::read_dir(d.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    left.sort();
+    assert_eq!(left, ["db.sqlite3", "other.sqlite3"]);
+}

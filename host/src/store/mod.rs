@@ -38,7 +38,7 @@ use tokio::sync::{oneshot, watch};
 
 pub use outbox::Record;
 pub use reads::{Change, ChangePos, ListPage, ListQuery};
-pub use schema::{open_reader, open_writer, read_meta_u64};
+use schema::read_meta_u64;
 pub use versionstamp::Versionstamp;
 
 use crate::limits;

@@ -208,7 +208,7 @@ pub struct RestoreFile {
 impl RestoreFile {
     /// Open (creating the schema if the file is new) the file at `path`.
     pub fn open(path: &Path) -> Result<RestoreFile, StoreError> {
-        Ok(RestoreFile { conn: super::open_writer(path)?.0 })
+        Ok(RestoreFile { conn: super::schema::open_writer(path)?.0 })
     }
 
     /// A downloaded snapshot must hold exactly commit `counter` and be sound.
