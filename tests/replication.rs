@@ -463,11 +463,16 @@ async fn s3_mode_outage_with_default_settings_answers_503() {
     let r = try_set(&c, "during", "2").await;
     let took = t.elapsed();
     ctx.s3.resume();
-    match r {
-        Err((503, msg)) => assert!(msg.contains("S3"), "{msg}"),
+    let msg = match r {
+        Err((503, msg)) => msg,
         other => panic!("expected 503 after {took:?}, got {other:?}"),
-    }
+    };
+    assert!(msg.contains("S3") && msg.contains("not acknowledged"), "{msg}");
     assert!(took < Duration::from_secs(15));
+    // The 503 names the versionstamp the write committed under, so the
+    // client can tell its fate: here it shipped once S3 answered.
+    let vs = msg.split("versionstamp ").nth(1).and_then(|r| r.get(..20)).unwrap_or_else(|| panic!("no versionstamp in {msg:?}"));
+    assert_eq!(get_vs(&c, "during").await.map(|(_, e)| e).as_deref(), Some(vs));
     terminate(&mut s);
 }
 

@@ -469,32 +469,38 @@ impl Store {
         if self.inner.opts.durability == Durability::S3
             && let WriteResult::Committed { versionstamp, .. } = &result
         {
-            self.wait_shipped(versionstamp.counter).await?;
+            self.wait_shipped(*versionstamp).await?;
         }
         Ok(result)
     }
 
-    async fn wait_shipped(&self, counter: u64) -> Result<(), StoreError> {
+    /// In `s3` mode: wait until the commit of `vs` is in S3. A 503 from here
+    /// names the versionstamp the write committed under locally, so its
+    /// client can tell its fate later (a GET whose ETag is that versionstamp:
+    /// it shipped; anything older after a lost disk: it did not).
+    async fn wait_shipped(&self, vs: Versionstamp) -> Result<(), StoreError> {
         let mut rx = self.inner.shipped.subscribe();
+        let unacked = |why: String| {
+            StoreError::Unavailable(format!(
+                "committed locally as versionstamp {vs} but not acknowledged: {why}; it ships to S3 when S3 answers, unless this disk is lost first"
+            ))
+        };
         let wait = async {
             loop {
-                if *rx.borrow_and_update() >= counter {
+                if *rx.borrow_and_update() >= vs.counter {
                     return Ok(());
                 }
                 if let Some(why) = self.write_block_reason() {
-                    return Err(StoreError::Unavailable(format!("committed locally but not acknowledged: {why}")));
+                    return Err(unacked(why));
                 }
                 if rx.changed().await.is_err() {
-                    return Err(StoreError::Unavailable("the store is shutting down".into()));
+                    return Err(unacked("the store is shutting down".into()));
                 }
             }
         };
         match tokio::time::timeout(limits::S3_ACK_TIMEOUT, wait).await {
             Ok(r) => r,
-            Err(_) => Err(StoreError::Unavailable(format!(
-                "the commit did not reach S3 within {:?} (KVSTORE_DURABILITY=s3); it is durable locally and will be shipped when S3 answers",
-                limits::S3_ACK_TIMEOUT
-            ))),
+            Err(_) => Err(unacked(format!("it did not reach S3 within {:?} (KVSTORE_DURABILITY=s3)", limits::S3_ACK_TIMEOUT))),
         }
     }
 
