@@ -145,8 +145,8 @@ impl Conn {
         RequestGuard { table: self.table.clone(), state: self.state.clone() }
     }
 
-    /// Resolves when the table evicted this connection and it has no
-    /// request in flight (a request that raced in is answered first).
+    /// Resolves when the table evicts this connection (its task then drops
+    /// it, after answering a request that raced in, if any).
     pub async fn evicted(&self) {
         self.state.evict.notified().await;
     }
