@@ -616,10 +616,11 @@ def cmd_report():
     if os.path.exists(analysis):
         with open(analysis) as f:
             w(f.read().rstrip() + "\n")
-    restore = os.path.join(HERE, "restore.md")  # `make bench-restore` (bench/restore.sh)
-    if os.path.exists(restore):
-        with open(restore) as f:
-            w(f.read().rstrip() + "\n")
+    for extra in ("restore.md", "instances.md"):  # `make bench-restore`; bench/instances.sh
+        path = os.path.join(HERE, extra)
+        if os.path.exists(path):
+            with open(path) as f:
+                w(f.read().rstrip() + "\n")
     print("\n".join(o))
 
 

@@ -83,6 +83,32 @@ pub struct Config {
     #[arg(long, env = "KVSTORE_MAX_CONNECTIONS", default_value_t = limits::DEFAULT_MAX_CONNECTIONS)]
     pub max_connections: usize,
 
+    /// The whole request body must arrive within this time (e.g. 60s);
+    /// past it → 408 and the connection is closed.
+    #[arg(long, env = "KVSTORE_BODY_TIMEOUT", default_value = limits::DEFAULT_BODY_TIMEOUT, value_parser = parse_duration)]
+    pub body_timeout: Duration,
+
+    /// Minimum average request-body rate in bytes/s, applied after a 2 s
+    /// grace (slower → 408, connection closed). 0 turns it off.
+    #[arg(long, env = "KVSTORE_BODY_MIN_RATE", default_value_t = limits::DEFAULT_BODY_MIN_RATE)]
+    pub body_min_rate: u64,
+
+    /// A connection whose response writes make no progress for this long
+    /// (the client stopped reading) is closed.
+    #[arg(long, env = "KVSTORE_WRITE_TIMEOUT", default_value = limits::DEFAULT_WRITE_TIMEOUT, value_parser = parse_duration)]
+    pub write_timeout: Duration,
+
+    /// Bytes of request bodies in flight at once (being read or handled);
+    /// a body that does not fit waits up to 2 s, then gets 503.
+    /// Default: 4 × KVSTORE_MAX_BODY_BYTES.
+    #[arg(long, env = "KVSTORE_MAX_INFLIGHT_BODY_BYTES")]
+    pub max_inflight_body_bytes: Option<usize>,
+
+    /// Most live guest instances (each holds its own linear memory); a
+    /// request waits up to 2 s for one, then gets 503. Default: 8 per core.
+    #[arg(long, env = "KVSTORE_MAX_INSTANCES")]
+    pub max_instances: Option<usize>,
+
     /// SQLite read connections (each on its own thread).
     #[arg(long, env = "KVSTORE_READERS", default_value_t = 2)]
     pub readers: usize,
@@ -201,6 +227,18 @@ impl Config {
         if self.max_connections == 0 {
             return Err(invalid("KVSTORE_MAX_CONNECTIONS", "must be at least 1"));
         }
+        if self.body_timeout.is_zero() {
+            return Err(invalid("KVSTORE_BODY_TIMEOUT", "must be more than 0"));
+        }
+        if self.write_timeout.is_zero() {
+            return Err(invalid("KVSTORE_WRITE_TIMEOUT", "must be more than 0"));
+        }
+        if self.inflight_body_bytes() < self.max_body_bytes {
+            return Err(invalid("KVSTORE_MAX_INFLIGHT_BODY_BYTES", "must be at least KVSTORE_MAX_BODY_BYTES"));
+        }
+        if self.max_instances() == 0 {
+            return Err(invalid("KVSTORE_MAX_INSTANCES", "must be at least 1"));
+        }
         if self.readers == 0 || self.readers > 64 {
             return Err(invalid("KVSTORE_READERS", "must be between 1 and 64"));
         }
@@ -260,6 +298,19 @@ impl Config {
         m.insert("public-reads".into(), self.public_reads.to_string());
         m.insert("max-value-bytes".into(), self.max_value_bytes.to_string());
         Ok(m)
+    }
+
+    /// KVSTORE_MAX_INFLIGHT_BODY_BYTES, or its default tied to the body limit.
+    pub fn inflight_body_bytes(&self) -> usize {
+        self.max_inflight_body_bytes.unwrap_or(self.max_body_bytes.saturating_mul(limits::INFLIGHT_BODY_FACTOR))
+    }
+
+    /// KVSTORE_MAX_INSTANCES, or its default tied to the cores.
+    pub fn max_instances(&self) -> usize {
+        self.max_instances.unwrap_or_else(|| {
+            let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+            cores * limits::INSTANCES_PER_CORE
+        })
     }
 
     pub fn listen_addr(&self) -> String {

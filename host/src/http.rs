@@ -2,31 +2,44 @@
 //! the guest; plus the admin endpoints on their own address.
 //!
 //! ```text
-//!  accept ─▶ connection cap ─▶ hyper (header timeout, head size cap)
-//!         ─▶ body (size cap → 413) ─▶ App::guest().handle(req)
-//!         ─▶ response (+ host-made stream: SSE watch, NDJSON export)
+//!  accept ─▶ connection cap (conns.rs: evict the longest-idle, else 503)
+//!         ─▶ hyper over WriteDeadline (header timeout, head size cap,
+//!            writes that stall past KVSTORE_WRITE_TIMEOUT close it)
+//!         ─▶ body (body.rs: size cap → 413, deadline/min rate → 408,
+//!            in-flight byte budget → 503)
+//!         ─▶ App::guest().handle(req) (instance cap → 503)
+//!         ─▶ response (+ host-made stream: SSE watch, NDJSON export),
+//!            holding the connection's RequestGuard until it is written
 //! ```
 //!
 //! Until the store is open (restore from S3 in progress) every request gets
 //! 503 with a JSON error, never an empty answer.
+//!
+//! Error statuses come from one place: each error type's `http_status()`
+//! (`GuestError`, `StoreError`, `BodyError`) rendered by `error_response`,
+//! which adds `Retry-After` to every 503 ("overloaded or not ready, come
+//! back"); the canned refusal at the connection cap is built here too.
 
 use std::convert::Infallible;
 use std::future::Future;
-use std::sync::Arc;
+use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, LazyLock};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited, StreamBody, combinators::BoxBody};
-use hyper::body::{Frame, Incoming};
+use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
+use hyper::body::{Frame, Incoming, SizeHint};
 use hyper::header::{HeaderName, HeaderValue};
 use hyper::service::service_fn;
 use hyper::{Request as HttpRequest, Response as HttpResponse, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
 
 use crate::App;
+use crate::body::{self, BodyError};
+use crate::conns::{Conn, ConnTable, RequestGuard, WriteDeadline};
 use crate::guest::{BodyStream, Request as GuestRequest, Response as GuestResponse};
 use crate::limits;
 use crate::metrics::METRICS;
@@ -39,22 +52,63 @@ fn full(b: impl Into<Bytes>) -> Body {
     Full::new(b.into()).map_err(|never: Infallible| match never {}).boxed()
 }
 
-/// A JSON error response: `{"error": msg}`.
+/// A JSON error response: `{"error": msg}`; a 503 says when to retry.
 pub fn error_response(status: u16, msg: &str) -> HttpResponse<Body> {
     let body = serde_json::json!({ "error": msg }).to_string();
-    HttpResponse::builder()
-        .status(status)
-        .header("content-type", "application/json")
-        .body(full(body))
-        .expect("static response parts are valid")
+    let mut b = HttpResponse::builder().status(status).header("content-type", "application/json");
+    if status == 503 {
+        b = b.header(hyper::header::RETRY_AFTER, limits::RETRY_AFTER_SECS);
+    }
+    b.body(full(body)).expect("static response parts are valid")
 }
 
-/// 413 for a body that was not (fully) read: the connection cannot be
-/// reused, so say so instead of letting keep-alive clients find out.
-fn body_too_large(max: usize) -> HttpResponse<Body> {
-    let mut r = error_response(413, &format!("the request body is over the {max}-byte limit (KVSTORE_MAX_BODY_BYTES)"));
+/// An error response after which the connection closes: the request body
+/// was not (fully) read, so the connection cannot be reused; say so instead
+/// of letting keep-alive clients find out.
+fn closing_error(status: u16, msg: &str) -> HttpResponse<Body> {
+    let mut r = error_response(status, msg);
     r.headers_mut().insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
     r
+}
+
+fn body_error(e: &BodyError) -> HttpResponse<Body> {
+    closing_error(e.http_status(), &e.to_string())
+}
+
+/// The whole answer to a connection refused at the cap, written before
+/// hyper ever sees it: 503, `Retry-After`, close.
+static REFUSAL: LazyLock<Vec<u8>> = LazyLock::new(|| {
+    let body = serde_json::json!({ "error": "sidekv is at its connection cap (KVSTORE_MAX_CONNECTIONS); retry shortly" }).to_string();
+    format!(
+        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nretry-after: {}\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        limits::RETRY_AFTER_SECS,
+        body.len()
+    )
+    .into_bytes()
+});
+
+/// A response body that keeps its request marked in flight until hyper has
+/// taken the last frame (then the connection counts as idle).
+struct TrackedBody {
+    inner: Body,
+    _request: RequestGuard,
+}
+
+impl hyper::body::Body for TrackedBody {
+    type Data = Bytes;
+    type Error = std::io::Error;
+
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// The HTTP/1.1 settings of the main port: head timeout (slowloris), head
@@ -69,7 +123,7 @@ pub fn connection_builder() -> hyper::server::conn::http1::Builder {
 /// Serve the main port until `shutdown` resolves, then stop accepting and
 /// wait (bounded) for in-flight requests.
 pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>) {
-    let conns = Arc::new(Semaphore::new(app.config.max_connections));
+    let conns = ConnTable::new(app.config.max_connections);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -85,29 +139,15 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
             },
             _ = &mut shutdown => break,
         };
-        let Ok(permit) = conns.clone().try_acquire_owned() else {
-            METRICS.connections_rejected.fetch_add(1, Relaxed);
-            drop(stream);
+        let Some(slot) = conns.admit() else {
+            conns.refuse(stream, &REFUSAL);
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let app = app.clone();
-        let conn = connection_builder().serve_connection(
-            TokioIo::new(stream),
-            service_fn(move |req| {
-                let app = app.clone();
-                async move { Ok::<_, Infallible>(handle(app, req).await) }
-            }),
-        );
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            METRICS.connections_open.fetch_add(1, Relaxed);
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "connection ended with an error");
-            }
-            METRICS.connections_open.fetch_sub(1, Relaxed);
-            drop(permit);
-        });
+        let slot = Arc::new(slot);
+        let io = TokioIo::new(WriteDeadline::new(stream, app.config.write_timeout));
+        let conn = connection_builder().serve_connection(io, service(app.clone(), slot.clone()));
+        tokio::spawn(run_connection(graceful.watch(conn), slot));
     }
     drop(listener);
     tokio::select! {
@@ -116,6 +156,51 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
             tracing::warn!("in-flight requests did not finish within the shutdown grace period");
         }
     }
+}
+
+/// The request handler of one connection: marks each request in flight
+/// for the connection table until its response body is done.
+fn service(
+    app: Arc<App>,
+    slot: Arc<Conn>,
+) -> impl hyper::service::Service<
+    HttpRequest<Incoming>,
+    Response = HttpResponse<Body>,
+    Error = Infallible,
+    Future = impl Future<Output = Result<HttpResponse<Body>, Infallible>> + Send,
+> + Send
++ 'static {
+    service_fn(move |req| {
+        let (app, request) = (app.clone(), slot.begin_request());
+        async move {
+            if request.evicted() {
+                // Raced with an eviction: the slot is already someone else's.
+                return Ok(closing_error(503, "this idle connection was closed to make room for another (KVSTORE_MAX_CONNECTIONS)"));
+            }
+            let resp = handle(app, req).await;
+            Ok(resp.map(|inner| TrackedBody { inner, _request: request }.boxed()))
+        }
+    })
+}
+
+/// Drive one connection until it ends, or until the table evicts it while
+/// idle (then it is dropped: no request is lost).
+async fn run_connection(conn: impl Future<Output = hyper::Result<()>>, slot: Arc<Conn>) {
+    METRICS.connections_open.fetch_add(1, Relaxed);
+    tokio::pin!(conn);
+    let ended = tokio::select! {
+        r = &mut conn => Some(r),
+        _ = slot.evicted() => None,
+    };
+    // A request that raced in on an evicted connection gets its 503 first.
+    let ended = match ended {
+        None if slot.state.is_busy() => Some(conn.await),
+        other => other,
+    };
+    if let Some(Err(e)) = ended {
+        tracing::debug!(error = %e, "connection ended with an error");
+    }
+    METRICS.connections_open.fetch_sub(1, Relaxed);
 }
 
 async fn handle(app: Arc<App>, req: HttpRequest<Incoming>) -> HttpResponse<Body> {
@@ -149,25 +234,21 @@ async fn handle_inner(app: &Arc<App>, req: HttpRequest<Incoming>) -> HttpRespons
     let Some(guest) = app.guest() else {
         return error_response(503, &app.not_ready_reason());
     };
-    let max = app.config.max_body_bytes;
-    if let Some(len) = req.headers().get(hyper::header::CONTENT_LENGTH)
-        && len.to_str().ok().and_then(|s| s.parse::<u64>().ok()).is_some_and(|n| n > max as u64)
-    {
-        return body_too_large(max);
+    let lim = app.body_limits();
+    let declared = req.headers().get(hyper::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > lim.max_bytes as u64) {
+        return body_error(&BodyError::TooLarge { max: lim.max_bytes });
     }
     let (parts, body) = req.into_parts();
-    let body = match Limited::new(body, max).collect().await {
-        Ok(c) => c.to_bytes(),
-        Err(e) => {
-            if e.downcast_ref::<http_body_util::LengthLimitError>().is_some() {
-                return body_too_large(max);
-            }
-            return error_response(400, &format!("reading the request body: {e}"));
-        }
+    // Held until the guest has answered: the body lives on in the guest's
+    // copy of the request until then.
+    let (body, _reservation) = match body::read(body, declared.map(|n| n as usize), &lim, &app.body_budget).await {
+        Ok(b) => b,
+        Err(e) => return body_error(&e),
     };
     let path_with_query = parts.uri.path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_else(|| "/".into());
     let headers = parts.headers.iter().map(|(k, v)| (k.as_str().to_owned(), v.as_bytes().to_vec())).collect();
-    let greq = GuestRequest { method: parts.method.as_str().to_owned(), path_with_query, headers, body: body.to_vec() };
+    let greq = GuestRequest { method: parts.method.as_str().to_owned(), path_with_query, headers, body };
     match guest.handle(greq).await {
         Ok(resp) => match to_http(app, resp).await {
             Ok(r) => r,
@@ -212,7 +293,7 @@ async fn to_http(app: &Arc<App>, resp: GuestResponse) -> Result<HttpResponse<Bod
                 }
                 BodyStream::Export(prefix) => StreamKind::Export(prefix),
             };
-            let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(16);
+            let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(limits::STREAM_QUEUE_FRAMES);
             let prologue = resp.body;
             tokio::spawn(async move {
                 if !prologue.is_empty() && tx.send(Ok(Frame::data(Bytes::from(prologue)))).await.is_err() {

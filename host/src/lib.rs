@@ -11,14 +11,18 @@
 //! |-----------|-----------------------------------------------------------|
 //! | `config`  | flags/env parsing and validation                          |
 //! | `limits`  | every limit, as a named constant                          |
-//! | `http`    | hyper server, body/head limits, admin endpoints           |
+//! | `http`    | hyper server, head limits, error → status, admin endpoints|
+//! | `conns`   | connection cap, idle eviction, response-write deadline    |
+//! | `body`    | request bodies: deadline, minimum rate, in-flight budget  |
 //! | `guest`   | wasmtime engine, instance pool, sandbox, WIT host impls   |
 //! | `store`   | SQLite: writer thread (group commit), readers, changelog  |
 //! | `replica` | S3: segments, snapshots, restore, fencing                 |
 //! | `streams` | SSE watch and NDJSON export bodies                        |
 //! | `metrics` | Prometheus counters and histograms                        |
 
+pub mod body;
 pub mod config;
+pub mod conns;
 pub mod guest;
 pub mod http;
 pub mod limits;
@@ -62,11 +66,25 @@ pub struct App {
     guest: OnceLock<GuestRuntime>,
     replica: OnceLock<Arc<Replica>>,
     phase: Mutex<Phase>,
+    /// Request-body bytes in flight (`KVSTORE_MAX_INFLIGHT_BODY_BYTES`).
+    pub body_budget: body::BodyBudget,
 }
 
 impl App {
     pub fn new(config: Config) -> Self {
-        App { config, store: OnceLock::new(), guest: OnceLock::new(), replica: OnceLock::new(), phase: Mutex::new(Phase::Starting) }
+        let body_budget = body::BodyBudget::new(config.inflight_body_bytes());
+        App {
+            config,
+            store: OnceLock::new(),
+            guest: OnceLock::new(),
+            replica: OnceLock::new(),
+            phase: Mutex::new(Phase::Starting),
+            body_budget,
+        }
+    }
+
+    pub fn body_limits(&self) -> body::BodyLimits {
+        body::BodyLimits { max_bytes: self.config.max_body_bytes, timeout: self.config.body_timeout, min_rate: self.config.body_min_rate }
     }
 
     pub fn store(&self) -> Option<&Store> {
@@ -132,6 +150,7 @@ pub fn guest_options(config: &Config) -> anyhow::Result<GuestOptions> {
         timeout: std::time::Duration::from_millis(config.guest_timeout_ms),
         memory_bytes: (config.guest_memory_mb as usize) << 20,
         max_response_bytes: config.max_response_bytes,
+        max_instances: config.max_instances(),
         cache_dir: config.cache_dir(),
         config: config.guest_settings()?,
         inherit_stderr: config.guest_stderr,

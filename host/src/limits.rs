@@ -21,6 +21,14 @@ pub const MAX_VALUE_BYTES_CEILING: usize = 64 << 20;
 pub const MAX_LIST_LIMIT: u32 = 1000;
 /// Most keys in one `get-many`.
 pub const MAX_GET_MANY_KEYS: usize = 1000;
+/// Most bytes (keys + values) one read hands out: a `list` page (also an
+/// export page) stops before it would pass this and returns a cursor, a
+/// prefix-watch step stops likewise, and a `get-many` over it fails with
+/// `InvalidArgument`. A page always holds at least one entry, so a single
+/// value larger than this (KVSTORE_MAX_VALUE_BYTES above it) still lists.
+/// Why: 40 values of 900 KiB in one page grew the guest past its memory cap
+/// (the JSON answer is base64, 4/3 of the values, built in guest memory).
+pub const MAX_READ_BYTES: usize = 8 << 20;
 
 // ---- writes ----
 
@@ -47,8 +55,14 @@ pub const MAX_WATCH_TIMEOUT_MS: u32 = 300_000;
 /// Commits of change history kept locally so prefix watches can resume from
 /// an older versionstamp; older positions get 410 Gone.
 pub const WATCH_HISTORY_COMMITS: u64 = 10_000;
-/// Changes read per step of a prefix watch stream.
+/// Changes read per step of a prefix watch stream (and at most
+/// `MAX_READ_BYTES` of them).
 pub const WATCH_STREAM_BATCH: u32 = 500;
+/// Frames a host-made stream (SSE watch, NDJSON export) may queue ahead of
+/// the client. With a page of up to `MAX_READ_BYTES` per frame this bounds a
+/// slow reader's memory to a few pages; the write deadline ends a reader
+/// that stopped.
+pub const STREAM_QUEUE_FRAMES: usize = 2;
 
 // ---- background maintenance ----
 
@@ -76,8 +90,17 @@ pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 32 << 20;
 /// Requests one reused instance serves before it is recycled, bounding any
 /// slow leak inside a guest.
 pub const INSTANCE_MAX_USES: u64 = 100_000;
-/// Most idle instances kept for reuse.
+/// Most idle instances kept for reuse (never more than `KVSTORE_MAX_INSTANCES`
+/// exist in all).
 pub const INSTANCE_POOL_IDLE: usize = 64;
+/// Default cap on live guest instances (`KVSTORE_MAX_INSTANCES`): this many
+/// per core. A call holds its instance while it waits for the store (a
+/// commit's fsync, an S3 acknowledgement, a long-poll), so the cap must be
+/// well above the core count; see BENCHMARKS.md for the throughput it costs.
+pub const INSTANCES_PER_CORE: usize = 8;
+/// How long a request waits for a free guest instance before it gets 503
+/// with `Retry-After` (`GuestError::Busy`).
+pub const INSTANCE_WAIT: Duration = Duration::from_secs(2);
 /// Most concurrent instances with the pooling allocator (fresh mode).
 pub const POOLING_MAX_INSTANCES: u32 = 256;
 
@@ -93,6 +116,42 @@ pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 /// Default cap on open client connections (`KVSTORE_MAX_CONNECTIONS`).
 pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+/// At the cap, a connection with no request in flight that has been idle
+/// this long is closed to make room for a new one (oldest first). Younger
+/// idle connections are spared: a client that just got an answer is likely
+/// about to reuse its connection, and closing it then races its request.
+pub const IDLE_EVICT_AFTER: Duration = Duration::from_secs(1);
+/// `Retry-After` (seconds) of every 503 that says "overloaded, come back":
+/// connection cap, in-flight body budget, no free guest instance.
+pub const RETRY_AFTER_SECS: u64 = 1;
+/// A connection refused at the cap gets a canned 503; the server then reads
+/// (and discards) what the client sends for up to this long before closing,
+/// so the close is not a reset that destroys the 503 in flight.
+pub const REFUSAL_LINGER: Duration = Duration::from_millis(500);
+/// Refusals being written at once; past it, connections over the cap are
+/// just closed (a flood must not turn into a task per connection).
+pub const MAX_PENDING_REFUSALS: usize = 256;
+/// Default whole-body deadline (`KVSTORE_BODY_TIMEOUT`); past it → 408 and
+/// the connection is closed.
+pub const DEFAULT_BODY_TIMEOUT: &str = "60s";
+/// Default minimum body rate in bytes/s (`KVSTORE_BODY_MIN_RATE`): after
+/// `BODY_RATE_GRACE`, a body must have arrived at this average rate, or it
+/// gets 408 (one byte every 5 s is cut after ~2 s, not after the timeout).
+pub const DEFAULT_BODY_MIN_RATE: u64 = 64 * 1024;
+/// Time a body gets before the minimum rate applies (TCP slow start, a
+/// client that sends its head and body in two writes).
+pub const BODY_RATE_GRACE: Duration = Duration::from_secs(2);
+/// Default response-write deadline (`KVSTORE_WRITE_TIMEOUT`): a connection
+/// whose writes make no progress this long (the client stopped reading) is
+/// closed, releasing its slot and its buffered response.
+pub const DEFAULT_WRITE_TIMEOUT: &str = "10s";
+/// Default in-flight body budget (`KVSTORE_MAX_INFLIGHT_BODY_BYTES`) as a
+/// multiple of KVSTORE_MAX_BODY_BYTES: bytes of request bodies being read or
+/// handled at once. A request whose body does not fit waits
+/// `BODY_BUDGET_WAIT`, then gets 503 with `Retry-After`.
+pub const INFLIGHT_BODY_FACTOR: usize = 4;
+/// How long a body waits for room in the in-flight budget.
+pub const BODY_BUDGET_WAIT: Duration = Duration::from_secs(2);
 /// How long graceful shutdown waits for in-flight requests.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 

@@ -72,6 +72,19 @@ pub struct Metrics {
     pub restore_seconds_micros: AtomicU64,
     pub connections_open: AtomicU64,
     pub connections_rejected: AtomicU64,
+    pub connections_evicted: AtomicU64,
+    pub body_timeouts: AtomicU64,
+    pub write_timeouts: AtomicU64,
+    pub inflight_body_bytes: AtomicU64,
+    pub body_budget_rejections: AtomicU64,
+    pub guest_instances: AtomicU64,
+    /// Ever created: instances are recycled, so this grows while
+    /// `guest_instances` stays bounded.
+    pub guest_instances_created: AtomicU64,
+    pub guest_instances_busy: AtomicU64,
+    pub guest_memory_bytes: AtomicU64,
+    pub guest_busy_rejections: AtomicU64,
+    pub read_byte_caps: AtomicU64,
 }
 
 pub static METRICS: Metrics = Metrics {
@@ -91,6 +104,17 @@ pub static METRICS: Metrics = Metrics {
     restore_seconds_micros: AtomicU64::new(0),
     connections_open: AtomicU64::new(0),
     connections_rejected: AtomicU64::new(0),
+    connections_evicted: AtomicU64::new(0),
+    body_timeouts: AtomicU64::new(0),
+    write_timeouts: AtomicU64::new(0),
+    inflight_body_bytes: AtomicU64::new(0),
+    body_budget_rejections: AtomicU64::new(0),
+    guest_instances: AtomicU64::new(0),
+    guest_instances_created: AtomicU64::new(0),
+    guest_instances_busy: AtomicU64::new(0),
+    guest_memory_bytes: AtomicU64::new(0),
+    guest_busy_rejections: AtomicU64::new(0),
+    read_byte_caps: AtomicU64::new(0),
 };
 
 /// Replication figures read at scrape time.
@@ -124,6 +148,40 @@ impl Metrics {
             _ => &self.guest_bad_responses,
         }
         .fetch_add(1, Relaxed);
+    }
+
+    /// The protective limits: what is in use, and how often each one
+    /// triggered (docs/robustness.md, "Hostile and broken clients").
+    fn render_limits(&self, out: &mut String) {
+        let counters: [(&str, &str, &AtomicU64); 7] = [
+            ("sidekv_connections_evicted_total", "Idle connections closed at the cap to admit a new one.", &self.connections_evicted),
+            ("sidekv_body_timeouts_total", "Requests answered 408: body too slow (KVSTORE_BODY_TIMEOUT / _MIN_RATE).", &self.body_timeouts),
+            (
+                "sidekv_write_timeouts_total",
+                "Connections closed because the client stopped reading (KVSTORE_WRITE_TIMEOUT).",
+                &self.write_timeouts,
+            ),
+            ("sidekv_body_budget_rejections_total", "Requests answered 503: in-flight body budget full.", &self.body_budget_rejections),
+            (
+                "sidekv_guest_busy_rejections_total",
+                "Requests answered 503: no free guest instance (KVSTORE_MAX_INSTANCES).",
+                &self.guest_busy_rejections,
+            ),
+            ("sidekv_read_byte_caps_total", "Reads cut short (page + cursor) or refused by the per-read byte cap.", &self.read_byte_caps),
+            ("sidekv_guest_instances_created_total", "Guest instances created.", &self.guest_instances_created),
+        ];
+        for (name, help, v) in counters {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", v.load(Relaxed));
+        }
+        let gauges: [(&str, &str, &AtomicU64); 4] = [
+            ("sidekv_inflight_body_bytes", "Request-body bytes reserved in the in-flight budget.", &self.inflight_body_bytes),
+            ("sidekv_guest_instances", "Live guest instances (busy + idle).", &self.guest_instances),
+            ("sidekv_guest_instances_busy", "Guest instances handling a request.", &self.guest_instances_busy),
+            ("sidekv_guest_memory_bytes", "Linear memory of live guest instances.", &self.guest_memory_bytes),
+        ];
+        for (name, help, v) in gauges {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {}", v.load(Relaxed));
+        }
     }
 
     pub fn render(&self, repl: &ReplicationGauges) -> String {
@@ -167,6 +225,7 @@ impl Metrics {
             "Connections closed at once because the cap was reached.",
             self.connections_rejected.load(Relaxed),
         );
+        self.render_limits(&mut out);
         gauge(&mut out, "sidekv_commit_counter", "Last committed commit counter.", repl.committed as f64);
         gauge(&mut out, "sidekv_replication_enabled", "1 when S3 backup is configured.", repl.enabled as u8 as f64);
         if repl.enabled {

@@ -18,8 +18,10 @@ pub use ops::*;
 
 pub const SECRET: &str = "test-secret";
 
+/// The binary under test: this build's, or `SIDEKV_TEST_BIN` (to run a
+/// suite against another build, e.g. to show a test fails without a fix).
 pub fn bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_sidekv"))
+    std::env::var_os("SIDEKV_TEST_BIN").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_sidekv")))
 }
 
 pub fn repo_root() -> PathBuf {

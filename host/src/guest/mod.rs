@@ -21,6 +21,10 @@
 //! - `fresh`: a new instance per request from the pooling allocator, for
 //!   guests that are not written to be reused.
 //!
+//! Bounds (`slots.rs`): at most `KVSTORE_MAX_INSTANCES` calls run at once,
+//! each on its own instance; a request waits `INSTANCE_WAIT` for a slot,
+//! then gets `GuestError::Busy` (503). Instances and their memory are gauges.
+//!
 //! Sandbox: an epoch deadline per call (a ticker thread advances the epoch
 //! every `EPOCH_TICK`), a linear-memory cap and table cap (`StoreLimits`), a
 //! resource-table cap, a response-size cap. WASI is linked because language
@@ -45,6 +49,7 @@ macro_rules! store_call_off_deadline {
 mod cache;
 mod host_kv;
 mod keyvalue;
+mod slots;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -52,12 +57,13 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use wasmtime::component::{HasSelf, Linker, ResourceTable};
-use wasmtime::{Engine, StoreLimits, StoreLimitsBuilder, Trap, UpdateDeadline};
+use wasmtime::{Engine, StoreLimitsBuilder, Trap, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use crate::limits;
 use crate::metrics::METRICS;
 use crate::store::Store;
+use slots::{InstanceSlots, MeteredLimits};
 
 wasmtime::component::bindgen!({
     path: "../wit",
@@ -95,12 +101,15 @@ pub enum GuestError {
     BadResponse { guest: String, msg: String },
     #[error("loading guest {guest}: {msg}")]
     Load { guest: String, msg: String },
+    #[error("all {max} guest instances are busy (KVSTORE_MAX_INSTANCES); retry shortly")]
+    Busy { max: usize },
 }
 
 impl GuestError {
     pub fn http_status(&self) -> u16 {
         match self {
             GuestError::Timeout { .. } => 504,
+            GuestError::Busy { .. } => 503,
             _ => 500,
         }
     }
@@ -113,6 +122,8 @@ pub struct GuestOptions {
     pub timeout: Duration,
     pub memory_bytes: usize,
     pub max_response_bytes: usize,
+    /// Most live instances (`KVSTORE_MAX_INSTANCES`).
+    pub max_instances: usize,
     pub cache_dir: Option<PathBuf>,
     /// Values served through the `config` interface.
     pub config: HashMap<String, String>,
@@ -124,7 +135,7 @@ pub struct GuestOptions {
 pub struct HostState {
     wasi: WasiCtx,
     table: ResourceTable,
-    limits: StoreLimits,
+    limits: MeteredLimits,
     store: Store,
     config: Arc<HashMap<String, String>>,
     /// When the current call must have finished. Time the guest spends
@@ -160,6 +171,7 @@ pub struct GuestRuntime {
     opts: GuestOptions,
     config: Arc<HashMap<String, String>>,
     store: Store,
+    slots: InstanceSlots,
     _ticker: EpochTicker,
 }
 
@@ -228,6 +240,7 @@ pub fn make_engine(opts: &GuestOptions) -> Result<Engine, GuestError> {
     cfg.cranelift_opt_level(wasmtime::OptLevel::Speed);
     if opts.instance_mode == InstanceMode::Fresh {
         let mut pool = wasmtime::PoolingAllocationConfig::new();
+        // A reload briefly keeps old instances beside new ones: room for both.
         pool.total_component_instances(limits::POOLING_MAX_INSTANCES);
         pool.total_core_instances(limits::POOLING_MAX_INSTANCES * 4);
         pool.total_memories(limits::POOLING_MAX_INSTANCES * 2);
@@ -252,7 +265,12 @@ impl GuestRuntime {
         let loaded = load(&engine, &linker, source, opts.cache_dir.as_deref())?;
         let ticker = EpochTicker::start(engine.clone());
         let config = Arc::new(opts.config.clone());
-        Ok(GuestRuntime { engine, linker, current: RwLock::new(Arc::new(loaded)), opts, config, store, _ticker: ticker })
+        let max = match opts.instance_mode {
+            InstanceMode::Reuse => opts.max_instances,
+            InstanceMode::Fresh => opts.max_instances.min(limits::POOLING_MAX_INSTANCES as usize / 2),
+        };
+        let slots = InstanceSlots::new(max);
+        Ok(GuestRuntime { engine, linker, current: RwLock::new(Arc::new(loaded)), opts, config, store, slots, _ticker: ticker })
     }
 
     /// Instantiate once at start, so a guest that cannot even be
@@ -291,11 +309,13 @@ impl GuestRuntime {
         let state = HostState {
             wasi: wasi.build(),
             table,
-            limits: StoreLimitsBuilder::new()
-                .memory_size(self.opts.memory_bytes)
-                .table_elements(limits::GUEST_MAX_TABLE_ELEMENTS)
-                .trap_on_grow_failure(true)
-                .build(),
+            limits: MeteredLimits::new(
+                StoreLimitsBuilder::new()
+                    .memory_size(self.opts.memory_bytes)
+                    .table_elements(limits::GUEST_MAX_TABLE_ELEMENTS)
+                    .trap_on_grow_failure(true)
+                    .build(),
+            ),
             store: self.store.clone(),
             config: self.config.clone(),
             deadline: Instant::now() + self.opts.timeout,
@@ -336,6 +356,9 @@ impl GuestRuntime {
 
     /// Handle one request in the guest.
     pub async fn handle(&self, req: Request) -> Result<Response, GuestError> {
+        // The slot is held until the call ends (the instance is back in the
+        // pool or dropped by then), so live instances never exceed the cap.
+        let _slot = self.slots.acquire().await.ok_or(GuestError::Busy { max: self.slots.max })?;
         let loaded = self.current.read().unwrap().clone();
         let mut inst = self.instance(&loaded).await?;
         let started = Instant::now();
@@ -393,7 +416,7 @@ fn trap_message(e: &wasmtime::Error) -> String {
             // "error while executing" and a wasm backtrace.
             let s = e.root_cause().to_string();
             let s = s.lines().next().unwrap_or("").trim();
-            let s = if s.contains("memory growth failure") || s.contains("memory minimum size") {
+            let s = if s.contains("memory growth failure") || s.contains("memory minimum size") || s.contains("growing memory") {
                 "it ran out of memory (KVSTORE_GUEST_MEMORY_MB)"
             } else {
                 s

@@ -1,5 +1,10 @@
 //! Read queries, run on reader connections. Every read filters expired
 //! entries, so a TTL is exact without waiting for the sweep.
+//!
+//! Every read is bounded in bytes as well as in entries (`ByteBudget`,
+//! `limits::MAX_READ_BYTES`): rows are pulled one at a time and a page
+//! stops before the entry that would pass the budget, with a cursor to its
+//! predecessor, so the next page starts exactly at the entry left out.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -97,12 +102,48 @@ pub fn get(conn: &Connection, key: &str, now: u64) -> Result<Option<Entry>, Stor
     Ok(stmt.query_row(rusqlite::params![key.as_bytes(), now as i64], |r| row_to_entry(r, false)).optional()?)
 }
 
+/// Bytes one read may hand out. `admit` answers whether an entry of `n`
+/// bytes still fits; the first entry always does (a page is never empty).
+pub struct ByteBudget {
+    used: usize,
+    max: usize,
+}
+
+impl ByteBudget {
+    pub fn new(max: usize) -> Self {
+        ByteBudget { used: 0, max }
+    }
+
+    fn admit(&mut self, n: usize) -> bool {
+        if self.used > 0 && self.used.saturating_add(n) > self.max {
+            crate::metrics::METRICS.read_byte_caps.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return false;
+        }
+        self.used += n;
+        true
+    }
+}
+
+fn entry_bytes(e: &Entry) -> usize {
+    e.key.len() + e.value.len()
+}
+
 pub fn get_many(conn: &mut Connection, keys: &[String], now: u64) -> Result<Vec<Option<Entry>>, StoreError> {
     // One read transaction: every key from the same snapshot.
     let tx = conn.transaction()?;
     let mut out = Vec::with_capacity(keys.len());
+    let mut budget = ByteBudget::new(limits::MAX_READ_BYTES);
     for k in keys {
-        out.push(get(&tx, k, now)?);
+        let e = get(&tx, k, now)?;
+        // get-many has no cursor to continue with: over the budget it fails
+        // as a whole instead of returning a partial answer.
+        if !budget.admit(e.as_ref().map_or(0, entry_bytes)) {
+            return Err(StoreError::InvalidArgument(format!(
+                "get-many answer is over the {}-byte read limit; ask for fewer keys",
+                limits::MAX_READ_BYTES
+            )));
+        }
+        out.push(e);
     }
     tx.finish()?;
     Ok(out)
@@ -147,14 +188,19 @@ pub fn list(conn: &Connection, q: &ListQuery, now: u64) -> Result<ListPage, Stor
     sql.push_str(if q.reverse { " ORDER BY key DESC LIMIT ?" } else { " ORDER BY key ASC LIMIT ?" });
     args.push(Value::Integer(q.limit as i64 + 1));
     let mut stmt = conn.prepare_cached(&sql)?;
-    let mut entries = stmt.query_map(params_from_iter(args), |r| row_to_entry(r, q.keys_only))?.collect::<Result<Vec<_>, _>>()?;
-    let cursor = if entries.len() > q.limit as usize {
-        entries.truncate(q.limit as usize);
-        entries.last().map(|e| encode_cursor(&e.key))
-    } else {
-        None
-    };
-    Ok(ListPage { entries, cursor })
+    let rows = stmt.query_map(params_from_iter(args), |r| row_to_entry(r, q.keys_only))?;
+    let (mut entries, mut budget) = (Vec::new(), ByteBudget::new(limits::MAX_READ_BYTES));
+    for row in rows {
+        let e = row?;
+        // A row beyond `limit`, or one that does not fit the byte budget,
+        // exists: the page ends before it and the cursor resumes there.
+        if entries.len() == q.limit as usize || !budget.admit(entry_bytes(&e)) {
+            let cursor = entries.last().map(|e: &Entry| encode_cursor(&e.key));
+            return Ok(ListPage { entries, cursor });
+        }
+        entries.push(e);
+    }
+    Ok(ListPage { entries, cursor: None })
 }
 
 pub fn count(conn: &Connection, q: &ListQuery, now: u64) -> Result<u64, StoreError> {
@@ -210,9 +256,10 @@ pub fn changes(conn: &mut Connection, prefix: &str, after: ChangePos, limit: u32
     }
     sql.push_str(" ORDER BY version, n LIMIT ?");
     args.push(Value::Integer(limit as i64));
-    let out = {
+    let mut out = Vec::new();
+    {
         let mut stmt = tx.prepare_cached(&sql)?;
-        stmt.query_map(params_from_iter(args), |r| {
+        let rows = stmt.query_map(params_from_iter(args), |r| {
             let key: Vec<u8> = r.get(1)?;
             Ok(Change {
                 versionstamp: Versionstamp::from_i64(r.get(0)?),
@@ -221,9 +268,18 @@ pub fn changes(conn: &mut Connection, prefix: &str, after: ChangePos, limit: u32
                 value: r.get(2)?,
                 expires_at: r.get::<_, Option<i64>>(3)?.map(|v| v as u64),
             })
-        })?
-        .collect::<Result<Vec<_>, _>>()?
-    };
+        })?;
+        // The caller resumes after the last change returned, so stopping
+        // early at the byte budget loses nothing.
+        let mut budget = ByteBudget::new(limits::MAX_READ_BYTES);
+        for row in rows {
+            let c = row?;
+            if !budget.admit(c.key.len() + c.value.as_ref().map_or(0, Vec::len)) {
+                break;
+            }
+            out.push(c);
+        }
+    }
     tx.finish()?;
     Ok(out)
 }
