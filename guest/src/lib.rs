@@ -24,7 +24,7 @@
 use std::sync::OnceLock;
 
 use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as B64;
+use base64::engine::general_purpose::{STANDARD as B64, URL_SAFE_NO_PAD};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
@@ -125,8 +125,18 @@ fn header<'a>(req: &'a Request, name: &str) -> Option<&'a [u8]> {
     req.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_slice())
 }
 
-fn header_str<'a>(req: &'a Request, name: &str) -> Option<&'a str> {
-    header(req, name).and_then(|v| std::str::from_utf8(v).ok()).map(str::trim)
+/// A header as text. One that is present but not UTF-8 is a 400, never
+/// "absent": a garbled `If-Match` must not turn into an unconditional write.
+fn header_str<'a>(req: &'a Request, name: &str) -> Result<Option<&'a str>, Resp> {
+    match header(req, name) {
+        None => Ok(None),
+        Some(v) => std::str::from_utf8(v).map(|s| Some(s.trim())).map_err(|_| error(400, format!("the {name} header is not UTF-8"))),
+    }
+}
+
+/// `"<vs>"` or `<vs>`: one pair of quotes at most (an entity tag).
+fn unquote(s: &str) -> &str {
+    s.strip_prefix('"').and_then(|t| t.strip_suffix('"')).unwrap_or(s)
 }
 
 fn hex(b: u8) -> Option<u8> {
@@ -190,10 +200,31 @@ impl Query {
         }
     }
     fn u64(&self, k: &str) -> Result<Option<u64>, Resp> {
-        self.get(k)
-            .map(|v| v.parse::<u64>().map_err(|_| error(400, format!("{k} must be a non-negative integer, got {v:?}"))))
-            .transpose()
+        self.get(k).map(|v| decimal(v).ok_or_else(|| error(400, format!("{k} must be a non-negative integer, got {v:?}")))).transpose()
     }
+}
+
+/// A u64 written in decimal digits only (`str::parse` also takes a `+`).
+fn decimal(s: &str) -> Option<u64> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
+
+/// A resume position of a prefix watch: `<versionstamp>` or an SSE event
+/// id `<versionstamp>.<n>` (the store's own syntax: a 47-bit commit counter
+/// in 16 hex digits, a 4-digit index, `n` a u32).
+fn is_position(s: &str) -> bool {
+    let (vs, n) = match s.split_once('.') {
+        Some((vs, n)) => (vs, Some(n)),
+        None => (s, None),
+    };
+    let vs_ok = vs.len() == 20
+        && vs.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        && vs.starts_with("0000")
+        && vs.as_bytes()[4] <= b'7';
+    vs_ok && n.is_none_or(|n| decimal(n).is_some_and(|n| u32::try_from(n).is_ok()))
 }
 
 /// "30s", "500ms", "2m" or bare milliseconds.
@@ -208,30 +239,38 @@ fn parse_timeout(s: &str) -> Result<u32, Resp> {
     } else {
         (s, 1)
     };
-    let ms = num.parse::<u64>().map_err(|_| bad())?.checked_mul(mul).ok_or_else(bad)?;
+    let ms = decimal(num).ok_or_else(bad)?.checked_mul(mul).ok_or_else(bad)?;
     if ms > MAX_WATCH_MS as u64 {
         return Err(bad());
     }
     Ok(ms as u32)
 }
 
+/// `?ttl=` or `X-Expire-In` (the query wins; both are checked when both
+/// are given).
 fn ttl(req: &Request, q: &Query) -> Result<Option<u64>, Resp> {
-    if let Some(t) = q.u64("ttl")? {
-        return Ok(Some(t));
-    }
-    match header_str(req, "x-expire-in") {
-        None => Ok(None),
-        Some(v) => v.parse().map(Some).map_err(|_| error(400, format!("X-Expire-In must be milliseconds, got {v:?}"))),
-    }
+    let in_range = |name: &str, t: u64| {
+        if (1..=MAX_TTL_MS).contains(&t) {
+            Ok(t)
+        } else {
+            Err(error(400, format!("{name} must be 1 to {MAX_TTL_MS} milliseconds, got {t}")))
+        }
+    };
+    let header = match header_str(req, "x-expire-in")? {
+        None => None,
+        Some(v) => {
+            let t = decimal(v).ok_or_else(|| error(400, format!("X-Expire-In must be milliseconds, got {v:?}")))?;
+            Some(in_range("X-Expire-In", t)?)
+        }
+    };
+    let query = q.u64("ttl")?.map(|t| in_range("ttl", t)).transpose()?;
+    Ok(query.or(header))
 }
 
 /// `If-Match: "<vs>"` / `If-None-Match: *` → write options.
 fn conditions(req: &Request, ttl_ms: Option<u64>) -> Result<kv::WriteOptions, Resp> {
-    let if_match = match header_str(req, "if-match") {
-        None => None,
-        Some(v) => Some(v.trim_matches('"').to_string()),
-    };
-    let if_absent = match header_str(req, "if-none-match") {
+    let if_match = header_str(req, "if-match")?.map(|v| unquote(v).to_string());
+    let if_absent = match header_str(req, "if-none-match")? {
         None => false,
         Some("*") => true,
         Some(v) => return Err(error(400, format!("If-None-Match supports only `*`, got {v:?}"))),
@@ -262,7 +301,9 @@ fn route(req: &Request) -> Result<Resp, Resp> {
             "_watch" => endpoint(req, "GET", || watch_prefix(req, &q)),
             "_export" => endpoint(req, "GET", || export(req, &q)),
             "_import" => endpoint(req, "POST", || import(req)),
-            _ if matches!(req.method.as_str(), "GET" | "HEAD") => Err(error(404, format!("no endpoint /{raw}; keys starting with _ are reserved"))),
+            _ if matches!(req.method.as_str(), "GET" | "HEAD") => {
+                Err(error(404, format!("no endpoint /{raw}; keys starting with _ are reserved")))
+            }
             _ => Err(error(400, "keys starting with _ are reserved for sidekv's endpoints (/_atomic, /_watch, /_export, /_import)")),
         };
     }
@@ -319,11 +360,13 @@ fn value_response(req: &Request, e: sidekv::store::types::Entry) -> Resp {
 
 fn get_key(req: &Request, q: &Query, key: String) -> Result<Resp, Resp> {
     authorize(req, Access::ReadKey)?;
+    // Checked even without `watch`: a bad parameter is never silently ignored.
+    let timeout = q.get("timeout").map(parse_timeout).transpose()?.unwrap_or(DEFAULT_WATCH_MS);
+    let if_none_match = header_str(req, "if-none-match")?;
     if let Some(since) = q.get("watch") {
-        let timeout = q.get("timeout").map(parse_timeout).transpose()?.unwrap_or(DEFAULT_WATCH_MS);
         let since = match since {
             "" | "null" | "absent" => None,
-            s => Some(s.trim_matches('"').to_string()),
+            s => Some(unquote(s).to_string()),
         };
         let (changed, entry) = kv::watch(&key, since.as_deref(), timeout).map_err(kv_error)?;
         return Ok(match (changed, entry) {
@@ -334,11 +377,11 @@ fn get_key(req: &Request, q: &Query, key: String) -> Result<Resp, Resp> {
     }
     match kv::get(&key).map_err(kv_error)? {
         Some(e) => {
-            if let Some(inm) = header_str(req, "if-none-match") {
-                if inm.trim_matches('"') == e.versionstamp {
-                    let etag = format!("\"{}\"", e.versionstamp).into_bytes();
-                    return Ok(Response { status: 304, headers: vec![("etag".into(), etag)], body: vec![], stream: None });
-                }
+            if let Some(inm) = if_none_match
+                && unquote(inm) == e.versionstamp
+            {
+                let etag = format!("\"{}\"", e.versionstamp).into_bytes();
+                return Ok(Response { status: 304, headers: vec![("etag".into(), etag)], body: vec![], stream: None });
             }
             Ok(value_response(req, e))
         }
@@ -372,18 +415,49 @@ fn delete_key(req: &Request, key: String) -> Result<Resp, Resp> {
     Ok(commit_response(kv::delete(&key, &opts).map_err(kv_error)?))
 }
 
+/// `?prefix=`: no longer than the longest key (empty = every key). Checked
+/// here, before a stream starts, so `/_export` and `/_watch` answer 400
+/// instead of breaking off a 200.
+fn prefix_param(q: &Query) -> Result<String, Resp> {
+    let p = q.get("prefix").unwrap_or("");
+    if p.len() > MAX_KEY_BYTES {
+        return Err(error(400, format!("prefix is {} bytes, over the {MAX_KEY_BYTES}-byte key limit", p.len())));
+    }
+    Ok(p.to_string())
+}
+
+/// The key a list cursor stands for: a cursor is the base64url (no padding)
+/// of the last key of a page, and only valid with the same prefix.
+fn cursor_key(cursor: &str, prefix: &str) -> Result<String, Resp> {
+    let bad =
+        || error(400, "the cursor is not one this server returned (pass back the `cursor` of the previous page, with the same prefix)");
+    let bytes = URL_SAFE_NO_PAD.decode(cursor).map_err(|_| bad())?;
+    let key = String::from_utf8(bytes).map_err(|_| bad())?;
+    if key.is_empty() || key.len() > MAX_KEY_BYTES || !key.starts_with(prefix) {
+        return Err(bad());
+    }
+    Ok(key)
+}
+
 fn list_query(q: &Query) -> Result<kv::ListQuery, Resp> {
     let limit = match q.u64("limit")? {
         None => DEFAULT_LIST_LIMIT,
         Some(l) => u32::try_from(l).map_err(|_| error(400, "limit is too large"))?,
     };
+    let prefix = prefix_param(q)?;
+    // Checked for `count=true` too, which ignores it: a bad parameter is
+    // never silently accepted.
+    let cursor = q.get("cursor").filter(|c| !c.is_empty()).map(str::to_string);
+    if let Some(c) = &cursor {
+        cursor_key(c, &prefix)?;
+    }
     Ok(kv::ListQuery {
-        prefix: q.get("prefix").unwrap_or("").to_string(),
+        prefix,
         start: q.get("start").map(str::to_string),
         end: q.get("end").map(str::to_string),
         limit,
         reverse: q.flag("reverse")?,
-        cursor: q.get("cursor").filter(|c| !c.is_empty()).map(str::to_string),
+        cursor,
         keys_only: q.flag("keys_only")?,
     })
 }
@@ -416,11 +490,11 @@ fn root(req: &Request, q: &Query) -> Result<Resp, Resp> {
         }
         "DELETE" => {
             authorize(req, Access::Write)?;
-            let prefix = q.get("prefix").unwrap_or("");
+            let prefix = prefix_param(q)?;
             if prefix.is_empty() {
                 return Err(error(400, "DELETE / needs a non-empty ?prefix= (deleting everything at once is not supported)"));
             }
-            let r = kv::delete_prefix(prefix).map_err(kv_error)?;
+            let r = kv::delete_prefix(&prefix).map_err(kv_error)?;
             Ok(json_resp(200, json!({ "ok": true, "deleted": r.deleted, "versionstamp": r.versionstamp })))
         }
         m => Err(method_not_allowed(m, "GET, DELETE")),
@@ -483,11 +557,23 @@ fn parse_mutation(i: usize, v: &Value) -> Result<kv::Mutation, Resp> {
     Ok(kv::Mutation { key: key.to_string(), kind, ttl_ms })
 }
 
-fn atomic(req: &Request) -> Result<Resp, Resp> {
-    authorize(req, Access::Write)?;
-    let body: AtomicBody = serde_json::from_slice(&req.body).map_err(|e| error(400, format!("the body is not a valid atomic batch: {e}")))?;
+/// The body of `/_atomic`: a JSON object (serde alone would also take the
+/// array `[checks, mutations]`).
+fn atomic_body(body: &[u8]) -> Result<(Vec<kv::Check>, Vec<kv::Mutation>), Resp> {
+    let bad = |e: &dyn std::fmt::Display| error(400, format!("the body is not a valid atomic batch: {e}"));
+    let v: Value = serde_json::from_slice(body).map_err(|e| bad(&e))?;
+    if !v.is_object() {
+        return Err(bad(&r#"it must be a JSON object {"checks": [...], "mutations": [...]}"#));
+    }
+    let body: AtomicBody = serde_json::from_value(v).map_err(|e| bad(&e))?;
     let checks = body.checks.iter().enumerate().map(|(i, c)| parse_check(i, c)).collect::<Result<Vec<_>, _>>()?;
     let mutations = body.mutations.iter().enumerate().map(|(i, m)| parse_mutation(i, m)).collect::<Result<Vec<_>, _>>()?;
+    Ok((checks, mutations))
+}
+
+fn atomic(req: &Request) -> Result<Resp, Resp> {
+    authorize(req, Access::Write)?;
+    let (checks, mutations) = atomic_body(&req.body)?;
     match kv::atomic(&checks, &mutations).map_err(kv_error)? {
         kv::AtomicOutcome::Committed(vs) => Ok(with_vs(json_resp(200, json!({ "ok": true, "versionstamp": vs })), &vs)),
         kv::AtomicOutcome::CheckFailed(i) => Ok(json_resp(409, json!({ "ok": false, "failed_check": i }))),
@@ -507,14 +593,21 @@ fn stream(ctype: &str, s: BodyStream) -> Resp {
 
 fn watch_prefix(req: &Request, q: &Query) -> Result<Resp, Resp> {
     authorize(req, Access::Read)?;
-    let prefix = q.get("prefix").unwrap_or("").to_string();
-    let after = q.get("after").or_else(|| header_str(req, "last-event-id")).filter(|s| !s.is_empty()).map(str::to_string);
+    let prefix = prefix_param(q)?;
+    // Both are checked when both are given, though `after` wins.
+    let last_event_id = header_str(req, "last-event-id")?;
+    for (name, v) in [("after", q.get("after")), ("Last-Event-ID", last_event_id)] {
+        if let Some(v) = v.filter(|v| !v.is_empty() && !is_position(v)) {
+            return Err(error(400, format!("{name} must be a versionstamp or an event id <versionstamp>.<n>, got {v:?}")));
+        }
+    }
+    let after = q.get("after").or(last_event_id).filter(|s| !s.is_empty()).map(str::to_string);
     Ok(stream("text/event-stream", BodyStream::WatchPrefix((prefix, after))))
 }
 
 fn export(req: &Request, q: &Query) -> Result<Resp, Resp> {
     authorize(req, Access::Read)?;
-    Ok(stream("application/x-ndjson", BodyStream::Export(q.get("prefix").unwrap_or("").to_string())))
+    Ok(stream("application/x-ndjson", BodyStream::Export(prefix_param(q)?)))
 }
 
 fn now_ms() -> u64 {
@@ -671,6 +764,118 @@ mod tests {
         assert!(matches!(parse_timeout("2m"), Ok(120_000)));
         assert!(parse_timeout("10m").is_err());
         assert!(parse_timeout("soon").is_err());
+    }
+
+    fn req(headers: &[(&str, &[u8])]) -> Request {
+        Request {
+            method: "POST".into(),
+            path_with_query: "/k".into(),
+            headers: headers.iter().map(|(k, v)| (k.to_string(), v.to_vec())).collect(),
+            body: vec![],
+        }
+    }
+
+    fn status<T>(r: Result<T, Resp>) -> u16 {
+        match r {
+            Ok(_) => 200,
+            Err(e) => e.status,
+        }
+    }
+
+    const VS: &str = "00000000000000010000";
+
+    // A conditional header that is not UTF-8 was read as absent, which
+    // turned a conditional write into an unconditional one.
+    #[test]
+    fn garbled_condition_headers_are_rejected_not_dropped() {
+        for name in ["if-match", "if-none-match", "x-expire-in"] {
+            let r = req(&[(name, b"\xff\xfe")]);
+            assert_eq!(status(ttl(&r, &Query(vec![])).and_then(|t| conditions(&r, t))), 400, "{name}");
+        }
+    }
+
+    // If-Match is an entity tag: one pair of quotes, or none.
+    #[test]
+    fn if_match_strips_one_pair_of_quotes() {
+        let quoted = format!("\"{VS}\"");
+        let opts = conditions(&req(&[("if-match", quoted.as_bytes())]), None).unwrap_or_else(|_| panic!("accepted"));
+        assert_eq!(opts.if_match.as_deref(), Some(VS));
+        let opts = conditions(&req(&[("if-match", VS.as_bytes())]), None).unwrap_or_else(|_| panic!("accepted"));
+        assert_eq!(opts.if_match.as_deref(), Some(VS));
+        // Anything else goes to the store as is (which rejects it), not trimmed into a valid one.
+        for odd in [format!("\"{VS}"), format!("\"\"{VS}\"\"")] {
+            let opts = conditions(&req(&[("if-match", odd.as_bytes())]), None).unwrap_or_else(|_| panic!("accepted"));
+            assert_ne!(opts.if_match.as_deref(), Some(VS), "{odd}");
+        }
+    }
+
+    // A parameter that does not apply (the query's ttl wins over the
+    // header; count ignores the cursor) was accepted whatever it held.
+    #[test]
+    fn parameters_that_do_not_apply_are_still_checked() {
+        let q = Query::parse("ttl=5").unwrap_or_else(|_| panic!("parses"));
+        assert_eq!(status(ttl(&req(&[("x-expire-in", b"soon")]), &q)), 400);
+        assert_eq!(status(ttl(&req(&[("x-expire-in", b"0")]), &q)), 400);
+        assert!(matches!(ttl(&req(&[("x-expire-in", b"7")]), &q), Ok(Some(5))));
+        let q = Query::parse("count=true&cursor=%21%21%21").unwrap_or_else(|_| panic!("parses"));
+        assert_eq!(status(list_query(&q)), 400);
+    }
+
+    // Numbers are decimal digits only (`str::parse` also takes `+5`).
+    #[test]
+    fn numbers_are_digits_only() {
+        let q = Query::parse("ttl=%2B5&limit=%2B5").unwrap_or_else(|_| panic!("parses"));
+        assert_eq!(status(q.u64("ttl")), 400);
+        assert_eq!(status(q.u64("limit")), 400);
+        assert!(parse_timeout("+5s").is_err());
+        assert_eq!(status(ttl(&req(&[("x-expire-in", b"+5")]), &Query(vec![]))), 400);
+        assert_eq!(decimal("0018446744073709551615"), Some(u64::MAX));
+        assert_eq!(decimal("18446744073709551616"), None);
+    }
+
+    // A prefix longer than the longest key is refused before any stream
+    // starts (export used to answer 200 and then break the stream off).
+    #[test]
+    fn prefixes_and_cursors() {
+        let long = "p".repeat(MAX_KEY_BYTES + 1);
+        assert_eq!(status(prefix_param(&Query(vec![("prefix".into(), long)]))), 400);
+        assert!(prefix_param(&Query(vec![("prefix".into(), "p".repeat(MAX_KEY_BYTES))])).is_ok());
+        let cursor = URL_SAFE_NO_PAD.encode("users/7");
+        assert_eq!(cursor_key(&cursor, "users/").ok(), Some("users/7".to_string()));
+        assert!(cursor_key(&cursor, "groups/").is_err());
+        assert!(cursor_key(&format!("{cursor}="), "").is_err());
+        assert!(cursor_key(&URL_SAFE_NO_PAD.encode([0xff, 0xfe]), "").is_err());
+        assert!(cursor_key("", "").is_err());
+    }
+
+    // serde's derived Deserialize also takes a struct as an array of its
+    // fields: `[[], []]` was committed as an empty batch.
+    #[test]
+    fn atomic_body_is_an_object() {
+        assert_eq!(status(atomic_body(b"[[], []]")), 400);
+        assert_eq!(status(atomic_body(b"[]")), 400);
+        assert_eq!(status(atomic_body(b"null")), 400);
+        assert_eq!(status(atomic_body(br#"{"checks": [], "extra": 1}"#)), 400);
+        let (c, m) =
+            atomic_body(br#"{"checks": [{"key": "a", "versionstamp": null}], "mutations": [{"type": "sum", "key": "n", "value": "2"}]}"#)
+                .unwrap_or_else(|_| panic!("valid"));
+        assert_eq!((c.len(), m.len()), (1, 1));
+        assert!(atomic_body(b"{}").is_ok());
+    }
+
+    #[test]
+    fn watch_positions() {
+        assert!(is_position(VS));
+        assert!(is_position(&format!("{VS}.0")));
+        assert!(is_position(&format!("{VS}.4294967295")));
+        assert!(is_position("00007fffffffffffffff"));
+        assert!(!is_position("00008000000000000000"));
+        assert!(!is_position(&format!("{VS}.4294967296")));
+        assert!(!is_position(&format!("{VS}.")));
+        assert!(!is_position(&format!("{VS}.+1")));
+        assert!(!is_position("0000000000000001000G"));
+        assert!(!is_position("0000000000000001000A"));
+        assert!(!is_position(""));
     }
 
     #[test]
