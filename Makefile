@@ -33,9 +33,10 @@ setup: setup-wasm setup-py
 setup-wasm:
 	@scripts/setup-wasm.sh
 
-# The S3 server the tests talk to (moto, from PyPI), in a private venv.
+# The S3 server the tests talk to (moto) and the API checker (schemathesis), from PyPI, in a private venv.
 setup-py:
 	@test -x $(VENV)/bin/moto_server || { python3 -m venv $(VENV) && $(VENV)/bin/pip install -q 'moto[server]>=5,<6'; }
+	@test -x $(VENV)/bin/schemathesis || { test -x $(VENV)/bin/pip || python3 -m venv $(VENV); $(VENV)/bin/pip install -q 'schemathesis>=4,<5'; }
 
 ## lint: formatting and clippy (warnings are errors) on every crate; needs no guest built
 lint:
@@ -46,6 +47,12 @@ lint:
 test: lint setup build examples examples-polyglot
 	$(CARGO) test --release --workspace --exclude sidekv-guest --exclude scoped-tokens-guest --exclude chaos-guest --exclude kv-only-guest -- --test-threads=4
 	$(CARGO) test --release -p sidekv-guest --lib
+	scripts/schemathesis.sh
+
+## test-api-schema: docs/openapi.yaml against the real server (schemathesis, every check)
+.PHONY: test-api-schema
+test-api-schema: setup-py build
+	scripts/schemathesis.sh
 
 ## soak: the long robustness profile (500 crash rounds, 50 linearizability rounds)
 soak: setup build
