@@ -28,16 +28,23 @@ while read -r name; do
 done < <(compgen -e)
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/schemathesis-run.XXXXXX")
-pid=
+pid= st_pid= tail_pid=
+# Children run in the background and are waited for with `wait`, which a
+# signal interrupts, so the trap runs at once and takes them down.
 cleanup() {
+    for p in $st_pid $tail_pid; do kill "$p" 2>/dev/null || true; done
     if [ -n "$pid" ]; then
         kill "$pid" 2>/dev/null || true
+        # Graceful shutdown is bounded (10 s grace); do not hang on it.
+        for _ in $(seq 1 150); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$pid" 2>/dev/null || true
         wait "$pid" 2>/dev/null || true
     fi
     rm -rf "$tmp"
 }
 trap cleanup EXIT
-trap 'exit 130' INT TERM
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 secret="schemathesis-$RANDOM$RANDOM"
 KVSTORE_SECRET=$secret KVSTORE_DB="$tmp/db.sqlite3" HOST=127.0.0.1 PORT=0 \
@@ -69,7 +76,13 @@ SCHEMATHESIS_HOOKS=scripts/schemathesis_hooks.py "$ST" --config-file scripts/sch
     --request-timeout 10 \
     --no-color \
     --generation-database none \
-    "$@" 2>&1 | tee "$tmp/out" || status=$?
+    "$@" >"$tmp/out" 2>&1 &
+st_pid=$!
+tail -n +1 -f --pid="$st_pid" "$tmp/out" &
+tail_pid=$!
+wait "$st_pid" || status=$?
+wait "$tail_pid" 2>/dev/null || true
+st_pid= tail_pid=
 # One plain closing line: "Test cases: N generated, N passed, ..." or
 # "N generated, F found F unique failures, ...".
 generated=$(sed -n 's/^ *\([0-9][0-9]*\) generated,.*/\1/p' "$tmp/out" | tail -n1)
