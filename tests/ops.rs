@@ -294,7 +294,8 @@ async fn readiness_waits_for_restore_then_serves() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(r.status(), 503);
-    assert!(r.text().await.unwrap().contains("restoring"));
+    let body = r.text().await.unwrap();
+    assert!(body.contains("restoring"), "{body}");
     let main = http.get(format!("http://127.0.0.1:{port}/k")).header("authorization", SECRET).send().await.unwrap();
     assert_eq!(main.status(), 503, "requests during restore get 503, not empty answers");
     s3.resume();

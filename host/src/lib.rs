@@ -196,7 +196,11 @@ pub async fn run(
         });
     }
 
-    // Restore (if needed) and open the store; requests get 503 meanwhile.
+    // Restore (if needed) and open the store; requests get 503 meanwhile
+    // (saying "restoring" from the start: setting up the S3 client takes time too).
+    if config.s3_url.is_some() && !config.db.exists() {
+        app.set_phase(Phase::Restoring);
+    }
     let replica = match &config.s3_url {
         Some(url) => {
             let r = Arc::new(Replica::new(url, &config).await?);
@@ -206,9 +210,6 @@ pub async fn run(
         None => None,
     };
     if let Some(r) = &replica {
-        if !config.db.exists() {
-            app.set_phase(Phase::Restoring);
-        }
         r.prepare_local(&config.db).await?;
     }
     let store = {
