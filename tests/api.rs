@@ -260,6 +260,47 @@ async fn conditional_writes() {
     // Absent again: If-None-Match: * creates it again.
     committed(c.req(Method::POST, "/c").header("if-none-match", "*").body("again").send().await.unwrap(), "recreate").await;
     assert_eq!(c.get("c").await.unwrap(), b"again");
+
+    // If-Match: * means "exists" (RFC 9110): it updates or deletes a present
+    // key, and refuses an absent one (it was answered 400 before).
+    committed(c.req(Method::POST, "/c").header("if-match", "*").body("updated").send().await.unwrap(), "if-match * present").await;
+    assert_eq!(c.get("c").await.unwrap(), b"updated");
+    let r = c.req(Method::POST, "/absent").header("if-match", "*").body("x").send().await.unwrap();
+    assert_eq!(r.status(), 412);
+    assert_eq!(c.get("absent").await, None);
+    committed(c.req(Method::DELETE, "/c").header("if-match", "*").send().await.unwrap(), "delete if-match *").await;
+    let r = c.req(Method::DELETE, "/c").header("if-match", "*").send().await.unwrap();
+    assert_eq!(r.status(), 412);
+}
+
+/// Requests the API document calls invalid get a 400 before anything
+/// happens (found by checking docs/openapi.yaml against the server).
+#[tokio::test(flavor = "multi_thread")]
+async fn invalid_parameters_are_refused_before_anything_happens() {
+    let s = start();
+    let c = s.client();
+    let long = "p".repeat(2049);
+    // An export or watch of a prefix over the key limit: 400, not a stream that breaks off.
+    expect_error(c.req(Method::GET, "/_export").query(&[("prefix", &long)]).send().await.unwrap(), 400, "export prefix").await;
+    expect_error(c.req(Method::GET, "/_watch").query(&[("prefix", &long)]).send().await.unwrap(), 400, "watch prefix").await;
+    // A timeout without a watch does not apply: refused, not ignored.
+    expect_error(c.req(Method::GET, "/k").query(&[("timeout", "")]).send().await.unwrap(), 400, "timeout without watch").await;
+    let vs = committed(c.req(Method::POST, "/k").body("v").send().await.unwrap(), "set").await;
+    // A garbled Last-Event-ID is an error even when `after` wins.
+    let r = c.req(Method::GET, "/_watch").query(&[("prefix", "k"), ("after", &vs)]).header("last-event-id", "nope").send().await.unwrap();
+    expect_error(r, 400, "last-event-id").await;
+    // A resume position beyond anything this store issued: refused, not a
+    // stream that silently skips every change up to it.
+    let beyond = format!("{:016x}0000", u64::from_str_radix(&vs[..16], 16).unwrap() + 1000);
+    let err =
+        expect_error(c.req(Method::GET, "/_watch").query(&[("prefix", "k"), ("after", &beyond)]).send().await.unwrap(), 400, "beyond")
+            .await;
+    assert!(err.contains("never issued"), "{err}");
+    // A non-UTF-8 If-Match must not turn into an unconditional write.
+    let garbled = reqwest::header::HeaderValue::from_bytes(&[0xff, 0xfe]).unwrap();
+    expect_error(c.req(Method::POST, "/k").header("if-match", garbled).body("overwritten").send().await.unwrap(), 400, "garbled if-match")
+        .await;
+    assert_eq!(c.get("k").await.unwrap(), b"v");
 }
 
 // ---------------------------------------------------------------- TTL ----

@@ -57,7 +57,21 @@ pub fn parse_position(s: &str) -> Result<ChangePos, String> {
 /// Where a new prefix watch starts: the client's position, or "now".
 pub fn start_position(store: &Store, after: Option<&str>) -> Result<ChangePos, String> {
     match after {
-        Some(a) => parse_position(a),
+        Some(a) => {
+            let pos = parse_position(a)?;
+            // A position this store never reached was not issued by it (or
+            // by the history it was restored from): waiting for it would
+            // silently skip every change up to it.
+            let committed = store.committed();
+            if pos.vs.counter > committed {
+                return Err(format!(
+                    "{} is beyond the newest commit ({}); this store never issued it",
+                    pos.vs,
+                    Versionstamp::new(committed, 0)
+                ));
+            }
+            Ok(pos)
+        }
         None => Ok(ChangePos { vs: Versionstamp::new(store.committed(), u16::MAX), index: None }),
     }
 }

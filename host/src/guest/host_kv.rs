@@ -32,8 +32,11 @@ fn vs(s: &str, what: &str) -> Result<Versionstamp, KvError> {
     s.parse().map_err(|e| KvError::InvalidArgument(format!("{what}: {e}")))
 }
 
+/// `if-match` is a versionstamp, or `*`: the key must exist (any version).
 fn cond(o: &kv::WriteOptions) -> Result<store::Condition, KvError> {
-    Ok(store::Condition { if_match: o.if_match.as_deref().map(|s| vs(s, "if-match")).transpose()?, if_absent: o.if_absent })
+    let if_exists = o.if_match.as_deref() == Some("*");
+    let if_match = o.if_match.as_deref().filter(|_| !if_exists).map(|s| vs(s, "if-match")).transpose()?;
+    Ok(store::Condition { if_match, if_absent: o.if_absent, if_exists })
 }
 
 fn outcome(r: WriteResult) -> kv::WriteOutcome {

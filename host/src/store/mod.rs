@@ -107,6 +107,8 @@ pub enum Durability {
 pub struct Condition {
     pub if_match: Option<Versionstamp>,
     pub if_absent: bool,
+    /// Write only if the key exists (HTTP `If-Match: *`).
+    pub if_exists: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -708,14 +710,22 @@ mod tests {
             key: "c".into(),
             value: b"x".to_vec(),
             ttl_ms: None,
-            cond: Condition { if_match: Some(Versionstamp::new(1, 0)), if_absent: false },
+            cond: Condition { if_match: Some(Versionstamp::new(1, 0)), if_absent: false, if_exists: false },
         };
         assert_eq!(s.write(stale).await.unwrap(), WriteResult::PreconditionFailed);
-        let fresh =
-            WriteOp::Set { key: "c".into(), value: b"x".to_vec(), ttl_ms: None, cond: Condition { if_match: Some(vs), if_absent: false } };
+        let fresh = WriteOp::Set {
+            key: "c".into(),
+            value: b"x".to_vec(),
+            ttl_ms: None,
+            cond: Condition { if_match: Some(vs), if_absent: false, if_exists: false },
+        };
         committed(s.write(fresh).await.unwrap());
-        let absent =
-            WriteOp::Set { key: "c".into(), value: b"y".to_vec(), ttl_ms: None, cond: Condition { if_match: None, if_absent: true } };
+        let absent = WriteOp::Set {
+            key: "c".into(),
+            value: b"y".to_vec(),
+            ttl_ms: None,
+            cond: Condition { if_match: None, if_absent: true, if_exists: false },
+        };
         assert_eq!(s.write(absent).await.unwrap(), WriteResult::PreconditionFailed);
         s.close();
     }

@@ -188,10 +188,13 @@ fn current_value(tx: &Transaction<'_>, key: &str, now: u64) -> rusqlite::Result<
 }
 
 fn condition_holds(tx: &Transaction<'_>, key: &str, cond: &Condition, now: u64) -> rusqlite::Result<bool> {
-    if cond.if_match.is_none() && !cond.if_absent {
+    if cond.if_match.is_none() && !cond.if_absent && !cond.if_exists {
         return Ok(true);
     }
     let cur = current_version(tx, key, now)?;
+    if cond.if_exists && cur.is_none() {
+        return Ok(false);
+    }
     if cond.if_absent && cur.is_some() {
         return Ok(false);
     }
