@@ -67,6 +67,8 @@ done
 echo "schemathesis.sh: sidekv on http://$addr, $MAX_EXAMPLES examples per operation"
 
 status=0
+# Created before either background job starts, so `tail -f` never races it.
+: >"$tmp/out"
 SCHEMATHESIS_HOOKS=scripts/schemathesis_hooks.py "$ST" --config-file scripts/schemathesis.toml run "$SPEC" \
     --url "http://$addr" \
     -H "Authorization: $secret" \

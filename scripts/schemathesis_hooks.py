@@ -16,6 +16,9 @@ document states in words:
   that moves with the clock: a valid request gets one inside it.
 - A long-poll (`GET /{key}?watch=`) waits up to `timeout` (default 30 s)
   for a change no generated request makes: it gets a short timeout.
+- An SSE resume position (`after`, `Last-Event-ID`) must be one the store
+  issued, at or below its newest commit (beyond it: 400): a valid request
+  resumes from the beginning of history instead of a random position.
 
 Only cases generated as valid ("positive") are adjusted (the timeout
 excepted, which keeps any invalid value it was given), so every invalid
@@ -30,6 +33,8 @@ import time
 import schemathesis
 
 MAX_KEY_BYTES = 2048
+# The position before every commit: always issued (and never beyond the newest).
+RESUME_FROM_START = "00000000000000000000"
 HUNDRED_YEARS_MS = 100 * 365 * 24 * 3600 * 1000
 
 # ---------------------------------------------------------------- NDJSON ----
@@ -119,6 +124,15 @@ def map_case(ctx, case):
                 query["cursor"] = base64.urlsafe_b64encode(key).decode().rstrip("=")
             else:
                 del query["cursor"]
+
+    if method == "GET" and path == "/_watch":
+        if query is not None and isinstance(query.get("after"), str):
+            query["after"] = RESUME_FROM_START
+        headers = case.headers if isinstance(case.headers, dict) else None
+        if headers is not None:
+            for name in list(headers):
+                if name.lower() == "last-event-id" and isinstance(headers[name], str) and headers[name]:
+                    headers[name] = RESUME_FROM_START
 
     if method == "POST" and path == "/_import" and isinstance(case.body, list):
         latest = int(time.time() * 1000) + HUNDRED_YEARS_MS - 24 * 3600 * 1000
