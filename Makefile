@@ -40,6 +40,7 @@ setup-py:
 
 ## lint: formatting and clippy (warnings are errors) on every crate; needs no guest built
 lint:
+	@rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
