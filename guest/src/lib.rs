@@ -190,9 +190,7 @@ impl Query {
         }
     }
     fn u64(&self, k: &str) -> Result<Option<u64>, Resp> {
-        self.get(k)
-            .map(|v| v.parse::<u64>().map_err(|_| error(400, format!("{k} must be a non-negative integer, got {v:?}"))))
-            .transpose()
+        self.get(k).map(|v| v.parse::<u64>().map_err(|_| error(400, format!("{k} must be a non-negative integer, got {v:?}")))).transpose()
     }
 }
 
@@ -262,7 +260,9 @@ fn route(req: &Request) -> Result<Resp, Resp> {
             "_watch" => endpoint(req, "GET", || watch_prefix(req, &q)),
             "_export" => endpoint(req, "GET", || export(req, &q)),
             "_import" => endpoint(req, "POST", || import(req)),
-            _ if matches!(req.method.as_str(), "GET" | "HEAD") => Err(error(404, format!("no endpoint /{raw}; keys starting with _ are reserved"))),
+            _ if matches!(req.method.as_str(), "GET" | "HEAD") => {
+                Err(error(404, format!("no endpoint /{raw}; keys starting with _ are reserved")))
+            }
             _ => Err(error(400, "keys starting with _ are reserved for sidekv's endpoints (/_atomic, /_watch, /_export, /_import)")),
         };
     }
@@ -485,7 +485,8 @@ fn parse_mutation(i: usize, v: &Value) -> Result<kv::Mutation, Resp> {
 
 fn atomic(req: &Request) -> Result<Resp, Resp> {
     authorize(req, Access::Write)?;
-    let body: AtomicBody = serde_json::from_slice(&req.body).map_err(|e| error(400, format!("the body is not a valid atomic batch: {e}")))?;
+    let body: AtomicBody =
+        serde_json::from_slice(&req.body).map_err(|e| error(400, format!("the body is not a valid atomic batch: {e}")))?;
     let checks = body.checks.iter().enumerate().map(|(i, c)| parse_check(i, c)).collect::<Result<Vec<_>, _>>()?;
     let mutations = body.mutations.iter().enumerate().map(|(i, m)| parse_mutation(i, m)).collect::<Result<Vec<_>, _>>()?;
     match kv::atomic(&checks, &mutations).map_err(kv_error)? {
