@@ -40,8 +40,14 @@ echo "build-image: $CTX/rootfs ($(du -sh "$CTX/rootfs" | cut -f1); sidekv $(stat
 [ "${1:-}" = rootfs ] && exit 0
 
 # --format docker: OCI image configs have no HEALTHCHECK.
+previous=$(scripts/podman.sh image inspect --format '{{.Id}}' "$IMAGE" 2>/dev/null || true)
 scripts/podman.sh build --format docker -f Containerfile.runtime -t "$IMAGE" "$CTX"
+# The image this one replaces, now untagged (unless a container still uses it).
+current=$(scripts/podman.sh image inspect --format '{{.Id}}' "$IMAGE")
+if [ -n "$previous" ] && [ "$previous" != "$current" ]; then
+  scripts/podman.sh rmi "$previous" >/dev/null 2>&1 || true
+fi
 size=$(scripts/podman.sh image inspect --format '{{.Size}}' "$IMAGE")
-echo "build-image: $IMAGE in podman's local storage, $((size / 1000000)) MB ($size bytes)"
+echo "build-image: $IMAGE in podman's local storage, $(awk "BEGIN { printf \"%.1f\", $size / 1e6 }") MB ($size bytes)"
 echo "build-image: into Docker with: podman save $IMAGE | docker load"
 echo "             (on this machine: scripts/podman.sh save $IMAGE | docker load)"
