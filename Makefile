@@ -44,8 +44,16 @@ lint:
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
 
+## image: the container image sidekv:latest (a static musl sidekv on an empty base) in podman's local storage; installs podman, runc, musl-tools and the musl target when missing
+.PHONY: image setup-container
+image: setup-container guest
+	CARGO=$(CARGO) scripts/build-image.sh
+
+setup-container:
+	@scripts/setup-container.sh
+
 ## test: lint, unit tests, then integration tests against the real binary and a real S3 server
-test: lint setup build examples examples-polyglot
+test: lint setup build examples examples-polyglot image
 	$(CARGO) test --release --workspace --exclude sidekv-guest --exclude scoped-tokens-guest --exclude chaos-guest --exclude kv-only-guest -- --test-threads=4
 	$(CARGO) test --release -p sidekv-guest --lib
 	scripts/schemathesis.sh

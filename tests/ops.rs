@@ -335,7 +335,9 @@ async fn check_config_reports_problems() {
     assert!(String::from_utf8_lossy(&bad_url.stdout).contains("KVSTORE_S3_URL"));
 }
 
-/// Docker cannot run here; keep the Dockerfile honest anyway.
+/// The Dockerfile's build stage cannot run here (no registry): keep it
+/// honest, and keep its runtime stage the one `make image` builds and
+/// tests/container.rs runs (Containerfile.runtime).
 #[test]
 fn dockerfile_matches_the_project() {
     let root = repo_root();
@@ -358,8 +360,12 @@ fn dockerfile_matches_the_project() {
             let target = cmd.split_whitespace().next().unwrap();
             assert!(makefile.lines().any(|m| m.starts_with(&format!("{target}:"))), "Makefile has no target {target}");
         }
+        for script in l.split_whitespace().filter(|w| w.starts_with("scripts/")) {
+            assert!(root.join(script).exists(), "Dockerfile runs {script}, which does not exist");
+        }
     }
     assert!(copies >= 5);
+    assert!(df.contains("scripts/build-image.sh rootfs"), "the build stage lays out the runtime filesystem as `make image` does");
     // Every workspace member the build needs is copied.
     let ws = std::fs::read_to_string(root.join("Cargo.toml")).unwrap();
     let members = ws.split("members = [").nth(1).unwrap().split(']').next().unwrap();
@@ -371,20 +377,43 @@ fn dockerfile_matches_the_project() {
             "workspace member {m} is not copied into the image"
         );
     }
+    // The runtime stage is Containerfile.runtime (which `make image` builds
+    // and tests/container.rs runs), but for where its filesystem comes from.
+    let instructions = |text: &str| -> Vec<String> {
+        let stage = text.split("\nFROM scratch AS runtime\n").nth(1).expect("a `FROM scratch AS runtime` stage");
+        stage.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_string).collect()
+    };
+    let runtime = std::fs::read_to_string(root.join("Containerfile.runtime")).unwrap();
+    let from_build = instructions(&df);
+    let from_context = instructions(&runtime);
+    assert_eq!(from_build[0], "COPY --from=build /src/target/image/rootfs/ /");
+    assert_eq!(from_context[0], "COPY rootfs/ /");
+    assert_eq!(from_build[1..], from_context[1..], "the Dockerfile's runtime stage and Containerfile.runtime differ");
+    let stage = runtime.split("\nFROM scratch AS runtime\n").nth(1).unwrap();
     // The image's settings are real settings with matching defaults.
     let help = String::from_utf8(std::process::Command::new(bin()).arg("--help").output().unwrap().stdout).unwrap();
-    let env_line = df.split("ENV ").nth(1).unwrap().split("\nEXPOSE").next().unwrap();
-    for pair in env_line.split_whitespace().filter(|p| p.contains('=')) {
+    let env_block = stage.split("\nENV ").nth(1).unwrap().split("\n#").next().unwrap();
+    let mut settings = 0;
+    for pair in env_block.split_whitespace().filter(|p| p.contains('=')) {
         let (k, v) = pair.split_once('=').unwrap();
+        if k == "PATH" {
+            assert_eq!(v, "/usr/local/bin", "where scripts/build-image.sh installs sidekv");
+            continue;
+        }
+        settings += 1;
         assert!(help.contains(&format!("[env: {k}")), "image sets {k}, which sidekv does not read");
         if k == "PORT" || k == "KVSTORE_DB" {
             assert!(help.contains(&format!("[default: {v}]")), "image {k}={v} differs from the binary's default");
         }
     }
-    assert!(df.contains("EXPOSE 8000"));
-    assert!(df.contains("HEALTHCHECK") && df.contains("\"sidekv\", \"health\""));
+    assert!(settings >= 5);
+    assert!(stage.contains("EXPOSE 8000"));
+    assert!(stage.contains("HEALTHCHECK") && stage.contains("\"sidekv\", \"health\""));
     assert!(help.contains("health"), "the HEALTHCHECK subcommand exists");
-    assert!(df.contains("USER 10001"), "runs as non-root");
+    assert!(stage.contains("\nUSER 10001:10001\n"), "runs as non-root");
+    assert!(stage.contains("\nVOLUME /tmp\n"), "/tmp is writable on a read-only root filesystem");
+    let build_image = std::fs::read_to_string(root.join("scripts/build-image.sh")).unwrap();
+    assert!(build_image.contains("usr/local/bin/sidekv") && build_image.contains("chmod 1777 \"$CTX/rootfs/tmp\""));
     let di = std::fs::read_to_string(root.join(".dockerignore")).unwrap();
     assert!(di.lines().any(|l| l.trim() == "target"));
 }

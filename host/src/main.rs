@@ -9,6 +9,12 @@ use sidekv::config::{Command, Config};
 use sidekv::replica::Replica;
 use tracing_subscriber::EnvFilter;
 
+// The static musl build (the container image): musl's allocator serialises
+// threads on one lock, mimalloc does not.
+#[cfg(target_env = "musl")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn init_tracing(format: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     // Colour only on a terminal: files and pipes get plain text.
