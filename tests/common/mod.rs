@@ -9,16 +9,19 @@
 //! | `server` | the sidekv process, its options and an HTTP client for it  |
 //! | `s3`     | the S3 server (moto) the backup tests use                  |
 //! | `ops`    | writes that report their status, metrics, waiting, wiping  |
+//! | `proxy`  | a fault-injecting proxy in front of the S3 server           |
 //! | `state`  | a server's whole state, through the API or from its file   |
 #![allow(dead_code)]
 #![allow(unused_imports)] // each test binary uses its own subset
 
 mod ops;
+mod proxy;
 mod s3;
 mod server;
 mod state;
 
 pub use ops::*;
+pub use proxy::*;
 pub use s3::*;
 pub use server::*;
 pub use state::*;
