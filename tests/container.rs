@@ -177,34 +177,6 @@ async fn write_keys(c: &Client, prefix: &str, n: usize) -> State {
     want
 }
 
-/// Every entry (the list API, with the container's secret).
-async fn dump_all(c: &Client) -> State {
-    use base64::Engine as _;
-    let mut out = State::new();
-    let mut cursor = String::new();
-    loop {
-        let r = c
-            .http
-            .get(c.url("/"))
-            .header("authorization", DEMO_SECRET)
-            .query(&[("limit", "1000"), ("cursor", cursor.as_str())])
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
-        let v: serde_json::Value = r.json().await.unwrap();
-        for e in v["entries"].as_array().unwrap() {
-            let value = base64::engine::general_purpose::STANDARD.decode(e["value"].as_str().unwrap()).unwrap();
-            out.insert(e["key"].as_str().unwrap().to_string(), (value, e["versionstamp"].as_str().unwrap().to_string()));
-        }
-        match v["cursor"].as_str() {
-            Some(c) if !c.is_empty() => cursor = c.to_string(),
-            _ => break,
-        }
-    }
-    out
-}
-
 /// The image is what the Dockerfile promises: non-root, health check,
 /// ports, stop signal, no base image.
 #[test]
@@ -274,7 +246,7 @@ async fn stopped_removed_and_relaunched_it_serves_every_acknowledged_write() {
     };
     // A new container: its /tmp (the image's VOLUME) is a new, empty volume.
     let b = Container::start(&run);
-    assert_eq!(dump_all(&b.client()).await, want, "{}", b.logs());
+    assert_eq!(dump_as(&b.client(), DEMO_SECRET).await, want, "{}", b.logs());
     // And it goes on taking writes, in a new epoch above the old versionstamps.
     let more = write_keys(&b.client(), "after", 1).await;
     let last_before = want.values().map(|(_, vs)| vs.clone()).max().unwrap();
@@ -309,7 +281,7 @@ async fn killed_in_s3_durability_mode_it_loses_no_acknowledged_write() {
     };
     assert_eq!(want.len(), 100);
     let b = Container::start(&run);
-    assert_eq!(dump_all(&b.client()).await, want, "{}", b.logs());
+    assert_eq!(dump_as(&b.client(), DEMO_SECRET).await, want, "{}", b.logs());
 }
 
 /// The health check reports healthy, the process is not root, and a

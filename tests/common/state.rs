@@ -10,11 +10,17 @@ pub type State = std::collections::BTreeMap<String, (Vec<u8>, String)>;
 
 /// Every live entry, through the list API (following cursors).
 pub async fn dump(c: &Client) -> State {
+    dump_as(c, SECRET).await
+}
+
+/// `dump` with another secret (a server started with its own).
+pub async fn dump_as(c: &Client, secret: &str) -> State {
     use base64::Engine as _;
     let mut out = State::new();
     let mut cursor = String::new();
     loop {
-        let r = c.req(reqwest::Method::GET, "/").query(&[("limit", "1000"), ("cursor", cursor.as_str())]).send().await.unwrap();
+        let query = [("limit", "1000"), ("cursor", cursor.as_str())];
+        let r = c.http.get(c.url("/")).header("authorization", secret).query(&query).send().await.unwrap();
         assert_eq!(r.status(), 200);
         let v: serde_json::Value = r.json().await.unwrap();
         for e in v["entries"].as_array().unwrap() {
