@@ -1,33 +1,44 @@
-//! Continuous S3 backup, restore at launch, and fencing.
+//! Continuous backup to an object store (S3, or a directory), restore at
+//! launch, fencing, and versionstamp epochs.
 //!
 //! Logical replication, not page shipping: the store writes every mutation
-//! to the `changelog` outbox inside the same transaction as the data, so:
+//! to the `changelog` outbox inside the same transaction as the data, and
+//! hands it out through `store::outbox` (no SQL here):
 //!
 //! ```text
-//! backup   uploader task: rows of commits (shipped, committed] ─▶ segment
-//!          ─▶ zstd ─▶ PUT segments/<first>.seg.zst  If-None-Match: *
+//! backup   uploader task: store.outbox_next(shipped) = whole commits ─▶ segment
+//!          ─▶ zstd ─▶ create segments/<first>.seg.zst only if absent
 //!          ─▶ store.mark_shipped(last)  (s3 mode: wakes waiting writers)
-//! snapshot VACUUM INTO (a consistent copy) ─▶ ship up to its commit first
-//!          ─▶ zstd ─▶ PUT snapshots/<counter>.sqlite3.zst ─▶ retention
-//! restore  newest snapshot ≤ target ─▶ segments after it, in order,
-//!          continuity + checksums checked ─▶ fsync ─▶ rename into place
+//!          local mode: at most one segment per sync interval
+//! snapshot its own task: store.snapshot_to(copy) ─▶ wait until shipped ≥ its
+//!          commit ─▶ zstd to a file ─▶ streamed (multipart) PUT
+//!          snapshots/<counter>.sqlite3.zst ─▶ retention; failures back off
+//! restore  plan (newest snapshot ≤ target + the segments after it) ─▶ fetch
+//!          and apply (streamed; segments must chain exactly) ─▶ finalize
+//!          (integrity check, fsync, leftover WAL set aside, rename)
+//! epochs   a database issues counters only in an epoch reserved with
+//!          epochs/<e>.epoch (create-if-absent); a restored file reserves a
+//!          new one above all others, so versionstamps never repeat
 //! ```
 //!
-//! Layout under `s3://bucket/prefix/`: `segments/<first commit, 20 digits>.seg.zst`
-//! and `snapshots/<commit, 20 digits>.sqlite3.zst` (a plain SQLite file after
-//! `zstd -d`). Zero-padded names make listing order commit order.
+//! Layout under the prefix: `segments/<first commit, 20 digits>.seg.zst`,
+//! `snapshots/<commit, 20 digits>.sqlite3.zst` (a plain SQLite file after
+//! `zstd -d`) and `epochs/<epoch, 20 digits>.epoch`. Zero-padded names make
+//! listing order commit order.
 //!
 //! Fencing (generation story): segment names are the fencing token. Two
 //! writers that continue the same history both need the name of the next
-//! commit; `If-None-Match: *` lets exactly one create it. The loser checks
-//! whether the existing object is byte-for-byte its own (a retry after a lost
-//! response, or a re-ship after a crash: then it is simply shipped) and
-//! otherwise stops taking writes (503, readiness fails, error logged). At
-//! launch, a local database older than S3 (another instance wrote since) is
-//! moved aside and S3 is restored instead. In `s3` durability mode a write is
-//! acknowledged only after its segment was created, so no acknowledged write
-//! can be lost to a fenced writer; in `local` mode the fenced writer's
-//! unshipped commits stay in its local file, never in the backup.
+//! commit; create-if-absent lets exactly one create it. The loser checks
+//! whether the existing object is its own (same records, or a base segment
+//! with its writer id: a retry after a lost response, or a re-ship after a
+//! crash) and otherwise stops taking writes (503, readiness fails, error
+//! logged). A backup that must restart from a snapshot claims its range with
+//! a base segment first, so that claim is fenced the same way. At launch, a
+//! local database that S3's newest segment ends past is moved aside and S3
+//! is restored instead. In `s3` durability mode a write is acknowledged only
+//! after an object covering its commit exists, so no acknowledged write can
+//! be lost to a fenced writer; in `local` mode the fenced writer's unshipped
+//! commits stay in its local file, never in the backup.
 
 pub mod objects;
 pub mod segment;
