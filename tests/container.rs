@@ -154,13 +154,7 @@ impl Drop for Container {
 
 /// The status of a plain HTTP GET on 127.0.0.1 (`None` if nothing answers).
 fn http_status(port: u16, path: &str) -> Option<u16> {
-    use std::io::{Read, Write};
-    let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    c.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(c, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").ok()?;
-    let mut out = String::new();
-    let _ = c.read_to_string(&mut out);
-    out.split_whitespace().nth(1)?.parse().ok()
+    http_get_raw(port, path)?.split_whitespace().nth(1)?.parse().ok()
 }
 
 /// Write `n` keys through the API; the acknowledged state.

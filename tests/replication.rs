@@ -1194,3 +1194,58 @@ async fn large_snapshots_upload_in_parts_and_restore() {
         assert_eq!(get_vs(&c, k).await.as_ref(), Some(want), "{k}");
     }
 }
+
+/// Two databases with different histories starting a backup on one empty
+/// path at the same moment: one owns the path; the other is fenced (or, if
+/// it looked after the first had claimed it, set its file aside and
+/// restored). Either way S3 holds one history, and a restore is exactly it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_databases_starting_a_backup_on_one_path_do_not_mix() {
+    let ctx = Ctx::new("twobase").await;
+    let (da, db) = (ctx.path("a.sqlite3"), ctx.path("b.sqlite3"));
+    // Histories made without backup.
+    for (path, who, n) in [(&da, "a", 3), (&db, "b", 5)] {
+        let mut s = tokio::task::block_in_place(|| Server::start_at(path, Opts::default()));
+        for i in 0..n {
+            try_set(&s.client(), &format!("k{i}"), format!("{who}{i}")).await.unwrap();
+        }
+        terminate(&mut s);
+    }
+    let env = [("KVSTORE_SYNC_INTERVAL", "100ms"), ("KVSTORE_ADMIN_ADDR", "127.0.0.1:0")];
+    let (oa, ob) = (ctx.opts(&env), ctx.opts(&env));
+    let (pa, pb) = (da.clone(), db.clone());
+    let ta = std::thread::spawn(move || Server::start_at(&pa, oa));
+    let tb = std::thread::spawn(move || Server::start_at(&pb, ob));
+    let (mut sa, mut sb) = (ta.join().unwrap(), tb.join().unwrap());
+    // Wait until each either caught up with S3 or was fenced.
+    let t0 = Instant::now();
+    let settled = |fenced: f64, outbox: f64| fenced == 1.0 || outbox == 0.0;
+    loop {
+        let (fa, oa) = (gauge(&sa, "sidekv_replication_fenced").await, gauge(&sa, "sidekv_outbox_commits").await);
+        let (fb, ob) = (gauge(&sb, "sidekv_replication_fenced").await, gauge(&sb, "sidekv_outbox_commits").await);
+        if settled(fa, oa) && settled(fb, ob) {
+            assert!(fa + fb <= 1.0, "both fenced:\n{}\n{}", log(&sa), log(&sb));
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "did not settle:\n{}\n{}", log(&sa), log(&sb));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (state_a, state_b) = (dump(&sa.client()).await, dump(&sb.client()).await);
+    let fenced_a = gauge(&sa, "sidekv_replication_fenced").await == 1.0;
+    let fenced_b = gauge(&sb, "sidekv_replication_fenced").await == 1.0;
+    sa.kill9();
+    sb.kill9();
+    // The path's one history: the owner's (a loser that restored serves it too).
+    let to = ctx.path("restored.sqlite3");
+    let out = ctx.restore(&to, None);
+    assert!(out.status.success(), "{}", text(&out));
+    let restored = read_db(&to);
+    eprintln!("two databases, one path: fenced a {fenced_a}, b {fenced_b}");
+    let owner = if fenced_a { &state_b } else { &state_a };
+    assert_eq!(&restored, owner, "S3 holds a mix of two histories (fenced: a {fenced_a}, b {fenced_b})");
+    if !fenced_a && !fenced_b {
+        assert_eq!(state_a, state_b, "neither was fenced, so one restored the other's history");
+    }
+    let values: Vec<String> = restored.values().map(|(v, _)| String::from_utf8_lossy(v).into_owned()).collect();
+    assert!(values.iter().all(|v| v.starts_with('a')) || values.iter().all(|v| v.starts_with('b')), "{values:?}");
+}

@@ -173,7 +173,7 @@ impl S3 {
 }
 
 /// A plain HTTP/1.1 GET over std (no runtime needed); `None` if nothing listens.
-fn http_get_raw(port: u16, path: &str) -> Option<String> {
+pub fn http_get_raw(port: u16, path: &str) -> Option<String> {
     use std::io::{Read, Write};
     let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
     c.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
