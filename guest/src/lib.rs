@@ -37,10 +37,9 @@ use sidekv::store::{config, kv};
 
 /// Most keys listed when the client gives no `limit`.
 const DEFAULT_LIST_LIMIT: u32 = 100;
-/// Longest key in bytes (the host enforces the same limit).
-const MAX_KEY_BYTES: usize = 2048;
-/// Longest long-poll, and the default one.
-const MAX_WATCH_MS: u32 = 300_000;
+// The host's limits, from the one definition both link (sidekv-core).
+use sidekv_core::limits::{MAX_KEY_BYTES, MAX_TTL_MS, MAX_WATCH_TIMEOUT_MS as MAX_WATCH_MS};
+/// The default long-poll.
 const DEFAULT_WATCH_MS: u32 = 30_000;
 /// Lines of `/_import` committed per atomic batch.
 const IMPORT_BATCH: usize = 500;
@@ -613,9 +612,6 @@ fn export(req: &Request, q: &Query) -> Result<Resp, Resp> {
 fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
-
-/// Longest TTL the host accepts (100 years), checked per line on import.
-const MAX_TTL_MS: u64 = 100 * 365 * 24 * 3600 * 1000;
 
 /// Load NDJSON (`{"key":…,"value":<base64>,"expires_at":<unix ms>?}` per
 /// line, the `/_export` format) in atomic batches. Every bad line is

@@ -41,16 +41,7 @@ pub enum BodyError {
     Read(String),
 }
 
-impl BodyError {
-    pub fn http_status(&self) -> u16 {
-        match self {
-            BodyError::TooLarge { .. } => 413,
-            BodyError::TooSlow { .. } => 408,
-            BodyError::Busy => 503,
-            BodyError::Read(_) => 400,
-        }
-    }
-}
+impl BodyError {}
 
 /// How long a body may take.
 #[derive(Clone, Copy, Debug)]

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
+use crate::backend::sqlite::store::Durability;
 use crate::guest::InstanceMode;
 use crate::limits;
-use crate::store::Durability;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -57,6 +57,13 @@ pub struct Config {
     /// Port to listen on (0 picks a free one; the log line says which).
     #[arg(long, env = "PORT", default_value_t = 8000)]
     pub port: u16,
+
+    /// Where the data lives: unset (or `sqlite`) for the local SQLite file
+    /// `KVSTORE_DB`, backed up to `KVSTORE_S3_URL`; or a PostgreSQL URL
+    /// (`postgres://user:password@host:port/db?sslmode=require`, libpq's
+    /// `PG*` variables fill what the URL leaves out) that many sidecars share.
+    #[arg(long, env = "KVSTORE_BACKEND", hide_env_values = true)]
+    pub backend: Option<String>,
 
     /// SQLite database file. When it is missing and S3 backup is on, it is
     /// restored from S3 before serving.
@@ -217,7 +224,41 @@ pub enum Command {
 
 impl Config {
     /// Checks that need more than one field or the environment.
+    /// The PostgreSQL URL, when `KVSTORE_BACKEND` names one.
+    pub fn postgres_url(&self) -> Option<&str> {
+        self.backend.as_deref().filter(|b| b.starts_with("postgres://") || b.starts_with("postgresql://"))
+    }
+
+    /// The backend for logs, without credentials.
+    pub fn backend_description(&self) -> String {
+        match self.postgres_url() {
+            Some(url) => {
+                let host = url.split_once('@').map_or(url.split_once("://").map_or(url, |x| x.1), |x| x.1);
+                format!("postgres://…@{}", host.split('?').next().unwrap_or(host))
+            }
+            None => format!("sqlite {}", self.db.display()),
+        }
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
+        match self.backend.as_deref() {
+            None | Some("sqlite") => {}
+            Some(_) if self.postgres_url().is_some() => {
+                if self.s3_url.is_some() {
+                    return Err(invalid(
+                        "KVSTORE_S3_URL",
+                        "S3 backup is for the SQLite backend; with KVSTORE_BACKEND=postgres://… the database's own backup keeps the data \
+                         (PostgreSQL: WAL archiving or pgBackRest; CockroachDB: BACKUP). Unset KVSTORE_S3_URL",
+                    ));
+                }
+            }
+            Some(other) => {
+                return Err(invalid(
+                    "KVSTORE_BACKEND",
+                    format!("{:?} is neither `sqlite` nor a postgres://… URL", other.chars().take(60).collect::<String>()),
+                ));
+            }
+        }
         if self.max_value_bytes == 0 || self.max_value_bytes > limits::MAX_VALUE_BYTES_CEILING {
             return Err(invalid("KVSTORE_MAX_VALUE_BYTES", format!("must be between 1 and {}", limits::MAX_VALUE_BYTES_CEILING)));
         }

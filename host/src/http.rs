@@ -15,7 +15,7 @@
 //! Until the store is open (restore from S3 in progress) every request gets
 //! 503 with a JSON error, never an empty answer.
 //!
-//! Error statuses come from one place: each error type's `http_status()`
+//! Error statuses come from one place: the `HttpStatus` impls below
 //! (`GuestError`, `StoreError`, `BodyError`) rendered by `error_response`,
 //! which adds `Retry-After` to every 503 ("overloaded or not ready, come
 //! back"); the canned refusal at the connection cap is built here too.
@@ -38,12 +38,12 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
 use crate::App;
+use crate::backend::{ChangePos, StoreError};
 use crate::body::{self, BodyError};
 use crate::conns::{Conn, ConnTable, RequestGuard, WriteDeadline};
-use crate::guest::{BodyStream, Request as GuestRequest, Response as GuestResponse};
+use crate::guest::{BodyStream, GuestError, Request as GuestRequest, Response as GuestResponse};
 use crate::limits;
 use crate::metrics::METRICS;
-use crate::store::StoreError;
 use crate::streams;
 
 pub type Body = BoxBody<Bytes, std::io::Error>;
@@ -53,6 +53,47 @@ fn full(b: impl Into<Bytes>) -> Body {
 }
 
 /// A JSON error response: `{"error": msg}`; a 503 says when to retry.
+/// Every error → HTTP status decision the host makes, in one place. (A
+/// guest maps the WIT `kv-error` it sees to its own responses.)
+pub trait HttpStatus {
+    fn http_status(&self) -> u16;
+}
+
+impl HttpStatus for StoreError {
+    fn http_status(&self) -> u16 {
+        match self {
+            StoreError::InvalidKey(_) | StoreError::InvalidArgument(_) => 400,
+            StoreError::HistoryGone(_) => 410,
+            StoreError::ValueTooLarge { .. } => 413,
+            // Retry later; an unknown outcome says so in its message.
+            StoreError::Unavailable(_) | StoreError::OutcomeUnknown(_) => 503,
+            StoreError::StorageFull => 507,
+            StoreError::Internal(_) => 500,
+        }
+    }
+}
+
+impl HttpStatus for GuestError {
+    fn http_status(&self) -> u16 {
+        match self {
+            GuestError::Timeout { .. } => 504,
+            GuestError::Busy { .. } => 503,
+            _ => 500,
+        }
+    }
+}
+
+impl HttpStatus for BodyError {
+    fn http_status(&self) -> u16 {
+        match self {
+            BodyError::TooLarge { .. } => 413,
+            BodyError::TooSlow { .. } => 408,
+            BodyError::Busy => 503,
+            BodyError::Read(_) => 400,
+        }
+    }
+}
+
 pub fn error_response(status: u16, msg: &str) -> HttpResponse<Body> {
     let body = serde_json::json!({ "error": msg }).to_string();
     let mut b = HttpResponse::builder().status(status).header("content-type", "application/json");
@@ -277,21 +318,21 @@ async fn to_http(app: &Arc<App>, resp: GuestResponse) -> Result<HttpResponse<Bod
     let body = match resp.stream {
         None => full(resp.body),
         Some(stream) => {
-            let store = app.store().ok_or("the store is not open")?.clone();
+            let kv = app.kv().ok_or("the store is not open")?.clone();
             // Check a watch's start position before committing to a 200.
             let stream = match stream {
                 BodyStream::WatchPrefix((prefix, after)) => {
-                    let pos = match streams::start_position(&store, after.as_deref()) {
+                    let pos = match streams::start_position(&kv, after.as_deref()) {
                         Ok(p) => p,
                         Err(e) => return Ok(error_response(400, &format!("bad resume position: {e}"))),
                     };
-                    match store.changes(prefix.clone(), pos, 1).await {
+                    let prefix = prefix.into_bytes();
+                    match kv.changes(prefix.clone(), pos, 1).await {
                         Ok(_) => StreamKind::Watch(prefix, pos),
-                        Err(e @ StoreError::InvalidArgument(_)) => return Ok(error_response(410, &e.to_string())),
                         Err(e) => return Ok(error_response(e.http_status(), &e.to_string())),
                     }
                 }
-                BodyStream::Export(prefix) => StreamKind::Export(prefix),
+                BodyStream::Export(prefix) => StreamKind::Export(prefix.into_bytes()),
             };
             let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(limits::STREAM_QUEUE_FRAMES);
             let prologue = resp.body;
@@ -300,8 +341,8 @@ async fn to_http(app: &Arc<App>, resp: GuestResponse) -> Result<HttpResponse<Bod
                     return;
                 }
                 match stream {
-                    StreamKind::Watch(prefix, pos) => streams::watch_prefix(store, prefix, pos, tx).await,
-                    StreamKind::Export(prefix) => streams::export(store, prefix, tx).await,
+                    StreamKind::Watch(prefix, pos) => streams::watch_prefix(kv, prefix, pos, tx).await,
+                    StreamKind::Export(prefix) => streams::export(kv, prefix, tx).await,
                 }
             });
             StreamBody::new(tokio_stream_from(rx)).boxed()
@@ -312,8 +353,8 @@ async fn to_http(app: &Arc<App>, resp: GuestResponse) -> Result<HttpResponse<Bod
 
 /// Which streaming body a guest asked for.
 enum StreamKind {
-    Watch(String, crate::store::ChangePos),
-    Export(String),
+    Watch(Vec<u8>, ChangePos),
+    Export(Vec<u8>),
 }
 
 fn tokio_stream_from<T: Send + 'static>(mut rx: tokio::sync::mpsc::Receiver<T>) -> impl futures::Stream<Item = T> + Send + Sync + 'static {

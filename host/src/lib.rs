@@ -2,10 +2,10 @@
 //! continuous S3 backup and restore at launch, and every request handled by a
 //! sandboxed, swappable wasm guest.
 //!
-//! Wiring (`run`): bind → serve 503s while starting → restore from S3 if the
-//! database is missing → open the store → load the guest → ready → serve →
-//! on shutdown: stop accepting, finish in-flight requests, drain the outbox
-//! to S3, close the store.
+//! Wiring (`run`): bind → serve 503s while starting → open the backend (for
+//! SQLite: restore from S3 if the database is missing) → load the guest →
+//! ready → serve → on shutdown: stop accepting, finish in-flight requests,
+//! shut the backend down (drain the outbox to S3, close the store).
 //!
 //! | module    | owns                                                      |
 //! |-----------|-----------------------------------------------------------|
@@ -15,11 +15,12 @@
 //! | `conns`   | connection cap, idle eviction, response-write deadline    |
 //! | `body`    | request bodies: deadline, minimum rate, in-flight budget  |
 //! | `guest`   | wasmtime engine, instance pool, sandbox, WIT host impls   |
-//! | `store`   | SQLite: writer thread (group commit), readers, changelog  |
-//! | `replica` | S3: segments, snapshots, restore, fencing                 |
+//! | `backend` | the storage seam: `Backend` trait, `Kv` handle, backends  |
+//! | `backend::sqlite` | SQLite file + S3 replica (backup, restore, fencing) |
 //! | `streams` | SSE watch and NDJSON export bodies                        |
 //! | `metrics` | Prometheus counters and histograms                        |
 
+pub mod backend;
 pub mod body;
 pub mod config;
 pub mod conns;
@@ -27,8 +28,6 @@ pub mod guest;
 pub mod http;
 pub mod limits;
 pub mod metrics;
-pub mod replica;
-pub mod store;
 pub mod streams;
 
 use std::future::Future;
@@ -36,10 +35,9 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use tokio::net::TcpListener;
 
+use crate::backend::Kv;
 use crate::config::Config;
 use crate::guest::{GuestOptions, GuestRuntime, GuestSource};
-use crate::replica::Replica;
-use crate::store::{Store, StoreOptions};
 
 /// Where start-up is; `/readyz` and 503 answers say it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -62,9 +60,8 @@ impl std::fmt::Display for Phase {
 /// Shared state of a running server.
 pub struct App {
     pub config: Config,
-    store: OnceLock<Store>,
+    kv: OnceLock<Kv>,
     guest: OnceLock<GuestRuntime>,
-    replica: OnceLock<Arc<Replica>>,
     phase: Mutex<Phase>,
     /// Request-body bytes in flight (`KVSTORE_MAX_INFLIGHT_BODY_BYTES`).
     pub body_budget: body::BodyBudget,
@@ -73,22 +70,15 @@ pub struct App {
 impl App {
     pub fn new(config: Config) -> Self {
         let body_budget = body::BodyBudget::new(config.inflight_body_bytes());
-        App {
-            config,
-            store: OnceLock::new(),
-            guest: OnceLock::new(),
-            replica: OnceLock::new(),
-            phase: Mutex::new(Phase::Starting),
-            body_budget,
-        }
+        App { config, kv: OnceLock::new(), guest: OnceLock::new(), phase: Mutex::new(Phase::Starting), body_budget }
     }
 
     pub fn body_limits(&self) -> body::BodyLimits {
         body::BodyLimits { max_bytes: self.config.max_body_bytes, timeout: self.config.body_timeout, min_rate: self.config.body_min_rate }
     }
 
-    pub fn store(&self) -> Option<&Store> {
-        self.store.get()
+    pub fn kv(&self) -> Option<&Kv> {
+        self.kv.get()
     }
 
     pub fn guest(&self) -> Option<&GuestRuntime> {
@@ -105,35 +95,22 @@ impl App {
 
     /// What `/readyz` adds to "ready" when something is degraded but served.
     pub fn degraded(&self) -> Option<String> {
-        self.replica.get().and_then(|r| r.not_backed_up_reason()).map(|why| format!("not backed up: {why}"))
+        self.kv.get().and_then(|kv| kv.status().degraded)
     }
 
-    /// Ready = restore finished, store open, guest loaded, not fenced.
+    /// Ready = backend open and healthy, guest loaded.
     pub fn readiness(&self) -> Result<(), String> {
         if self.guest.get().is_none() {
             return Err(self.not_ready_reason());
         }
-        if let Some(r) = self.replica.get()
-            && let Some(why) = r.fenced_reason()
-        {
+        if let Some(why) = self.kv.get().and_then(|kv| kv.status().not_ready) {
             return Err(format!("not ready: {why}"));
         }
         Ok(())
     }
 
     pub fn replication_gauges(&self) -> metrics::ReplicationGauges {
-        let committed = self.store.get().map(|s| s.committed()).unwrap_or(0);
-        match (self.replica.get(), self.store.get()) {
-            (Some(r), Some(s)) => metrics::ReplicationGauges {
-                enabled: true,
-                committed,
-                shipped: s.shipped(),
-                lag_seconds: r.lag_seconds(),
-                fenced: r.fenced_reason().is_some(),
-                not_backed_up: r.not_backed_up_reason().is_some(),
-            },
-            _ => metrics::ReplicationGauges { committed, ..Default::default() },
-        }
+        self.kv.get().map(|kv| kv.status().replication).unwrap_or_default()
     }
 }
 
@@ -189,62 +166,24 @@ pub async fn run(
             shutdown.await;
             // End long-polls and streams first, so graceful shutdown is not
             // held up by clients that would wait for minutes.
-            if let Some(s) = app.store() {
-                s.begin_shutdown();
+            if let Some(kv) = app.kv() {
+                kv.begin_shutdown();
             }
             let _ = stop_tx.send(true);
         });
     }
 
-    // Restore (if needed) and open the store; requests get 503 meanwhile
-    // (saying "restoring" from the start: setting up the S3 client takes time too).
-    if config.s3_url.is_some() && !config.db.exists() {
-        app.set_phase(Phase::Restoring);
-    }
-    let replica = match &config.s3_url {
-        Some(url) => {
-            let r = Arc::new(Replica::new(url, &config).await?);
-            let _ = app.replica.set(r.clone());
-            Some(r)
-        }
-        None => None,
-    };
-    if let Some(r) = &replica {
-        r.prepare_local(&config.db).await?;
-    }
-    let store = {
-        let opts = StoreOptions {
-            max_value_bytes: config.max_value_bytes,
-            readers: config.readers,
-            durability: config.durability,
-            replicated: replica.is_some(),
-        };
-        let db = config.db.clone();
-        tokio::task::spawn_blocking(move || Store::open(&db, opts)).await??
-    };
-    if let Some(r) = &replica {
-        r.attach(&store).await?;
-    }
-    let _ = app.store.set(store.clone());
+    // Open the backend (restoring from S3 first if needed); requests get
+    // 503 meanwhile, saying why.
+    let kv = backend::open(&config, || app.set_phase(Phase::Restoring)).await?;
+    let _ = app.kv.set(kv.clone());
     let guest = {
-        let (src, opts, store) = (guest_source(&config), guest_options(&config)?, store.clone());
-        tokio::task::spawn_blocking(move || GuestRuntime::new(&src, opts, store)).await??
+        let (src, opts, kv) = (guest_source(&config), guest_options(&config)?, kv.clone());
+        tokio::task::spawn_blocking(move || GuestRuntime::new(&src, opts, kv)).await??
     };
     guest.warm_up().await?;
     let _ = app.guest.set(guest);
-    let replica_task = replica.as_ref().map(|r| r.clone().start(store.clone()));
 
-    // Physically delete expired keys in the background.
-    let sweeper = {
-        let store = store.clone();
-        tokio::spawn(async move {
-            let mut t = tokio::time::interval(limits::EXPIRY_SWEEP_INTERVAL);
-            loop {
-                t.tick().await;
-                store.sweep();
-            }
-        })
-    };
     // SIGHUP reloads the guest; a bad new guest leaves the old one serving.
     #[cfg(unix)]
     let reloader = {
@@ -264,20 +203,15 @@ pub async fn run(
 
     app.set_phase(Phase::Ready);
     println!("listening on http://{local}");
-    tracing::info!(addr = %local, db = %config.db.display(), guest = %guest_source(&config).name(), backup = config.s3_url.is_some(), "ready");
+    tracing::info!(addr = %local, backend = %config.backend_description(), guest = %guest_source(&config).name(), backup = config.s3_url.is_some(), "ready");
 
     let _ = http_task.await;
     tracing::info!("stopped accepting; in-flight requests done");
-    sweeper.abort();
     #[cfg(unix)]
     reloader.abort();
     if let Some(t) = admin_task {
         t.abort();
     }
-    if let (Some(r), Some(task)) = (&replica, replica_task) {
-        r.shutdown(&store, task).await;
-    }
-    tokio::task::spawn_blocking(move || store.close()).await?;
-    tracing::info!("store closed");
+    kv.shutdown().await;
     Ok(())
 }

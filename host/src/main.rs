@@ -1,12 +1,10 @@
 //! The `sidekv` binary: parse config, start tracing, bind, `run`.
 //! Subcommands (`restore`, `snapshot`, `health`, `check-config`) are here too.
 
-use std::sync::Arc;
-
-use anyhow::{Context, bail};
+use anyhow::Context;
 use clap::Parser;
+use sidekv::backend::sqlite::commands;
 use sidekv::config::{Command, Config};
-use sidekv::replica::Replica;
 use tracing_subscriber::EnvFilter;
 
 // The static musl build (the container image): musl's allocator serialises
@@ -83,26 +81,13 @@ fn real_main() -> anyhow::Result<()> {
                 sidekv::run(config, listener, admin, shutdown_signal()).await
             }
             Some(Command::Restore { to, at }) => {
-                let url = config.s3_url.clone().context("restore needs KVSTORE_S3_URL")?;
-                if to.exists() {
-                    bail!("{} exists; restore writes a new file", to.display());
-                }
                 let at = at.map(|s| s.parse()).transpose().context("--at")?;
-                let replica = Replica::new(&url, &config).await?;
-                let commit = replica.restore_to(&to, at).await?;
-                if !to.exists() {
-                    bail!("S3 holds no backup at {url}");
-                }
+                let commit = commands::restore(&config, &to, at).await?;
                 println!("restored {} at commit {commit}", to.display());
                 Ok(())
             }
             Some(Command::Snapshot) => {
-                let url = config.s3_url.clone().context("snapshot needs KVSTORE_S3_URL")?;
-                let replica = Arc::new(Replica::new(&url, &config).await?);
-                let store = sidekv::store::Store::open(&config.db, sidekv::store::StoreOptions { replicated: true, ..Default::default() })?;
-                replica.ship_pending(&store, false).await?;
-                replica.snapshot_now(&store).await?;
-                store.close();
+                commands::snapshot(&config).await?;
                 println!("snapshot stored");
                 Ok(())
             }
@@ -123,26 +108,20 @@ fn real_main() -> anyhow::Result<()> {
             Some(Command::CheckConfig) => {
                 let mut problems = 0;
                 if let Some(url) = &config.s3_url {
-                    match Replica::new(url, &config).await {
-                        Ok(r) => match r.remote.probe().await {
-                            Ok(()) => println!("ok   S3 {url}: reachable, writable, conditional writes honoured (fencing works)"),
-                            Err(e) => {
-                                problems += 1;
-                                println!("FAIL S3 {url}: {e}")
-                            }
-                        },
+                    match commands::check_s3(&config, url).await {
+                        Ok(()) => println!("ok   S3 {url}: reachable, writable, conditional writes honoured (fencing works)"),
                         Err(e) => {
                             problems += 1;
-                            println!("FAIL S3: {e}")
+                            println!("FAIL S3 {url}: {e}")
                         }
                     }
                 } else {
                     println!("ok   S3 backup off (KVSTORE_S3_URL unset)");
                 }
                 let store_dir = tempfile_dir()?;
-                let store = sidekv::store::Store::open(&store_dir.join("check.sqlite3"), Default::default())?;
+                let kv = sidekv::backend::sqlite::scratch(&store_dir.join("check.sqlite3"))?;
                 let src = sidekv::guest_source(&config);
-                let loaded = match sidekv::guest::GuestRuntime::new(&src, sidekv::guest_options(&config)?, store.clone()) {
+                let loaded = match sidekv::guest::GuestRuntime::new(&src, sidekv::guest_options(&config)?, kv.clone()) {
                     Ok(rt) => rt.warm_up().await,
                     Err(e) => Err(e),
                 };
@@ -153,7 +132,7 @@ fn real_main() -> anyhow::Result<()> {
                         println!("FAIL guest: {e}")
                     }
                 }
-                store.close();
+                kv.shutdown().await;
                 let _ = std::fs::remove_dir_all(&store_dir);
                 if config.db.exists() {
                     println!("ok   database {} exists", config.db.display());

@@ -118,7 +118,7 @@ pub static METRICS: Metrics = Metrics {
 };
 
 /// Replication figures read at scrape time.
-#[derive(Default)]
+#[derive(Clone, Debug, Default)]
 pub struct ReplicationGauges {
     pub enabled: bool,
     pub committed: u64,

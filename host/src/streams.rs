@@ -10,8 +10,8 @@ use bytes::Bytes;
 use hyper::body::Frame;
 use tokio::sync::mpsc::Sender;
 
+use crate::backend::{Change, ChangePos, Entry, Kv, ListQuery, Versionstamp};
 use crate::limits;
-use crate::store::{Change, ChangePos, Entry, ListQuery, Store, Versionstamp};
 
 type Tx = Sender<Result<Frame<Bytes>, std::io::Error>>;
 
@@ -22,8 +22,8 @@ async fn send(tx: &Tx, s: String) -> bool {
 /// One JSON line for an entry (export) — also the format `/_import` reads.
 pub fn entry_json(e: &Entry) -> String {
     serde_json::json!({
-        "key": e.key,
-        "value": STANDARD.encode(&e.value),
+        "key": String::from_utf8_lossy(&e.key),
+        "value": STANDARD.encode(e.value.clone().into_plain()),
         "versionstamp": e.versionstamp.to_string(),
         "expires_at": e.expires_at,
     })
@@ -35,8 +35,8 @@ pub fn entry_json(e: &Entry) -> String {
 /// resumes exactly after the last event it saw.
 fn change_event(c: &Change) -> String {
     let data = serde_json::json!({
-        "key": c.key,
-        "value": c.value.as_ref().map(|v| STANDARD.encode(v)),
+        "key": String::from_utf8_lossy(&c.key),
+        "value": c.value.as_ref().map(|v| STANDARD.encode(v.clone().into_plain())),
         "versionstamp": c.versionstamp.to_string(),
         "expires_at": c.expires_at,
     });
@@ -55,7 +55,7 @@ pub fn parse_position(s: &str) -> Result<ChangePos, String> {
 }
 
 /// Where a new prefix watch starts: the client's position, or "now".
-pub fn start_position(store: &Store, after: Option<&str>) -> Result<ChangePos, String> {
+pub fn start_position(store: &Kv, after: Option<&str>) -> Result<ChangePos, String> {
     match after {
         Some(a) => {
             let pos = parse_position(a)?;
@@ -78,9 +78,9 @@ pub fn start_position(store: &Store, after: Option<&str>) -> Result<ChangePos, S
 
 /// Stream every change under `prefix` after `pos` until the client leaves
 /// or the server shuts down.
-pub async fn watch_prefix(store: Store, prefix: String, mut pos: ChangePos, tx: Tx) {
+pub async fn watch_prefix(store: Kv, prefix: Vec<u8>, mut pos: ChangePos, tx: Tx) {
     let mut commits = store.subscribe_commits();
-    if !send(&tx, format!(": watching prefix {prefix:?}\nretry: 1000\n\n")).await {
+    if !send(&tx, format!(": watching prefix {:?}\nretry: 1000\n\n", String::from_utf8_lossy(&prefix))).await {
         return;
     }
     loop {
@@ -114,7 +114,7 @@ pub async fn watch_prefix(store: Store, prefix: String, mut pos: ChangePos, tx: 
 
 /// Stream every live entry under `prefix` as NDJSON, in key order, page by
 /// page (each page is a consistent snapshot; the export as a whole is not).
-pub async fn export(store: Store, prefix: String, tx: Tx) {
+pub async fn export(store: Kv, prefix: Vec<u8>, tx: Tx) {
     let mut cursor = None;
     loop {
         if store.is_closing() {

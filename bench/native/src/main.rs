@@ -1,5 +1,5 @@
-//! Bench-only native baseline: sidekv's `Store` (group-commit writer, reader
-//! pool) behind the same hyper HTTP/1.1 settings as `sidekv::http::serve`,
+//! Bench-only native baseline: sidekv's store (`Kv` over the SQLite backend:
+//! group-commit writer, reader pool) behind the same hyper HTTP/1.1 settings as `sidekv::http::serve`,
 //! with the seed-compatible routing done in Rust instead of the wasm guest:
 //!
 //! - `GET /key`  → the raw value (public), 404 when absent
@@ -22,13 +22,14 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response};
 use hyper_util::rt::TokioIo;
+use sidekv::backend::{Condition, Kv, Value, WriteOp, WriteResult};
+use sidekv::http::HttpStatus;
 use sidekv::limits;
 use sidekv::metrics::METRICS;
-use sidekv::store::{Condition, Store, StoreOptions, WriteOp, WriteResult};
 use tokio::sync::Semaphore;
 
 struct App {
-    store: Store,
+    store: Kv,
     secret: Option<String>,
 }
 
@@ -52,14 +53,14 @@ async fn handle(app: &App, req: Request<Incoming>) -> Response<Full<Bytes>> {
         return json_error(400, "invalid key");
     };
     match *req.method() {
-        Method::GET => match app.store.get(key).await {
+        Method::GET => match app.store.get(key.into_bytes()).await {
             Ok(Some(e)) => {
                 let vs = e.versionstamp.to_string();
                 Response::builder()
                     .header("content-type", "application/octet-stream")
                     .header("etag", format!("\"{vs}\""))
                     .header("x-versionstamp", vs)
-                    .body(Full::new(Bytes::from(e.value)))
+                    .body(Full::new(Bytes::from(e.value.into_plain())))
                     .unwrap()
             }
             Ok(None) => json_error(404, "not found"),
@@ -76,7 +77,7 @@ async fn handle(app: &App, req: Request<Incoming>) -> Response<Full<Bytes>> {
                 Ok(c) => c.to_bytes(),
                 Err(e) => return json_error(400, &e.to_string()),
             };
-            let op = WriteOp::Set { key, value: body.to_vec(), ttl_ms: None, cond: Condition::default() };
+            let op = WriteOp::Set { key: key.into_bytes(), value: Value::bytes(body.to_vec()), ttl_ms: None, cond: Condition::default() };
             match app.store.write(op).await {
                 Ok(WriteResult::Committed { versionstamp, .. }) => {
                     resp(200, "application/json", format!("{{\"ok\":true,\"versionstamp\":\"{versionstamp}\"}}"))
@@ -93,10 +94,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let env = |k: &str, d: &str| std::env::var(k).unwrap_or_else(|_| d.to_string());
     let db = env("KVSTORE_DB", "/tmp/sidekv-native.sqlite3");
     let addr = format!("{}:{}", env("HOST", "127.0.0.1"), env("PORT", "8000"));
-    let store = Store::open(db.as_ref(), StoreOptions::default())?;
-    let app = Arc::new(App { store, secret: std::env::var("KVSTORE_SECRET").ok().filter(|s| !s.is_empty()) });
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
+        let store = sidekv::backend::sqlite::scratch(db.as_ref())?;
+        let app = Arc::new(App { store, secret: std::env::var("KVSTORE_SECRET").ok().filter(|s| !s.is_empty()) });
         let listener = tokio::net::TcpListener::bind(&addr).await?;
         println!("listening on http://{}", listener.local_addr()?);
         let conns = Arc::new(Semaphore::new(limits::DEFAULT_MAX_CONNECTIONS));

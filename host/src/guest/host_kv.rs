@@ -1,13 +1,16 @@
 //! The host side of the WIT `kv` and `config` interfaces: converts between
 //! the generated WIT types and the store's types, and maps `StoreError` to
 //! the WIT `kv-error` variant guests see.
+//!
+//! The 0.1 WIT interface has string keys and untyped values: a key goes in
+//! as its UTF-8 bytes, and a value comes out as `Value::into_plain` (a u64
+//! counter as decimal text, as REST counters always read).
 
 use std::time::Duration;
 
 use super::HostState;
 use super::sidekv::store::{config, kv, types};
-use crate::limits;
-use crate::store::{self, StoreError, Versionstamp, WriteOp, WriteResult};
+use crate::backend::{self as store, StoreError, Value, Versionstamp, WriteOp, WriteResult};
 
 use types::{Entry, KvError};
 
@@ -16,16 +19,21 @@ impl From<StoreError> for KvError {
         match e {
             StoreError::InvalidKey(m) => KvError::InvalidKey(m),
             StoreError::ValueTooLarge { limit, .. } => KvError::ValueTooLarge(limit as u64),
-            StoreError::InvalidArgument(m) => KvError::InvalidArgument(m),
-            StoreError::Unavailable(m) => KvError::Unavailable(m),
+            StoreError::InvalidArgument(m) | StoreError::HistoryGone(m) => KvError::InvalidArgument(m),
+            StoreError::Unavailable(m) | StoreError::OutcomeUnknown(m) => KvError::Unavailable(m),
             StoreError::StorageFull => KvError::StorageFull,
             e @ StoreError::Internal(_) => KvError::Internal(e.to_string()),
         }
     }
 }
 
+/// A stored key as a WIT string (REST keys are UTF-8; other keys read lossily).
+pub fn key_string(k: Vec<u8>) -> String {
+    String::from_utf8(k).unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned())
+}
+
 fn entry(e: store::Entry) -> Entry {
-    Entry { key: e.key, value: e.value, versionstamp: e.versionstamp.to_string(), expires_at: e.expires_at }
+    Entry { key: key_string(e.key), value: e.value.into_plain(), versionstamp: e.versionstamp.to_string(), expires_at: e.expires_at }
 }
 
 fn vs(s: &str, what: &str) -> Result<Versionstamp, KvError> {
@@ -48,9 +56,9 @@ fn outcome(r: WriteResult) -> kv::WriteOutcome {
 
 fn query(q: kv::ListQuery) -> store::ListQuery {
     store::ListQuery {
-        prefix: q.prefix,
-        start: q.start,
-        end: q.end,
+        prefix: q.prefix.into_bytes(),
+        start: q.start.map(String::into_bytes),
+        end: q.end.map(String::into_bytes),
         limit: q.limit,
         reverse: q.reverse,
         cursor: q.cursor,
@@ -62,22 +70,24 @@ impl types::Host for HostState {}
 
 impl kv::Host for HostState {
     async fn get(&mut self, key: String) -> Result<Option<Entry>, KvError> {
-        Ok(store_call_off_deadline!(self, self.store.get(key))?.map(entry))
+        Ok(store_call_off_deadline!(self, self.store.get(key.into_bytes()))?.map(entry))
     }
 
     async fn get_many(&mut self, keys: Vec<String>) -> Result<Vec<Option<Entry>>, KvError> {
+        let keys = keys.into_iter().map(String::into_bytes).collect();
         Ok(store_call_off_deadline!(self, self.store.get_many(keys))?.into_iter().map(|e| e.map(entry)).collect())
     }
 
     async fn set(&mut self, key: String, value: Vec<u8>, options: kv::WriteOptions) -> Result<kv::WriteOutcome, KvError> {
         let cond = cond(&options)?;
-        let r = store_call_off_deadline!(self, self.store.write(WriteOp::Set { key, value, ttl_ms: options.ttl_ms, cond }))?;
+        let op = WriteOp::Set { key: key.into_bytes(), value: Value::bytes(value), ttl_ms: options.ttl_ms, cond };
+        let r = store_call_off_deadline!(self, self.store.write(op))?;
         Ok(outcome(r))
     }
 
     async fn delete(&mut self, key: String, options: kv::WriteOptions) -> Result<kv::WriteOutcome, KvError> {
         let cond = cond(&options)?;
-        Ok(outcome(store_call_off_deadline!(self, self.store.write(WriteOp::Delete { key, cond }))?))
+        Ok(outcome(store_call_off_deadline!(self, self.store.write(WriteOp::Delete { key: key.into_bytes(), cond }))?))
     }
 
     async fn list(&mut self, q: kv::ListQuery) -> Result<kv::ListPage, KvError> {
@@ -90,7 +100,7 @@ impl kv::Host for HostState {
     }
 
     async fn delete_prefix(&mut self, prefix: String) -> Result<kv::DeletePrefixOutcome, KvError> {
-        match store_call_off_deadline!(self, self.store.write(WriteOp::DeletePrefix { prefix }))? {
+        match store_call_off_deadline!(self, self.store.write(WriteOp::DeletePrefix { prefix: prefix.into_bytes() }))? {
             WriteResult::Committed { versionstamp, deleted } => {
                 Ok(kv::DeletePrefixOutcome { deleted, versionstamp: versionstamp.to_string() })
             }
@@ -104,7 +114,7 @@ impl kv::Host for HostState {
             .enumerate()
             .map(|(i, c)| {
                 Ok(store::Check {
-                    key: c.key,
+                    key: c.key.into_bytes(),
                     versionstamp: c.versionstamp.as_deref().map(|s| vs(s, &format!("checks[{i}].versionstamp"))).transpose()?,
                 })
             })
@@ -112,10 +122,10 @@ impl kv::Host for HostState {
         let mutations = mutations
             .into_iter()
             .map(|m| store::Mutation {
-                key: m.key,
+                key: m.key.into_bytes(),
                 ttl_ms: m.ttl_ms,
                 kind: match m.kind {
-                    kv::MutationKind::Set(v) => store::MutationKind::Set(v),
+                    kv::MutationKind::Set(v) => store::MutationKind::Set(Value::bytes(v)),
                     kv::MutationKind::Delete => store::MutationKind::Delete,
                     kv::MutationKind::Sum(x) => store::MutationKind::Sum(x),
                     kv::MutationKind::Min(x) => store::MutationKind::Min(x),
@@ -131,14 +141,10 @@ impl kv::Host for HostState {
     }
 
     async fn watch(&mut self, key: String, since: Option<String>, timeout_ms: u32) -> Result<(bool, Option<Entry>), KvError> {
-        if timeout_ms > limits::MAX_WATCH_TIMEOUT_MS {
-            return Err(KvError::InvalidArgument(format!(
-                "watch timeout {timeout_ms} ms is over the {} ms limit",
-                limits::MAX_WATCH_TIMEOUT_MS
-            )));
-        }
+        sidekv_core::validate::validate_watch_timeout(timeout_ms)?;
         let since = since.as_deref().map(|s| vs(s, "since")).transpose()?;
-        let (changed, e) = store_call_off_deadline!(self, self.store.watch(key, since, Duration::from_millis(timeout_ms as u64)))?;
+        let (changed, e) =
+            store_call_off_deadline!(self, self.store.watch(key.into_bytes(), since, Duration::from_millis(timeout_ms as u64)))?;
         Ok((changed, e.map(entry)))
     }
 }

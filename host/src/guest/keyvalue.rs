@@ -12,8 +12,8 @@ use wasmtime::component::Resource;
 
 use super::HostState;
 use super::wasi::keyvalue::{atomics, batch, store};
+use crate::backend::{Check, Key, ListQuery, Mutation, MutationKind, StoreError, Value, WriteOp, WriteResult};
 use crate::limits;
-use crate::store::{Check, ListQuery, Mutation, MutationKind, StoreError, WriteOp, WriteResult};
 
 use store::{Error, KeyResponse};
 
@@ -31,8 +31,8 @@ impl HostState {
         self.table.get(b).map_err(|e| Error::Other(format!("bad bucket handle: {e}")))
     }
 
-    fn full_key(&self, b: &Resource<Bucket>, key: &str) -> Result<String, Error> {
-        Ok(format!("{}{key}", self.bucket(b)?.prefix))
+    fn full_key(&self, b: &Resource<Bucket>, key: &str) -> Result<Key, Error> {
+        Ok(format!("{}{key}", self.bucket(b)?.prefix).into_bytes())
     }
 
     async fn commit(&mut self, mutations: Vec<Mutation>) -> Result<(), Error> {
@@ -60,12 +60,12 @@ impl store::Host for HostState {
 impl store::HostBucket for HostState {
     async fn get(&mut self, b: Resource<Bucket>, key: String) -> Result<Option<Vec<u8>>, Error> {
         let k = self.full_key(&b, &key)?;
-        Ok(store_call_off_deadline!(self, self.store.get(k)).map_err(err)?.map(|e| e.value))
+        Ok(store_call_off_deadline!(self, self.store.get(k)).map_err(err)?.map(|e| e.value.into_plain()))
     }
 
     async fn set(&mut self, b: Resource<Bucket>, key: String, value: Vec<u8>) -> Result<(), Error> {
         let key = self.full_key(&b, &key)?;
-        self.commit(vec![Mutation { key, kind: MutationKind::Set(value), ttl_ms: None }]).await
+        self.commit(vec![Mutation { key, kind: MutationKind::Set(Value::bytes(value)), ttl_ms: None }]).await
     }
 
     async fn delete(&mut self, b: Resource<Bucket>, key: String) -> Result<(), Error> {
@@ -86,7 +86,7 @@ impl store::HostBucket for HostState {
         let mut page_cursor = None;
         loop {
             let q = ListQuery {
-                prefix: prefix.clone(),
+                prefix: prefix.clone().into_bytes(),
                 limit: limits::MAX_LIST_LIMIT,
                 cursor: page_cursor.take(),
                 keys_only: true,
@@ -99,7 +99,8 @@ impl store::HostBucket for HostState {
                 page_cursor = page.cursor;
                 continue;
             }
-            let keys: Vec<String> = page.entries.into_iter().skip(skip as usize).map(|e| e.key[prefix.len()..].to_string()).collect();
+            let keys: Vec<String> =
+                page.entries.into_iter().skip(skip as usize).map(|e| super::host_kv::key_string(e.key[prefix.len()..].to_vec())).collect();
             let next = page.cursor.map(|_| cursor.unwrap_or(0) + keys.len() as u64);
             return Ok(KeyResponse { keys, cursor: next });
         }
@@ -121,14 +122,15 @@ impl atomics::Host for HostState {
             let (old, vs) = match &cur {
                 None => (0u64, None),
                 Some(e) => {
-                    let n = std::str::from_utf8(&e.value).ok().and_then(|s| s.parse::<u64>().ok());
-                    (n.ok_or_else(|| Error::Other(format!("key {key:?} does not hold a decimal u64 counter")))?, Some(e.versionstamp))
+                    let n = e.value.as_counter();
+                    let shown = String::from_utf8_lossy(&key);
+                    (n.ok_or_else(|| Error::Other(format!("key {shown:?} does not hold a u64 counter")))?, Some(e.versionstamp))
                 }
             };
             let new = old.wrapping_add(delta);
             let op = WriteOp::Atomic {
                 checks: vec![Check { key: key.clone(), versionstamp: vs }],
-                mutations: vec![Mutation { key: key.clone(), kind: MutationKind::Set(new.to_string().into_bytes()), ttl_ms: None }],
+                mutations: vec![Mutation { key: key.clone(), kind: MutationKind::Set(Value::u64(new)), ttl_ms: None }],
             };
             match store_call_off_deadline!(self, self.store.write(op)).map_err(err)? {
                 WriteResult::Committed { .. } => return Ok(new),
@@ -143,13 +145,13 @@ impl batch::Host for HostState {
     async fn get_many(&mut self, b: Resource<Bucket>, keys: Vec<String>) -> Result<Vec<Option<(String, Vec<u8>)>>, Error> {
         let full = keys.iter().map(|k| self.full_key(&b, k)).collect::<Result<Vec<_>, _>>()?;
         let got = store_call_off_deadline!(self, self.store.get_many(full)).map_err(err)?;
-        Ok(keys.into_iter().zip(got).map(|(k, e)| e.map(|e| (k, e.value))).collect())
+        Ok(keys.into_iter().zip(got).map(|(k, e)| e.map(|e| (k, e.value.into_plain()))).collect())
     }
 
     async fn set_many(&mut self, b: Resource<Bucket>, key_values: Vec<(String, Vec<u8>)>) -> Result<(), Error> {
         let mut m = Vec::with_capacity(key_values.len());
         for (k, v) in key_values {
-            m.push(Mutation { key: self.full_key(&b, &k)?, kind: MutationKind::Set(v), ttl_ms: None });
+            m.push(Mutation { key: self.full_key(&b, &k)?, kind: MutationKind::Set(Value::bytes(v)), ttl_ms: None });
         }
         for chunk in m.chunks(limits::MAX_ATOMIC_MUTATIONS) {
             self.commit(chunk.to_vec()).await?;

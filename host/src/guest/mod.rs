@@ -60,9 +60,9 @@ use wasmtime::component::{HasSelf, Linker, ResourceTable};
 use wasmtime::{Engine, StoreLimitsBuilder, Trap, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
+use crate::backend::Kv;
 use crate::limits;
 use crate::metrics::METRICS;
-use crate::store::Store;
 use slots::{InstanceSlots, MeteredLimits};
 
 wasmtime::component::bindgen!({
@@ -105,15 +105,7 @@ pub enum GuestError {
     Busy { max: usize },
 }
 
-impl GuestError {
-    pub fn http_status(&self) -> u16 {
-        match self {
-            GuestError::Timeout { .. } => 504,
-            GuestError::Busy { .. } => 503,
-            _ => 500,
-        }
-    }
-}
+impl GuestError {}
 
 /// Sandbox and runtime settings.
 #[derive(Clone, Debug)]
@@ -136,7 +128,7 @@ pub struct HostState {
     wasi: WasiCtx,
     table: ResourceTable,
     limits: MeteredLimits,
-    store: Store,
+    store: Kv,
     config: Arc<HashMap<String, String>>,
     /// When the current call must have finished. Time the guest spends
     /// blocked in a `kv` call (a queued commit, an S3 acknowledgement, a
@@ -170,7 +162,7 @@ pub struct GuestRuntime {
     current: RwLock<Arc<Loaded>>,
     opts: GuestOptions,
     config: Arc<HashMap<String, String>>,
-    store: Store,
+    store: Kv,
     slots: InstanceSlots,
     _ticker: EpochTicker,
 }
@@ -256,7 +248,7 @@ pub fn make_engine(opts: &GuestOptions) -> Result<Engine, GuestError> {
 
 impl GuestRuntime {
     /// Compile (or load from cache), link and pre-instantiate the guest.
-    pub fn new(source: &GuestSource, opts: GuestOptions, store: Store) -> Result<Self, GuestError> {
+    pub fn new(source: &GuestSource, opts: GuestOptions, store: Kv) -> Result<Self, GuestError> {
         let engine = make_engine(&opts)?;
         let mut linker: Linker<HostState> = Linker::new(&engine);
         let link_err = |e: wasmtime::Error| GuestError::Load { guest: source.name(), msg: format!("{e:#}") };

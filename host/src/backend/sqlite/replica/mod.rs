@@ -51,12 +51,12 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
+use crate::backend::sqlite::store::outbox::{FilePositions, Next, RestoreFile, file_positions};
+use crate::backend::sqlite::store::versionstamp::{EPOCH_BITS, MAX_EPOCH, epoch_of, epoch_start};
+use crate::backend::sqlite::store::{Durability, Store, StoreError, Versionstamp};
 use crate::config::Config;
 use crate::limits;
 use crate::metrics::METRICS;
-use crate::store::outbox::{FilePositions, Next, RestoreFile, file_positions};
-use crate::store::versionstamp::{EPOCH_BITS, MAX_EPOCH, epoch_of, epoch_start};
-use crate::store::{Durability, Store, StoreError, Versionstamp};
 use objects::ObjectStore;
 use segment::Segment;
 
@@ -237,7 +237,7 @@ pub struct Replica {
 const NO_EPOCH: u64 = u64::MAX;
 
 fn set_aside(db: &Path, tag: &str) -> Result<Option<PathBuf>, ReplicaError> {
-    let aside = PathBuf::from(format!("{}.{tag}-{}", db.display(), crate::store::now_ms()));
+    let aside = PathBuf::from(format!("{}.{tag}-{}", db.display(), crate::backend::sqlite::store::now_ms()));
     let mut moved = false;
     // The database first: once it is gone, a crash leaves "no database"
     // (the next launch restores) and the rest is set aside then, never a
@@ -400,7 +400,7 @@ impl Replica {
                 break;
             }
             let key = format!("epochs/{e:020}.epoch");
-            let body = format!("reserved by sidekv pid {} at unix ms {}\n", std::process::id(), crate::store::now_ms());
+            let body = format!("reserved by sidekv pid {} at unix ms {}\n", std::process::id(), crate::backend::sqlite::store::now_ms());
             if self.remote.put_new(&key, body.into_bytes()).await? {
                 tracing::info!(epoch = e, first_counter = epoch_start(e) + 1, "reserved a versionstamp epoch");
                 return Ok(e);
@@ -614,7 +614,7 @@ impl Replica {
             let _ = std::fs::remove_file(format!("{}{ext}", tmp.display()));
             let left = PathBuf::from(format!("{}{ext}", to.display()));
             if left.exists() {
-                let aside = format!("{}.orphan-{}{ext}", to.display(), crate::store::now_ms());
+                let aside = format!("{}.orphan-{}{ext}", to.display(), crate::backend::sqlite::store::now_ms());
                 tracing::warn!(file = %left.display(), moved_to = %aside, "setting aside a WAL/SHM file left without its database");
                 std::fs::rename(&left, &aside).map_err(|e| io_err(&left, e))?;
             }
@@ -815,7 +815,7 @@ impl Replica {
         store.mark_shipped(seg.last).await?;
         METRICS.uploads_ok.fetch_add(1, Relaxed);
         METRICS.upload_bytes.fetch_add(len, Relaxed);
-        METRICS.last_upload_ms.store(crate::store::now_ms(), Relaxed);
+        METRICS.last_upload_ms.store(crate::backend::sqlite::store::now_ms(), Relaxed);
         tracing::debug!(segment = %key, first = seg.first, last = seg.last, records = seg.records.len(), bytes = len, "segment shipped");
         self.state.lock().unwrap().bytes_since_snapshot += len;
         Ok(())

@@ -12,14 +12,16 @@ use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use super::StoreError;
 use super::writer::WriterState;
 
-pub const SCHEMA_VERSION: i64 = 1;
+/// 2: values carry an encoding (`enc`: 1 V8, 2 little-endian u64, 3 bytes).
+pub const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS kv (
     key        BLOB PRIMARY KEY,
     value      BLOB NOT NULL,
     version    INTEGER NOT NULL,   -- versionstamp: counter << 16 | index
-    expires_at INTEGER             -- unix ms, NULL = never
+    expires_at INTEGER,            -- unix ms, NULL = never
+    enc        INTEGER NOT NULL DEFAULT 3  -- sidekv_core::Encoding code
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS kv_expires ON kv(expires_at) WHERE expires_at IS NOT NULL;
 -- The replication outbox and watch history: every mutation, in commit order.
@@ -31,6 +33,7 @@ CREATE TABLE IF NOT EXISTS changelog (
     key        BLOB NOT NULL,
     value      BLOB,
     expires_at INTEGER,
+    enc        INTEGER NOT NULL DEFAULT 3,
     PRIMARY KEY (version, n)
 ) WITHOUT ROWID;
 -- counter: last commit; shipped: last commit confirmed in S3;
@@ -42,6 +45,19 @@ CREATE TABLE IF NOT EXISTS meta (
     value
 ) WITHOUT ROWID;
 ";
+
+/// Schema 1 → 2: typed values. Existing values are bytes (code 3, the default).
+const MIGRATE_1_TO_2: &str = "
+ALTER TABLE kv ADD COLUMN enc INTEGER NOT NULL DEFAULT 3;
+ALTER TABLE changelog ADD COLUMN enc INTEGER NOT NULL DEFAULT 3;
+UPDATE meta SET value = 2 WHERE name = 'schema';
+";
+
+// The statements that change `kv`, each defined once (the writer and a
+// restore both apply changes with them).
+pub const PUT_ENTRY: &str = "INSERT OR REPLACE INTO kv (key, value, version, expires_at, enc) VALUES (?1, ?2, ?3, ?4, ?5)";
+pub const DELETE_ENTRY: &str = "DELETE FROM kv WHERE key = ?1";
+pub const LOG_CHANGE: &str = "INSERT INTO changelog (version, n, key, value, expires_at, enc) VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
 
 fn base_pragmas(conn: &Connection) -> Result<(), StoreError> {
     conn.busy_timeout(std::time::Duration::from_secs(30))?;
@@ -95,6 +111,7 @@ pub fn open_writer(path: &Path) -> Result<(Connection, WriterState), StoreError>
     match found {
         None => return Err(StoreError::Internal("the schema row is missing after creation".into())),
         Some(v) if v == SCHEMA_VERSION => {}
+        Some(1) => conn.execute_batch(&format!("BEGIN IMMEDIATE; {MIGRATE_1_TO_2} COMMIT;"))?,
         Some(v) => {
             return Err(StoreError::Internal(format!(
                 "{} has schema version {v}; this sidekv understands {SCHEMA_VERSION}",
@@ -115,4 +132,42 @@ pub fn open_reader(path: &Path) -> Result<Connection, StoreError> {
             .map_err(|e| StoreError::Internal(format!("opening {} for reading: {e}", path.display())))?;
     base_pragmas(&conn)?;
     Ok(conn)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{ListQuery, Mutation, MutationKind, Store, StoreOptions, Value, WriteOp};
+
+    /// A database written by schema 1 (untyped values) opens, is migrated,
+    /// reads its values as bytes, and a REST counter stored as decimal text
+    /// keeps counting (now as a u64 value).
+    #[tokio::test]
+    async fn schema_1_files_are_migrated() {
+        let d = tempfile::tempdir().unwrap();
+        let path = d.path().join("v1.sqlite3");
+        {
+            let c = rusqlite::Connection::open(&path).unwrap();
+            c.execute_batch(
+                "CREATE TABLE kv (key BLOB PRIMARY KEY, value BLOB NOT NULL, version INTEGER NOT NULL, expires_at INTEGER) WITHOUT ROWID;
+                 CREATE TABLE changelog (version INTEGER NOT NULL, n INTEGER NOT NULL, key BLOB NOT NULL, value BLOB, expires_at INTEGER,
+                                         PRIMARY KEY (version, n)) WITHOUT ROWID;
+                 CREATE TABLE meta (name TEXT PRIMARY KEY, value) WITHOUT ROWID;
+                 INSERT INTO meta VALUES ('schema', 1), ('counter', 2), ('shipped', 0), ('db_id', 'x'), ('writer', 5);
+                 INSERT INTO kv VALUES (CAST('a' AS BLOB), CAST('hello' AS BLOB), 65536, NULL);
+                 INSERT INTO kv VALUES (CAST('n' AS BLOB), CAST('41' AS BLOB), 131072, NULL);",
+            )
+            .unwrap();
+        }
+        let s = Store::open(&path, StoreOptions::default()).unwrap();
+        let sum =
+            WriteOp::Atomic { checks: vec![], mutations: vec![Mutation { key: b"n".to_vec(), kind: MutationKind::Sum(1), ttl_ms: None }] };
+        s.write(sum).await.unwrap();
+        let page = s.list(ListQuery { limit: 10, ..Default::default() }).await.unwrap();
+        let got: Vec<_> = page.entries.into_iter().map(|e| (e.key, e.value)).collect();
+        assert_eq!(got, vec![(b"a".to_vec(), Value::bytes(b"hello".to_vec())), (b"n".to_vec(), Value::u64(42))]);
+        let schema: i64 =
+            s.on_writer(|c, _| Ok(c.query_row("SELECT value FROM meta WHERE name = 'schema'", [], |r| r.get(0))?)).await.unwrap();
+        assert_eq!(schema, super::SCHEMA_VERSION);
+        s.close();
+    }
 }

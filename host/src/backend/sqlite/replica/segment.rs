@@ -4,8 +4,9 @@
 //! zstd( "SKVSEG02"
 //!       first u64 | last u64 | records u32 | flags u8 | writer u64   (big-endian)
 //!       records: version i64 | index u32 | key_len u16 | key
-//!                | kind u8 (0 delete, 1 set, 2 set+expiry) [| expires_at u64]
-//!                [| value_len u32 | value]
+//!                | kind u8 (0 delete, 1 set, 2 set+expiry, 3 typed set,
+//!                           4 typed set+expiry) [| expires_at u64]
+//!                [| encoding u8 (kinds 3, 4)] [| value_len u32 | value]
 //!       crc32c u32 of everything above )
 //! ```
 //!
@@ -20,7 +21,12 @@
 //! commits `first..=last` held only by snapshot `last`: it is how a backup
 //! that must restart from a snapshot claims its place in the history (the
 //! name is still the fencing token). Version 1 segments (`SKVSEG01`, no
-//! flags or writer) are still read.
+//! flags or writer) are still read. A value that is not plain bytes (a u64
+//! counter, a V8 value) is a "typed set" carrying its encoding code; plain
+//! bytes keep kinds 1 and 2, so a segment of untyped data is byte-for-byte
+//! what earlier versions wrote.
+
+use sidekv_core::Encoding;
 
 use super::ReplicaError;
 
@@ -29,7 +35,7 @@ const MAGIC_V1: &[u8; 8] = b"SKVSEG01";
 /// The segment stands for commits held only by the snapshot of its last commit.
 pub const BASE: u8 = 1;
 
-pub use crate::store::outbox::Record;
+pub use crate::backend::sqlite::store::outbox::Record;
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Segment {
@@ -42,7 +48,7 @@ pub struct Segment {
 
 impl Segment {
     pub fn raw_len(&self) -> usize {
-        self.records.iter().map(crate::store::outbox::record_bytes).sum::<usize>() + 48
+        self.records.iter().map(crate::backend::sqlite::store::outbox::record_bytes).sum::<usize>() + 48
     }
 
     pub fn is_base(&self) -> bool {
@@ -65,12 +71,13 @@ impl Segment {
             match (&r.value, r.expires_at) {
                 (None, _) => b.push(0),
                 (Some(v), exp) => {
-                    match exp {
-                        None => b.push(1),
-                        Some(e) => {
-                            b.push(2);
-                            b.extend_from_slice(&(e as u64).to_be_bytes());
-                        }
+                    let typed = r.encoding != Encoding::Bytes;
+                    b.push(1 + exp.is_some() as u8 + 2 * typed as u8);
+                    if let Some(e) = exp {
+                        b.extend_from_slice(&(e as u64).to_be_bytes());
+                    }
+                    if typed {
+                        b.push(r.encoding.code());
                     }
                     b.extend_from_slice(&(v.len() as u32).to_be_bytes());
                     b.extend_from_slice(v);
@@ -118,16 +125,17 @@ impl Segment {
                 let klen = r.u16()? as usize;
                 let key = r.bytes(klen)?.to_vec();
                 let kind = r.u8()?;
-                let (value, expires_at) = match kind {
-                    0 => (None, None),
-                    1 | 2 => {
-                        let exp = if kind == 2 { Some(r.u64()? as i64) } else { None };
+                let (value, expires_at, encoding) = match kind {
+                    0 => (None, None, Encoding::Bytes),
+                    1..=4 => {
+                        let exp = if kind % 2 == 0 { Some(r.u64()? as i64) } else { None };
+                        let encoding = if kind >= 3 { Encoding::from_code(r.u8()?)? } else { Encoding::Bytes };
                         let vlen = r.u32()? as usize;
-                        (Some(r.bytes(vlen)?.to_vec()), exp)
+                        (Some(r.bytes(vlen)?.to_vec()), exp, encoding)
                     }
                     _ => return None,
                 };
-                Some(Record { version, index: n, key, value, expires_at })
+                Some(Record { version, index: n, key, value, expires_at, encoding })
             })()
             .ok_or_else(|| bad("truncated or malformed record"))?;
             let c = (rec.version as u64) >> 16;
@@ -178,9 +186,50 @@ mod tests {
             first: 5,
             last: 7,
             records: vec![
-                Record { version: (5 << 16), index: 0, key: b"a".to_vec(), value: Some(b"1".to_vec()), expires_at: None },
-                Record { version: (6 << 16) | 2, index: 1, key: b"b".to_vec(), value: None, expires_at: None },
-                Record { version: 7 << 16, index: 0, key: "ü".as_bytes().to_vec(), value: Some(vec![0, 255]), expires_at: Some(99) },
+                Record {
+                    version: (5 << 16),
+                    index: 0,
+                    key: b"a".to_vec(),
+                    value: Some(b"1".to_vec()),
+                    expires_at: None,
+                    encoding: Encoding::Bytes,
+                },
+                Record { version: (6 << 16) | 2, index: 1, key: b"b".to_vec(), value: None, expires_at: None, encoding: Encoding::Bytes },
+                Record {
+                    version: 7 << 16,
+                    index: 0,
+                    key: "ü".as_bytes().to_vec(),
+                    value: Some(vec![0, 255]),
+                    expires_at: Some(99),
+                    encoding: Encoding::Bytes,
+                },
+            ],
+            flags: 0,
+            writer: 42,
+        }
+    }
+
+    fn typed() -> Segment {
+        Segment {
+            first: 8,
+            last: 8,
+            records: vec![
+                Record {
+                    version: 8 << 16,
+                    index: 0,
+                    key: b"c".to_vec(),
+                    value: Some(vec![5, 0, 0, 0, 0, 0, 0, 0]),
+                    expires_at: None,
+                    encoding: Encoding::Le64,
+                },
+                Record {
+                    version: 8 << 16,
+                    index: 1,
+                    key: b"d".to_vec(),
+                    value: Some(vec![0xff, 0x0f]),
+                    expires_at: Some(7),
+                    encoding: Encoding::V8,
+                },
             ],
             flags: 0,
             writer: 42,
@@ -189,8 +238,17 @@ mod tests {
 
     #[test]
     fn round_trip() {
-        let s = sample();
-        assert_eq!(Segment::decode(&s.encode().unwrap(), "t").unwrap(), s);
+        for s in [sample(), typed()] {
+            assert_eq!(Segment::decode(&s.encode().unwrap(), "t").unwrap(), s);
+        }
+    }
+
+    #[test]
+    fn untyped_records_keep_the_earlier_layout() {
+        // Kinds 1 and 2 only: an older sidekv reads backups of untyped data.
+        let raw = zstd::decode_all(&sample().encode().unwrap()[..]).unwrap();
+        let kinds: Vec<u8> = [37 + 8 + 4 + 2 + 1, 37 + 8 + 4 + 2 + 1 + 1 + 4 + 1 + 8 + 4 + 2 + 1].iter().map(|&i| raw[i]).collect();
+        assert_eq!(kinds, [1, 0]);
     }
 
     #[test]

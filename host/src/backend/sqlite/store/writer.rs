@@ -13,9 +13,11 @@ use std::collections::HashMap;
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use tokio::sync::watch;
 
+use super::schema::{DELETE_ENTRY, LOG_CHANGE, PUT_ENTRY};
 use super::versionstamp::MAX_COUNTER;
-use super::{Check, Condition, MutationKind, StoreError, Versionstamp, WriteOp, WriteResult, WriterMsg, now_ms, reads::prefix_upper_bound};
+use super::{Check, Condition, StoreError, Value, Versionstamp, WriteOp, WriteResult, WriterMsg, now_ms};
 use crate::limits;
+use sidekv_core::validate::prefix_upper_bound;
 
 /// What the writer knows about the database between commits.
 pub struct WriterState {
@@ -177,17 +179,17 @@ fn commit_batch(
 }
 
 /// The live versionstamp of `key` inside the transaction.
-fn current_version(tx: &Transaction<'_>, key: &str, now: u64) -> rusqlite::Result<Option<Versionstamp>> {
+fn current_version(tx: &Transaction<'_>, key: &[u8], now: u64) -> rusqlite::Result<Option<Versionstamp>> {
     let mut stmt = tx.prepare_cached("SELECT version FROM kv WHERE key = ?1 AND (expires_at IS NULL OR expires_at > ?2)")?;
-    Ok(stmt.query_row(params![key.as_bytes(), now as i64], |r| r.get::<_, i64>(0)).optional()?.map(Versionstamp::from_i64))
+    Ok(stmt.query_row(params![key, now as i64], |r| r.get::<_, i64>(0)).optional()?.map(Versionstamp::from_i64))
 }
 
-fn current_value(tx: &Transaction<'_>, key: &str, now: u64) -> rusqlite::Result<Option<Vec<u8>>> {
-    let mut stmt = tx.prepare_cached("SELECT value FROM kv WHERE key = ?1 AND (expires_at IS NULL OR expires_at > ?2)")?;
-    stmt.query_row(params![key.as_bytes(), now as i64], |r| r.get(0)).optional()
+fn current_value(tx: &Transaction<'_>, key: &[u8], now: u64) -> rusqlite::Result<Option<Value>> {
+    let mut stmt = tx.prepare_cached("SELECT value, enc FROM kv WHERE key = ?1 AND (expires_at IS NULL OR expires_at > ?2)")?;
+    stmt.query_row(params![key, now as i64], |r| Ok(Value { bytes: r.get(0)?, encoding: super::reads::encoding(r.get(1)?) })).optional()
 }
 
-fn condition_holds(tx: &Transaction<'_>, key: &str, cond: &Condition, now: u64) -> rusqlite::Result<bool> {
+fn condition_holds(tx: &Transaction<'_>, key: &[u8], cond: &Condition, now: u64) -> rusqlite::Result<bool> {
     if cond.if_match.is_none() && !cond.if_absent && !cond.if_exists {
         return Ok(true);
     }
@@ -208,29 +210,17 @@ fn expiry(now: u64, ttl: Option<u64>) -> Option<i64> {
     ttl.map(|t| now.saturating_add(t) as i64)
 }
 
-fn put(tx: &Transaction<'_>, key: &str, value: &[u8], vs: Versionstamp, n: u32, expires_at: Option<i64>) -> rusqlite::Result<()> {
-    let mut s = tx.prepare_cached("INSERT OR REPLACE INTO kv (key, value, version, expires_at) VALUES (?1, ?2, ?3, ?4)")?;
-    s.execute(params![key.as_bytes(), value, vs.to_i64(), expires_at])?;
-    log(tx, vs, n, key, Some(value), expires_at)
-}
-
-fn del(tx: &Transaction<'_>, key: &str, vs: Versionstamp, n: u32) -> rusqlite::Result<()> {
-    let mut s = tx.prepare_cached("DELETE FROM kv WHERE key = ?1")?;
-    s.execute(params![key.as_bytes()])?;
-    log(tx, vs, n, key, None, None)
-}
-
-fn log(tx: &Transaction<'_>, vs: Versionstamp, n: u32, key: &str, value: Option<&[u8]>, expires_at: Option<i64>) -> rusqlite::Result<()> {
-    let mut s = tx.prepare_cached("INSERT INTO changelog (version, n, key, value, expires_at) VALUES (?1, ?2, ?3, ?4, ?5)")?;
-    s.execute(params![vs.to_i64(), n, key.as_bytes(), value, expires_at])?;
+fn put(tx: &Transaction<'_>, key: &[u8], value: &Value, vs: Versionstamp, n: u32, expires_at: Option<i64>) -> rusqlite::Result<()> {
+    let enc = value.encoding.code();
+    tx.prepare_cached(PUT_ENTRY)?.execute(params![key, value.bytes, vs.to_i64(), expires_at, enc])?;
+    tx.prepare_cached(LOG_CHANGE)?.execute(params![vs.to_i64(), n, key, value.bytes, expires_at, enc])?;
     Ok(())
 }
 
-fn parse_counter(v: &[u8]) -> Option<u64> {
-    if v.is_empty() || v.len() > 20 || !v.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    std::str::from_utf8(v).ok()?.parse().ok()
+fn del(tx: &Transaction<'_>, key: &[u8], vs: Versionstamp, n: u32) -> rusqlite::Result<()> {
+    tx.prepare_cached(DELETE_ENTRY)?.execute(params![key])?;
+    tx.prepare_cached(LOG_CHANGE)?.execute(params![vs.to_i64(), n, key, None::<Vec<u8>>, None::<i64>, Value::default().encoding.code()])?;
+    Ok(())
 }
 
 fn apply(tx: &Transaction<'_>, op: &WriteOp, vs: Versionstamp, now: u64) -> Result<WriteResult, ApplyError> {
@@ -252,20 +242,19 @@ fn apply(tx: &Transaction<'_>, op: &WriteOp, vs: Versionstamp, now: u64) -> Resu
         }
         WriteOp::DeletePrefix { prefix } => {
             let keys: Vec<(Vec<u8>, Option<i64>)> = {
-                let (sql, upper) = match prefix_upper_bound(prefix.as_bytes()) {
+                let (sql, upper) = match prefix_upper_bound(prefix) {
                     Some(u) => ("SELECT key, expires_at FROM kv WHERE key >= ?1 AND key < ?2", Some(u)),
                     None => ("SELECT key, expires_at FROM kv WHERE key >= ?1 AND ?2 IS NULL", None),
                 };
                 let mut s = tx.prepare_cached(sql)?;
-                s.query_map(params![prefix.as_bytes(), upper], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?
+                s.query_map(params![prefix, upper], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?
             };
             let mut live = 0u64;
             for (n, (k, exp)) in keys.iter().enumerate() {
                 if exp.is_none_or(|e| e as u64 > now) {
                     live += 1;
                 }
-                let key = String::from_utf8_lossy(k);
-                del(tx, &key, vs, n as u32)?;
+                del(tx, k, vs, n as u32)?;
             }
             Ok(WriteResult::Committed { versionstamp: vs, deleted: live })
         }
@@ -289,33 +278,19 @@ fn apply_atomic(
         }
     }
     // The batch's view of each key it touches: Some(value) or None (deleted).
-    let mut overlay: HashMap<&str, Option<Vec<u8>>> = HashMap::new();
+    let mut overlay: HashMap<&[u8], Option<Value>> = HashMap::new();
     // (key, new value or None for a delete, expiry)
-    type Planned<'k> = (&'k str, Option<Vec<u8>>, Option<i64>);
+    type Planned<'k> = (&'k [u8], Option<Value>, Option<i64>);
     let mut planned: Vec<Planned<'_>> = Vec::with_capacity(mutations.len());
     for (i, m) in mutations.iter().enumerate() {
-        let key = m.key.as_str();
+        let key = m.key.as_slice();
         let current = match overlay.get(key) {
             Some(v) => v.clone(),
             None => current_value(tx, key, now)?,
         };
-        let operand_of = |cur: &Option<Vec<u8>>| -> Result<Option<u64>, ApplyError> {
-            match cur {
-                None => Ok(None),
-                Some(v) => parse_counter(v).map(Some).ok_or_else(|| {
-                    ApplyError::Request(StoreError::InvalidArgument(format!(
-                        "mutations[{i}]: key {key:?} holds a value that is not a decimal u64 counter"
-                    )))
-                }),
-            }
-        };
-        let new: Option<Vec<u8>> = match &m.kind {
-            MutationKind::Set(v) => Some(v.clone()),
-            MutationKind::Delete => None,
-            MutationKind::Sum(x) => Some(operand_of(&current)?.unwrap_or(0).wrapping_add(*x).to_string().into_bytes()),
-            MutationKind::Min(x) => Some(operand_of(&current)?.map_or(*x, |c| c.min(*x)).to_string().into_bytes()),
-            MutationKind::Max(x) => Some(operand_of(&current)?.map_or(*x, |c| c.max(*x)).to_string().into_bytes()),
-        };
+        let new = sidekv_core::mutate(&m.kind, current.as_ref()).map_err(|why| {
+            ApplyError::Request(StoreError::InvalidArgument(format!("mutations[{i}]: key {:?} {why}", String::from_utf8_lossy(key))))
+        })?;
         overlay.insert(key, new.clone());
         planned.push((key, new, expiry(now, m.ttl_ms)));
     }
@@ -355,19 +330,4 @@ pub(crate) fn mark_shipped(conn: &mut Connection, state: &mut WriterState, count
     conn.execute("UPDATE meta SET value = ?1 WHERE name = 'shipped'", [counter as i64])?;
     state.shipped = counter;
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::parse_counter;
-
-    #[test]
-    fn counters_parse_only_decimal_u64() {
-        assert_eq!(parse_counter(b"0"), Some(0));
-        assert_eq!(parse_counter(b"18446744073709551615"), Some(u64::MAX));
-        assert_eq!(parse_counter(b"18446744073709551616"), None);
-        assert_eq!(parse_counter(b"-1"), None);
-        assert_eq!(parse_counter(b""), None);
-        assert_eq!(parse_counter(b" 1"), None);
-    }
 }

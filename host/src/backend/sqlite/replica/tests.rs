@@ -10,7 +10,7 @@ use futures::future::BoxFuture;
 
 use super::objects::DirStore;
 use super::*;
-use crate::store::{Condition, StoreOptions, WriteOp, WriteResult};
+use crate::backend::sqlite::store::{Condition, Encoding, ListQuery, Mutation, MutationKind, StoreOptions, Value, WriteOp, WriteResult};
 
 fn config(durability: &str, sync_ms: u64) -> Config {
     Config::try_parse_from(["sidekv", "--durability", durability, "--sync-interval", &format!("{sync_ms}ms")]).unwrap()
@@ -34,7 +34,7 @@ async fn launch(objects: Box<dyn ObjectStore>, db: &Path, durability: &str, sync
 }
 
 async fn set(s: &Store, k: &str, v: &str) -> Versionstamp {
-    let op = WriteOp::Set { key: k.into(), value: v.as_bytes().to_vec(), ttl_ms: None, cond: Condition::default() };
+    let op = WriteOp::Set { key: k.into(), value: Value::bytes(v.as_bytes().to_vec()), ttl_ms: None, cond: Condition::default() };
     match s.write(op).await.unwrap() {
         WriteResult::Committed { versionstamp, .. } => versionstamp,
         other => panic!("{other:?}"),
@@ -44,14 +44,20 @@ async fn set(s: &Store, k: &str, v: &str) -> Versionstamp {
 /// Every key of a database file: key → (value, versionstamp).
 async fn contents(path: &Path) -> BTreeMap<String, (String, Versionstamp)> {
     let s = open(path, false);
-    let page = s.list(crate::store::ListQuery { limit: 1000, ..Default::default() }).await.unwrap();
+    let page = s.list(crate::backend::sqlite::store::ListQuery { limit: 1000, ..Default::default() }).await.unwrap();
     s.close();
-    page.entries.into_iter().map(|e| (e.key, (String::from_utf8(e.value).unwrap(), e.versionstamp))).collect()
+    page.entries
+        .into_iter()
+        .map(|e| (String::from_utf8(e.key).unwrap(), (String::from_utf8(e.value.bytes).unwrap(), e.versionstamp)))
+        .collect()
 }
 
 async fn live(s: &Store) -> BTreeMap<String, (String, Versionstamp)> {
-    let page = s.list(crate::store::ListQuery { limit: 1000, ..Default::default() }).await.unwrap();
-    page.entries.into_iter().map(|e| (e.key, (String::from_utf8(e.value).unwrap(), e.versionstamp))).collect()
+    let page = s.list(crate::backend::sqlite::store::ListQuery { limit: 1000, ..Default::default() }).await.unwrap();
+    page.entries
+        .into_iter()
+        .map(|e| (String::from_utf8(e.key).unwrap(), (String::from_utf8(e.value.bytes).unwrap(), e.versionstamp)))
+        .collect()
 }
 
 /// A store that refuses writes (a bucket policy allowing List but not Put).
@@ -140,6 +146,34 @@ async fn restore_on_a_directory_is_exact() {
     store.close();
 }
 
+/// Typed values (a u64 counter, a V8 value) keep their encoding through
+/// segments, snapshots and a restore: both on either side of a snapshot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typed_values_survive_backup_and_restore() {
+    let d = tempfile::tempdir().unwrap();
+    let (r, store) = launch(dir_store(d.path()), &d.path().join("db"), "local", 1000).await;
+    let typed = |k: &str, kind: MutationKind| WriteOp::Atomic {
+        checks: vec![],
+        mutations: vec![Mutation { key: k.as_bytes().to_vec(), kind, ttl_ms: None }],
+    };
+    let v8 = Value { bytes: vec![0xff, 0x0f, 0x49, 0x54], encoding: Encoding::V8 };
+    store.write(typed("c1", MutationKind::Sum(41))).await.unwrap();
+    store.write(typed("v1", MutationKind::Set(v8.clone()))).await.unwrap();
+    r.ship_pending(&store, false).await.unwrap();
+    r.snapshot_now(&store).await.unwrap();
+    store.write(typed("c2", MutationKind::Max(7))).await.unwrap();
+    store.write(typed("v2", MutationKind::Set(v8.clone()))).await.unwrap();
+    r.ship_pending(&store, false).await.unwrap();
+    r.restore_to(&d.path().join("restored"), None).await.unwrap();
+    let restored = open(&d.path().join("restored"), false);
+    let page = restored.list(ListQuery { limit: 100, ..Default::default() }).await.unwrap();
+    let got: Vec<(Vec<u8>, Value)> = page.entries.into_iter().map(|e| (e.key, e.value)).collect();
+    let want = vec![(b"c1".to_vec(), Value::u64(41)), (b"c2".to_vec(), Value::u64(7)), (b"v1".to_vec(), v8.clone()), (b"v2".to_vec(), v8)];
+    assert_eq!(got, want);
+    restored.close();
+    store.close();
+}
+
 /// Defect 1: a base snapshot counted every commit as shipped before the
 /// snapshot was in S3, so `s3`-mode writes were acknowledged with S3 empty.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -165,12 +199,13 @@ async fn a_base_snapshot_ships_nothing_before_it_is_stored() {
 async fn restore_refuses_overlapping_segments() {
     let d = tempfile::tempdir().unwrap();
     let r = Replica::with_objects(dir_store(d.path()), &config("local", 1000));
-    let rec = |c: u64, v: &str| crate::store::Record {
+    let rec = |c: u64, v: &str| crate::backend::sqlite::store::Record {
         version: (c << 16) as i64,
         index: 0,
         key: b"k".to_vec(),
         value: Some(v.as_bytes().to_vec()),
         expires_at: None,
+        encoding: Encoding::Bytes,
     };
     let a = Segment { first: 1, last: 4, records: (1..=4).map(|c| rec(c, "a")).collect(), flags: 0, writer: 1 };
     let b = Segment { first: 3, last: 5, records: (3..=5).map(|c| rec(c, "b")).collect(), flags: 0, writer: 2 };
@@ -360,7 +395,7 @@ async fn versionstamps_are_never_reissued_after_a_restore() {
 async fn a_backed_up_store_without_an_epoch_refuses_writes() {
     let d = tempfile::tempdir().unwrap();
     let store = open(&d.path().join("db"), true);
-    let op = WriteOp::Set { key: "k".into(), value: b"v".to_vec(), ttl_ms: None, cond: Condition::default() };
+    let op = WriteOp::Set { key: "k".into(), value: Value::bytes(b"v".to_vec()), ttl_ms: None, cond: Condition::default() };
     assert!(matches!(store.write(op).await, Err(StoreError::Unavailable(_))));
     store.adopt_epoch(0).await.unwrap();
     set(&store, "k", "v").await;

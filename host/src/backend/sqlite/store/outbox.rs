@@ -18,7 +18,10 @@ use std::path::Path;
 
 use rusqlite::{Connection, params};
 
-use super::{Store, StoreError, Versionstamp, schema::read_meta_u64};
+use sidekv_core::Encoding;
+
+use super::schema::{DELETE_ENTRY, PUT_ENTRY, read_meta_u64};
+use super::{Store, StoreError, Versionstamp};
 
 /// One logged mutation of a commit; `value: None` is a delete.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -30,6 +33,8 @@ pub struct Record {
     pub key: Vec<u8>,
     pub value: Option<Vec<u8>>,
     pub expires_at: Option<i64>,
+    /// How `value` is encoded (bytes for a delete).
+    pub encoding: Encoding,
 }
 
 impl Record {
@@ -62,10 +67,17 @@ pub enum Next {
 }
 
 const SELECT_RECORDS: &str =
-    "SELECT version, n, key, value, expires_at FROM changelog WHERE version >= ?1 AND version < ?2 ORDER BY version, n";
+    "SELECT version, n, key, value, expires_at, enc FROM changelog WHERE version >= ?1 AND version < ?2 ORDER BY version, n";
 
 fn record(r: &rusqlite::Row<'_>) -> rusqlite::Result<Record> {
-    Ok(Record { version: r.get(0)?, index: r.get(1)?, key: r.get(2)?, value: r.get(3)?, expires_at: r.get(4)? })
+    Ok(Record {
+        version: r.get(0)?,
+        index: r.get(1)?,
+        key: r.get(2)?,
+        value: r.get(3)?,
+        expires_at: r.get(4)?,
+        encoding: super::reads::encoding(r.get(5)?),
+    })
 }
 
 fn bounds(first: u64, last: u64) -> [i64; 2] {
@@ -225,11 +237,11 @@ impl RestoreFile {
     pub fn apply(&mut self, records: &[Record], from: u64, limit: i64) -> Result<(), StoreError> {
         let tx = self.conn.transaction()?;
         {
-            let mut put = tx.prepare_cached("INSERT OR REPLACE INTO kv (key, value, version, expires_at) VALUES (?1, ?2, ?3, ?4)")?;
-            let mut del = tx.prepare_cached("DELETE FROM kv WHERE key = ?1")?;
+            let mut put = tx.prepare_cached(PUT_ENTRY)?;
+            let mut del = tx.prepare_cached(DELETE_ENTRY)?;
             for r in records.iter().filter(|r| r.counter() >= from && r.version <= limit) {
                 match &r.value {
-                    Some(v) => put.execute(params![r.key, v, r.version, r.expires_at])?,
+                    Some(v) => put.execute(params![r.key, v, r.version, r.expires_at, r.encoding.code()])?,
                     None => del.execute([&r.key])?,
                 };
             }

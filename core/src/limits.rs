@@ -1,0 +1,53 @@
+//! Every data limit, in one place: the host enforces them (`validate`), the
+//! guests read them from here instead of keeping copies.
+//!
+//! Each constant names the error that enforces it. Limits that operators may
+//! change have a `DEFAULT_` prefix and a matching host setting.
+
+// ---- keys and values (StoreError::InvalidKey / ValueTooLarge) ----
+
+/// Longest key, in bytes (as Deno KV). `InvalidKey`.
+pub const MAX_KEY_BYTES: usize = 2048;
+/// Default largest value (`KVSTORE_MAX_VALUE_BYTES`). `ValueTooLarge`.
+pub const DEFAULT_MAX_VALUE_BYTES: usize = 1 << 20;
+/// Hard ceiling for `KVSTORE_MAX_VALUE_BYTES`; larger values belong in S3 itself.
+pub const MAX_VALUE_BYTES_CEILING: usize = 64 << 20;
+
+// ---- reads (StoreError::InvalidArgument) ----
+
+/// Most entries one `list` page returns (`limit` above it → InvalidArgument).
+pub const MAX_LIST_LIMIT: u32 = 1000;
+/// Most keys in one `get-many`.
+pub const MAX_GET_MANY_KEYS: usize = 1000;
+/// Most bytes (keys + values) one read hands out: a `list` page (also an
+/// export page) stops before it would pass this and returns a cursor, a
+/// prefix-watch step stops likewise, and a `get-many` over it fails with
+/// `InvalidArgument`. A page always holds at least one entry, so a single
+/// value larger than this (KVSTORE_MAX_VALUE_BYTES above it) still lists.
+/// Why: 40 values of 900 KiB in one page grew the guest past its memory cap
+/// (the JSON answer is base64, 4/3 of the values, built in guest memory).
+pub const MAX_READ_BYTES: usize = 8 << 20;
+
+// ---- writes ----
+
+/// Most mutations in one atomic batch (as Deno KV). `InvalidArgument`.
+pub const MAX_ATOMIC_MUTATIONS: usize = 1000;
+/// Most checks in one atomic batch. `InvalidArgument`.
+pub const MAX_ATOMIC_CHECKS: usize = 100;
+/// Most write requests folded into one group commit (one transaction, one
+/// fsync). The 2-byte versionstamp suffix numbers writes inside a commit, so
+/// this must stay below 65536.
+pub const MAX_COMMIT_BATCH: usize = 4096;
+/// Longest TTL accepted: 100 years in milliseconds.
+pub const MAX_TTL_MS: u64 = 100 * 365 * 24 * 3600 * 1000;
+
+// ---- watch ----
+
+/// Longest long-poll a client may ask for; longer → InvalidArgument.
+pub const MAX_WATCH_TIMEOUT_MS: u32 = 300_000;
+/// Commits of change history kept so prefix watches can resume from an
+/// older versionstamp; older positions are refused (410 over HTTP).
+pub const WATCH_HISTORY_COMMITS: u64 = 10_000;
+/// Changes read per step of a prefix watch stream (and at most
+/// `MAX_READ_BYTES` of them).
+pub const WATCH_STREAM_BATCH: u32 = 500;

@@ -1,0 +1,261 @@
+//! The data model every backend stores and every API shows.
+//!
+//! Keys are bytes, ordered bytewise (REST keys are their UTF-8 bytes; a Deno
+//! KV tuple key is its tuple encoding). Values carry an encoding, numbered as
+//! in the KV Connect protocol so no table is needed at that boundary: opaque
+//! bytes (everything REST writes), V8-serialized (Deno's structured values),
+//! and a little-endian u64 (`Deno.KvU64`, and every counter `sum`/`min`/`max`
+//! produces, whichever API asked).
+
+use crate::versionstamp::Versionstamp;
+
+/// A key: bytes, compared bytewise.
+pub type Key = Vec<u8>;
+
+/// How a value's bytes are to be read.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum Encoding {
+    /// V8's structured-serialization format (Deno values).
+    V8,
+    /// A 64-bit unsigned integer, 8 bytes little-endian: a counter.
+    Le64,
+    /// Opaque bytes.
+    #[default]
+    Bytes,
+}
+
+impl Encoding {
+    /// The stored (and KV Connect) code: 1 V8, 2 LE64, 3 bytes.
+    pub fn code(self) -> u8 {
+        match self {
+            Encoding::V8 => 1,
+            Encoding::Le64 => 2,
+            Encoding::Bytes => 3,
+        }
+    }
+
+    pub fn from_code(c: u8) -> Option<Encoding> {
+        match c {
+            1 => Some(Encoding::V8),
+            2 => Some(Encoding::Le64),
+            3 => Some(Encoding::Bytes),
+            _ => None,
+        }
+    }
+}
+
+/// A stored value and its encoding.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct Value {
+    pub bytes: Vec<u8>,
+    pub encoding: Encoding,
+}
+
+impl Value {
+    pub fn bytes(bytes: Vec<u8>) -> Value {
+        Value { bytes, encoding: Encoding::Bytes }
+    }
+
+    pub fn u64(n: u64) -> Value {
+        Value { bytes: n.to_le_bytes().to_vec(), encoding: Encoding::Le64 }
+    }
+
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+
+    /// The value as a counter: a u64 value, or (how REST counters were
+    /// stored before values were typed) bytes that are a decimal u64.
+    pub fn as_counter(&self) -> Option<u64> {
+        match self.encoding {
+            Encoding::Le64 => Some(u64::from_le_bytes(self.bytes.as_slice().try_into().ok()?)),
+            Encoding::Bytes => parse_decimal_u64(&self.bytes),
+            Encoding::V8 => None,
+        }
+    }
+
+    /// The bytes an untyped API shows (REST, the 0.1 WIT `kv`): bytes and
+    /// V8 values as stored, a counter as decimal text — what a REST `sum`
+    /// has always read back as.
+    pub fn into_plain(self) -> Vec<u8> {
+        match self.encoding {
+            Encoding::Le64 => match self.as_counter() {
+                Some(n) => n.to_string().into_bytes(),
+                None => self.bytes,
+            },
+            _ => self.bytes,
+        }
+    }
+}
+
+fn parse_decimal_u64(v: &[u8]) -> Option<u64> {
+    if v.is_empty() || v.len() > 20 || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(v).ok()?.parse().ok()
+}
+
+/// One stored key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    pub key: Key,
+    pub value: Value,
+    pub versionstamp: Versionstamp,
+    /// Unix milliseconds after which the entry is gone.
+    pub expires_at: Option<u64>,
+}
+
+/// A condition on a single-key write.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Condition {
+    pub if_match: Option<Versionstamp>,
+    pub if_absent: bool,
+    /// Write only if the key exists (HTTP `If-Match: *`).
+    pub if_exists: bool,
+}
+
+/// A condition of an atomic batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Check {
+    pub key: Key,
+    /// `None`: the key must be absent.
+    pub versionstamp: Option<Versionstamp>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MutationKind {
+    Set(Value),
+    Delete,
+    /// Wrapping add; an absent key counts as 0.
+    Sum(u64),
+    /// An absent key takes the operand.
+    Min(u64),
+    Max(u64),
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Mutation {
+    pub key: Key,
+    pub kind: MutationKind,
+    pub ttl_ms: Option<u64>,
+}
+
+/// A write, as every backend takes it.
+#[derive(Clone, Debug)]
+pub enum WriteOp {
+    Set { key: Key, value: Value, ttl_ms: Option<u64>, cond: Condition },
+    Delete { key: Key, cond: Condition },
+    DeletePrefix { prefix: Key },
+    Atomic { checks: Vec<Check>, mutations: Vec<Mutation> },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WriteResult {
+    /// `deleted`: live keys a delete or delete-prefix removed.
+    Committed {
+        versionstamp: Versionstamp,
+        deleted: u64,
+    },
+    PreconditionFailed,
+    CheckFailed(usize),
+}
+
+/// A range query.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ListQuery {
+    pub prefix: Key,
+    pub start: Option<Key>,
+    pub end: Option<Key>,
+    pub limit: u32,
+    pub reverse: bool,
+    /// An opaque cursor this server returned (`validate::encode_cursor`).
+    pub cursor: Option<String>,
+    pub keys_only: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListPage {
+    pub entries: Vec<Entry>,
+    pub cursor: Option<String>,
+}
+
+/// One logged mutation; `value: None` is a delete.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Change {
+    pub versionstamp: Versionstamp,
+    /// Position of this mutation inside its commit (a batch or a
+    /// delete-prefix has many mutations under one versionstamp).
+    pub index: u32,
+    pub key: Key,
+    pub value: Option<Value>,
+    pub expires_at: Option<u64>,
+}
+
+/// A position in the change history: after mutation `index` of the write with
+/// versionstamp `vs` (`index: None` = after that whole write).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ChangePos {
+    pub vs: Versionstamp,
+    pub index: Option<u32>,
+}
+
+/// Apply a mutation to a key's current value (`None` = absent): the new
+/// value, or `None` for a delete. One definition of counter semantics for
+/// every backend; `Err` when a counter meets a value that is not one.
+pub fn mutate(kind: &MutationKind, current: Option<&Value>) -> Result<Option<Value>, String> {
+    let operand = || -> Result<Option<u64>, String> {
+        match current {
+            None => Ok(None),
+            Some(v) => v.as_counter().map(Some).ok_or_else(|| "holds a value that is not a u64 counter".to_string()),
+        }
+    };
+    Ok(match kind {
+        MutationKind::Set(v) => Some(v.clone()),
+        MutationKind::Delete => None,
+        MutationKind::Sum(x) => Some(Value::u64(operand()?.unwrap_or(0).wrapping_add(*x))),
+        MutationKind::Min(x) => Some(Value::u64(operand()?.map_or(*x, |c| c.min(*x)))),
+        MutationKind::Max(x) => Some(Value::u64(operand()?.map_or(*x, |c| c.max(*x)))),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_accept_u64_and_decimal_text_and_produce_u64() {
+        assert_eq!(mutate(&MutationKind::Sum(5), None).unwrap(), Some(Value::u64(5)));
+        let legacy = Value::bytes(b"12".to_vec());
+        assert_eq!(mutate(&MutationKind::Sum(1), Some(&legacy)).unwrap(), Some(Value::u64(13)));
+        assert_eq!(mutate(&MutationKind::Sum(2), Some(&Value::u64(u64::MAX))).unwrap(), Some(Value::u64(1)));
+        assert_eq!(mutate(&MutationKind::Min(3), Some(&Value::u64(7))).unwrap(), Some(Value::u64(3)));
+        assert_eq!(mutate(&MutationKind::Max(3), None).unwrap(), Some(Value::u64(3)));
+        assert!(mutate(&MutationKind::Sum(1), Some(&Value::bytes(b"x".to_vec()))).is_err());
+        assert!(mutate(&MutationKind::Sum(1), Some(&Value { bytes: vec![1], encoding: Encoding::V8 })).is_err());
+        assert!(mutate(&MutationKind::Sum(1), Some(&Value { bytes: vec![1, 2], encoding: Encoding::Le64 })).is_err());
+    }
+
+    #[test]
+    fn plain_view_shows_counters_as_decimal_text() {
+        assert_eq!(Value::u64(42).into_plain(), b"42");
+        assert_eq!(Value::bytes(b"x".to_vec()).into_plain(), b"x");
+        for c in 1..=3 {
+            assert_eq!(Encoding::from_code(c).unwrap().code(), c);
+        }
+        assert_eq!(Encoding::from_code(0), None);
+    }
+
+    #[test]
+    fn decimal_counters_parse_only_decimal_u64() {
+        assert_eq!(parse_decimal_u64(b"0"), Some(0));
+        assert_eq!(parse_decimal_u64(b"18446744073709551615"), Some(u64::MAX));
+        assert_eq!(parse_decimal_u64(b"18446744073709551616"), None);
+        assert_eq!(parse_decimal_u64(b"-1"), None);
+        assert_eq!(parse_decimal_u64(b""), None);
+        assert_eq!(parse_decimal_u64(b" 1"), None);
+    }
+}

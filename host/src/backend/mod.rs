@@ -1,0 +1,222 @@
+//! The storage seam: one trait every backend implements, and `Kv`, the
+//! handle the rest of the host uses.
+//!
+//! ```text
+//!  guest bindings (kv, wasi:keyvalue) ─┐
+//!  streams (SSE watch, NDJSON export) ─┼─▶ Kv ── validates (sidekv_core::validate),
+//!  App / http (readiness, metrics) ────┘        long-poll watch, shutdown signal
+//!                                                 │
+//!                                                 ▼ dyn Backend
+//!                          ┌──────────────────────┴─────────────────────┐
+//!                   sqlite::SqliteBackend                     postgres::PgBackend
+//!                   (one file, writer thread,                 (one shared database,
+//!                    S3 replica, restore at launch)            many sidecars)
+//! ```
+//!
+//! A backend takes only validated calls and implements the logical
+//! operations; everything built on top of them (long-poll `watch`, the SSE
+//! prefix stream, export) lives once, here and in `streams`, and works the
+//! same on every backend. The contract every backend keeps:
+//!
+//! - **Linearizable**: a call that starts after a write was acknowledged
+//!   sees it (or something newer); an atomic batch is all or nothing, its
+//!   checks evaluated in the same transaction as its mutations.
+//! - **Versionstamps** strictly increase per key and totally order commits;
+//!   `committed()` is a position below which no commit can still appear,
+//!   so the change feed never skips one.
+//! - **Expired entries are never returned** by any read.
+
+// pub mod postgres;
+pub mod sqlite;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use sidekv_core::validate;
+use tokio::sync::watch;
+
+pub use sidekv_core::{
+    Change, ChangePos, Check, Condition, Encoding, Entry, Key, ListPage, ListQuery, Mutation, MutationKind, StoreError, Value,
+    Versionstamp, WriteOp, WriteResult,
+};
+
+use crate::metrics::ReplicationGauges;
+
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+/// What every store call returns.
+pub type StoreFuture<'a, T> = BoxFuture<'a, Result<T, StoreError>>;
+
+/// How a backend is doing, for `/readyz` and `/metrics`.
+#[derive(Clone, Debug, Default)]
+pub struct BackendStatus {
+    /// `Some(why)`: not ready (fenced, database unreachable).
+    pub not_ready: Option<String>,
+    /// `Some(why)`: serving, but something is degraded (not backed up).
+    pub degraded: Option<String>,
+    pub replication: ReplicationGauges,
+}
+
+/// The logical operations of a key-value store. Calls arrive validated.
+pub trait Backend: Send + Sync + 'static {
+    /// A short name for logs: `sqlite`, `postgres`.
+    fn kind(&self) -> &'static str;
+    fn get(&self, key: Key) -> StoreFuture<'_, Option<Entry>>;
+    /// Every key from one consistent snapshot.
+    fn get_many(&self, keys: Vec<Key>) -> StoreFuture<'_, Vec<Option<Entry>>>;
+    fn list(&self, q: ListQuery) -> StoreFuture<'_, ListPage>;
+    fn count(&self, q: ListQuery) -> StoreFuture<'_, u64>;
+    /// Apply a write and wait until it is acknowledged (durable).
+    fn write(&self, op: WriteOp) -> StoreFuture<'_, WriteResult>;
+    /// Logged changes under `prefix` strictly after `after`, oldest first,
+    /// at most `limit` (and `MAX_READ_BYTES`). `InvalidArgument` when `after`
+    /// is older than the kept history.
+    fn changes(&self, prefix: Key, after: ChangePos, limit: u32) -> StoreFuture<'_, Vec<Change>>;
+    /// The newest commit counter whose changes are all visible: the change
+    /// feed is complete up to here.
+    fn committed(&self) -> u64;
+    /// Notified (with `committed()`) whenever commits become visible,
+    /// including commits made by other processes sharing the store.
+    fn subscribe_commits(&self) -> watch::Receiver<u64>;
+    fn status(&self) -> BackendStatus;
+    /// Finish queued work (drain the backup) and close. Called once.
+    fn shutdown(&self) -> BoxFuture<'_, ()>;
+}
+
+struct KvInner {
+    backend: Box<dyn Backend>,
+    max_value_bytes: usize,
+    /// Set at shutdown: long-polls and streams end at once.
+    closing: watch::Sender<bool>,
+}
+
+/// The store as the host uses it: a cheap, cloneable handle over a backend
+/// that validates every call first and builds watches on the change feed.
+#[derive(Clone)]
+pub struct Kv {
+    inner: Arc<KvInner>,
+}
+
+impl Kv {
+    pub fn new(backend: impl Backend, max_value_bytes: usize) -> Kv {
+        Kv { inner: Arc::new(KvInner { backend: Box::new(backend), max_value_bytes, closing: watch::channel(false).0 }) }
+    }
+
+    pub fn backend(&self) -> &dyn Backend {
+        self.inner.backend.as_ref()
+    }
+
+    pub async fn get(&self, key: Key) -> Result<Option<Entry>, StoreError> {
+        validate::validate_key(&key)?;
+        self.backend().get(key).await
+    }
+
+    pub async fn get_many(&self, keys: Vec<Key>) -> Result<Vec<Option<Entry>>, StoreError> {
+        validate::validate_get_many(&keys)?;
+        self.backend().get_many(keys).await
+    }
+
+    pub async fn list(&self, q: ListQuery) -> Result<ListPage, StoreError> {
+        validate::validate_query(&q)?;
+        self.backend().list(q).await
+    }
+
+    /// Live keys in the query's range (`limit`, `cursor`, `reverse` ignored).
+    pub async fn count(&self, q: ListQuery) -> Result<u64, StoreError> {
+        if q.prefix.len() > sidekv_core::limits::MAX_KEY_BYTES {
+            return Err(StoreError::InvalidArgument("the prefix is longer than the longest key".into()));
+        }
+        self.backend().count(q).await
+    }
+
+    pub async fn write(&self, op: WriteOp) -> Result<WriteResult, StoreError> {
+        validate::validate_write(&op, self.inner.max_value_bytes)?;
+        self.backend().write(op).await
+    }
+
+    pub async fn changes(&self, prefix: Key, after: ChangePos, limit: u32) -> Result<Vec<Change>, StoreError> {
+        self.backend().changes(prefix, after, limit).await
+    }
+
+    pub fn committed(&self) -> u64 {
+        self.backend().committed()
+    }
+
+    pub fn subscribe_commits(&self) -> watch::Receiver<u64> {
+        self.backend().subscribe_commits()
+    }
+
+    pub fn status(&self) -> BackendStatus {
+        self.backend().status()
+    }
+
+    /// Shutdown has begun: long-polls return and streams end.
+    pub fn begin_shutdown(&self) {
+        self.inner.closing.send_replace(true);
+    }
+
+    pub fn is_closing(&self) -> bool {
+        *self.inner.closing.borrow()
+    }
+
+    /// Resolves when shutdown begins.
+    pub async fn closing(&self) {
+        let mut rx = self.inner.closing.subscribe();
+        let _ = rx.wait_for(|c| *c).await;
+    }
+
+    /// Drain and close the backend.
+    pub async fn shutdown(&self) {
+        self.begin_shutdown();
+        self.backend().shutdown().await
+    }
+
+    /// Long-poll one key until its versionstamp differs from `since` (`None`
+    /// = "I saw it absent"), it expires, or `timeout` passes. Works on every
+    /// backend: it re-reads the key at each commit notification.
+    pub async fn watch(&self, key: Key, since: Option<Versionstamp>, timeout: Duration) -> Result<(bool, Option<Entry>), StoreError> {
+        validate::validate_key(&key)?;
+        let mut commits = self.subscribe_commits();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            commits.borrow_and_update();
+            let current = self.backend().get(key.clone()).await?;
+            let now_vs = current.as_ref().map(|e| e.versionstamp);
+            if now_vs != since {
+                return Ok((true, current));
+            }
+            // Wake at the next commit, or when the current entry expires.
+            let expiry = current.as_ref().and_then(|e| e.expires_at).map(|at| {
+                let in_ms = at.saturating_sub(now_ms()) + 1;
+                tokio::time::Instant::now() + Duration::from_millis(in_ms)
+            });
+            let wake = match expiry {
+                Some(e) if e < deadline => e,
+                _ => deadline,
+            };
+            tokio::select! {
+                r = commits.changed() => { if r.is_err() { return Ok((false, current)); } }
+                _ = self.closing() => return Ok((false, current)),
+                _ = tokio::time::sleep_until(wake) => {
+                    if wake == deadline { return Ok((false, current)); }
+                }
+            }
+        }
+    }
+}
+
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// Open the backend `config` selects. `restoring` is called if the SQLite
+/// backend restores from S3 first (start-up answers then say so).
+pub async fn open(config: &crate::config::Config, restoring: impl FnOnce()) -> anyhow::Result<Kv> {
+    let kv = match config.postgres_url() {
+        // Some(url) => Kv::new(postgres::PgBackend::open(url, config).await?, config.max_value_bytes),
+        Some(_) => anyhow::bail!("the PostgreSQL backend is not built yet"),
+        None => Kv::new(sqlite::SqliteBackend::open(config, restoring).await?, config.max_value_bytes),
+    };
+    Ok(kv)
+}

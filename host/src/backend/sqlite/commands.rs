@@ -1,0 +1,58 @@
+//! The subcommands that only make sense for the SQLite + S3 backend:
+//! `restore` (a file from S3), `snapshot` (now), and the S3 part of
+//! `check-config`.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use super::replica::{Replica, ReplicaError};
+use super::store::{Store, StoreOptions};
+use crate::backend::Versionstamp;
+use crate::config::Config;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error("{0} needs KVSTORE_S3_URL")]
+    NoS3(&'static str),
+    #[error("{0} exists; restore writes a new file")]
+    Exists(String),
+    #[error("S3 holds no backup at {0}")]
+    NoBackup(String),
+    #[error("{0}")]
+    Replica(#[from] ReplicaError),
+    #[error("{0}")]
+    Store(#[from] crate::backend::StoreError),
+}
+
+/// `sidekv restore --to FILE [--at VS]`: rebuild a database file from S3.
+pub async fn restore(config: &Config, to: &Path, at: Option<Versionstamp>) -> Result<u64, CommandError> {
+    let url = config.s3_url.clone().ok_or(CommandError::NoS3("restore"))?;
+    if to.exists() {
+        return Err(CommandError::Exists(to.display().to_string()));
+    }
+    let replica = Replica::new(&url, config).await?;
+    let commit = replica.restore_to(to, at).await?;
+    if !to.exists() {
+        return Err(CommandError::NoBackup(url));
+    }
+    Ok(commit)
+}
+
+/// `sidekv snapshot`: ship what is pending and store a snapshot now.
+pub async fn snapshot(config: &Config) -> Result<(), CommandError> {
+    let url = config.s3_url.clone().ok_or(CommandError::NoS3("snapshot"))?;
+    let replica = Arc::new(Replica::new(&url, config).await?);
+    let store = Store::open(&config.db, StoreOptions { replicated: true, ..Default::default() })?;
+    let shipped = async {
+        replica.ship_pending(&store, false).await?;
+        replica.snapshot_now(&store).await
+    }
+    .await;
+    store.close();
+    Ok(shipped?)
+}
+
+/// `check-config`: S3 reachable, writable, and honouring `If-None-Match`.
+pub async fn check_s3(config: &Config, url: &str) -> Result<(), CommandError> {
+    Ok(Replica::new(url, config).await?.remote.probe().await?)
+}

@@ -1,0 +1,182 @@
+//! The SQLite backend: one database file, written by one writer thread
+//! (group commit), read by a few reader threads, continuously backed up to
+//! S3 by the replica and restored from it at launch.
+//!
+//! ```text
+//!  open: [S3 restore if the file is missing] → Store::open → Replica::attach
+//!        → uploader task (segments, snapshots) + expiry sweeper
+//!  Backend calls → Store (rusqlite on its own threads, never on the runtime)
+//!  shutdown: stop the sweeper, drain the outbox to S3, close the file
+//! ```
+//!
+//! rusqlite is used only below this module (`store`), and S3 only by
+//! `replica`: nothing else in sidekv knows either exists.
+
+pub mod commands;
+pub mod replica;
+pub mod store;
+
+use std::sync::{Arc, Mutex};
+
+use tokio::task::JoinHandle;
+
+use self::replica::{Replica, ReplicaError};
+use self::store::{Store, StoreOptions};
+use super::{Backend, BackendStatus, BoxFuture, StoreFuture};
+use super::{Change, ChangePos, Entry, Key, ListPage, ListQuery, StoreError, WriteOp, WriteResult};
+use crate::config::Config;
+use crate::limits;
+use crate::metrics::ReplicationGauges;
+
+/// Why the SQLite backend could not open.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Replica(#[from] ReplicaError),
+    #[error("opening the store: {0}")]
+    Join(#[from] tokio::task::JoinError),
+}
+
+struct Tasks {
+    replica: Option<JoinHandle<()>>,
+    sweeper: JoinHandle<()>,
+}
+
+pub struct SqliteBackend {
+    store: Store,
+    replica: Option<Arc<Replica>>,
+    tasks: Mutex<Option<Tasks>>,
+}
+
+impl SqliteBackend {
+    /// Restore from S3 if configured and the file is missing (`restoring` is
+    /// called first, so callers can say so), open the file, attach the
+    /// replica and start the backup and the expiry sweeper.
+    pub async fn open(config: &Config, restoring: impl FnOnce()) -> Result<SqliteBackend, OpenError> {
+        if config.s3_url.is_some() && !config.db.exists() {
+            restoring();
+        }
+        let replica = match &config.s3_url {
+            Some(url) => Some(Arc::new(Replica::new(url, config).await?)),
+            None => None,
+        };
+        if let Some(r) = &replica {
+            r.prepare_local(&config.db).await?;
+        }
+        let opts = StoreOptions {
+            max_value_bytes: config.max_value_bytes,
+            readers: config.readers,
+            durability: config.durability,
+            replicated: replica.is_some(),
+        };
+        let db = config.db.clone();
+        let store = tokio::task::spawn_blocking(move || Store::open(&db, opts)).await??;
+        if let Some(r) = &replica {
+            r.attach(&store).await?;
+        }
+        let replica_task = replica.as_ref().map(|r| r.clone().start(store.clone()));
+        Ok(SqliteBackend::with_tasks(store, replica, replica_task))
+    }
+
+    /// A backend on an existing, open store, with no backup (tests, tools).
+    pub fn local(store: Store) -> SqliteBackend {
+        SqliteBackend::with_tasks(store, None, None)
+    }
+
+    fn with_tasks(store: Store, replica: Option<Arc<Replica>>, replica_task: Option<JoinHandle<()>>) -> SqliteBackend {
+        // Physically delete expired keys in the background (reads already hide them).
+        let sweeper = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut t = tokio::time::interval(limits::EXPIRY_SWEEP_INTERVAL);
+                loop {
+                    t.tick().await;
+                    store.sweep();
+                }
+            })
+        };
+        SqliteBackend { store, replica, tasks: Mutex::new(Some(Tasks { replica: replica_task, sweeper })) }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+}
+
+impl Backend for SqliteBackend {
+    fn kind(&self) -> &'static str {
+        "sqlite"
+    }
+
+    fn get(&self, key: Key) -> StoreFuture<'_, Option<Entry>> {
+        Box::pin(self.store.get(key))
+    }
+
+    fn get_many(&self, keys: Vec<Key>) -> StoreFuture<'_, Vec<Option<Entry>>> {
+        Box::pin(self.store.get_many(keys))
+    }
+
+    fn list(&self, q: ListQuery) -> StoreFuture<'_, ListPage> {
+        Box::pin(self.store.list(q))
+    }
+
+    fn count(&self, q: ListQuery) -> StoreFuture<'_, u64> {
+        Box::pin(self.store.count(q))
+    }
+
+    fn write(&self, op: WriteOp) -> StoreFuture<'_, WriteResult> {
+        Box::pin(self.store.write(op))
+    }
+
+    fn changes(&self, prefix: Key, after: ChangePos, limit: u32) -> StoreFuture<'_, Vec<Change>> {
+        Box::pin(self.store.changes(prefix, after, limit))
+    }
+
+    fn committed(&self) -> u64 {
+        self.store.committed()
+    }
+
+    fn subscribe_commits(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.store.subscribe_commits()
+    }
+
+    fn status(&self) -> BackendStatus {
+        let committed = self.store.committed();
+        match &self.replica {
+            Some(r) => BackendStatus {
+                not_ready: r.fenced_reason(),
+                degraded: r.not_backed_up_reason().map(|why| format!("not backed up: {why}")),
+                replication: ReplicationGauges {
+                    enabled: true,
+                    committed,
+                    shipped: self.store.shipped(),
+                    lag_seconds: r.lag_seconds(),
+                    fenced: r.fenced_reason().is_some(),
+                    not_backed_up: r.not_backed_up_reason().is_some(),
+                },
+            },
+            None => BackendStatus { replication: ReplicationGauges { committed, ..Default::default() }, ..Default::default() },
+        }
+    }
+
+    fn shutdown(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let Some(tasks) = self.tasks.lock().unwrap().take() else { return };
+            tasks.sweeper.abort();
+            if let (Some(r), Some(task)) = (&self.replica, tasks.replica) {
+                r.shutdown(&self.store, task).await;
+            }
+            let store = self.store.clone();
+            let _ = tokio::task::spawn_blocking(move || store.close()).await;
+            tracing::info!("store closed");
+        })
+    }
+}
+
+/// A `Kv` on a throwaway SQLite file with no backup (check-config, tools, tests).
+pub fn scratch(path: &std::path::Path) -> Result<super::Kv, StoreError> {
+    let store = Store::open(path, StoreOptions::default())?;
+    Ok(super::Kv::new(SqliteBackend::local(store), crate::limits::DEFAULT_MAX_VALUE_BYTES))
+}
