@@ -14,6 +14,7 @@ RUN rustup target add wasm32-wasip2 x86_64-unknown-linux-musl
 COPY Cargo.toml Cargo.lock Makefile ./
 COPY scripts ./scripts
 COPY wit ./wit
+COPY core ./core
 COPY host ./host
 COPY guest ./guest
 COPY examples ./examples

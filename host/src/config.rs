@@ -65,6 +65,10 @@ pub struct Config {
     #[arg(long, env = "KVSTORE_BACKEND", hide_env_values = true)]
     pub backend: Option<String>,
 
+    /// Connections one sidecar keeps to PostgreSQL (with a postgres:// backend).
+    #[arg(long, env = "KVSTORE_PG_POOL_SIZE", default_value_t = limits::DEFAULT_PG_POOL_SIZE)]
+    pub pg_pool_size: usize,
+
     /// SQLite database file. When it is missing and S3 backup is on, it is
     /// restored from S3 before serving.
     #[arg(long, env = "KVSTORE_DB", default_value = "/tmp/sidekv.sqlite3")]
@@ -241,6 +245,9 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if !(2..=1000).contains(&self.pg_pool_size) {
+            return Err(invalid("KVSTORE_PG_POOL_SIZE", "must be between 2 and 1000"));
+        }
         match self.backend.as_deref() {
             None | Some("sqlite") => {}
             Some(_) if self.postgres_url().is_some() => {

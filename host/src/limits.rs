@@ -6,58 +6,20 @@
 
 use std::time::Duration;
 
-// ---- keys and values (store::StoreError::InvalidKey / ValueTooLarge) ----
-
-/// Longest key, in UTF-8 bytes (as Deno KV). `InvalidKey` → 400.
-pub const MAX_KEY_BYTES: usize = 2048;
-/// Default largest value (`KVSTORE_MAX_VALUE_BYTES`). `ValueTooLarge` → 413.
-pub const DEFAULT_MAX_VALUE_BYTES: usize = 1 << 20;
-/// Hard ceiling for `KVSTORE_MAX_VALUE_BYTES`; larger values belong in S3 itself.
-pub const MAX_VALUE_BYTES_CEILING: usize = 64 << 20;
-
-// ---- reads (store::StoreError::InvalidArgument) ----
-
-/// Most entries one `list` page returns (`limit` above it → 400).
-pub const MAX_LIST_LIMIT: u32 = 1000;
-/// Most keys in one `get-many`.
-pub const MAX_GET_MANY_KEYS: usize = 1000;
-/// Most bytes (keys + values) one read hands out: a `list` page (also an
-/// export page) stops before it would pass this and returns a cursor, a
-/// prefix-watch step stops likewise, and a `get-many` over it fails with
-/// `InvalidArgument`. A page always holds at least one entry, so a single
-/// value larger than this (KVSTORE_MAX_VALUE_BYTES above it) still lists.
-/// Why: 40 values of 900 KiB in one page grew the guest past its memory cap
-/// (the JSON answer is base64, 4/3 of the values, built in guest memory).
-pub const MAX_READ_BYTES: usize = 8 << 20;
+/// The data limits (keys, values, reads, batches, watches) are defined once
+/// in `sidekv_core::limits`, shared with the guests.
+pub use sidekv_core::limits::*;
 
 // ---- writes ----
 
-/// Most mutations in one atomic batch (as Deno KV). `InvalidArgument` → 400.
-pub const MAX_ATOMIC_MUTATIONS: usize = 1000;
-/// Most checks in one atomic batch. `InvalidArgument` → 400.
-pub const MAX_ATOMIC_CHECKS: usize = 100;
-/// Most write requests folded into one group commit (one transaction, one
-/// fsync). The 2-byte versionstamp suffix numbers writes inside a commit, so
-/// this must stay below 65536.
-pub const MAX_COMMIT_BATCH: usize = 4096;
-/// Longest TTL accepted: 100 years in milliseconds.
-pub const MAX_TTL_MS: u64 = 100 * 365 * 24 * 3600 * 1000;
 /// Attempts of a compare-and-set loop (wasi:keyvalue `increment`) before
 /// it reports contention to the guest.
 pub const MAX_CAS_RETRIES: usize = 100;
 /// Writes queued for the writer thread beyond which new writes wait (backpressure).
 pub const WRITE_QUEUE_DEPTH: usize = 16 * 1024;
 
-// ---- watch ----
+// ---- streams ----
 
-/// Longest long-poll a client may ask for; longer → 400.
-pub const MAX_WATCH_TIMEOUT_MS: u32 = 300_000;
-/// Commits of change history kept locally so prefix watches can resume from
-/// an older versionstamp; older positions get 410 Gone.
-pub const WATCH_HISTORY_COMMITS: u64 = 10_000;
-/// Changes read per step of a prefix watch stream (and at most
-/// `MAX_READ_BYTES` of them).
-pub const WATCH_STREAM_BATCH: u32 = 500;
 /// Frames a host-made stream (SSE watch, NDJSON export) may queue ahead of
 /// the client. With a page of up to `MAX_READ_BYTES` per frame this bounds a
 /// slow reader's memory to a few pages; the write deadline ends a reader
@@ -154,6 +116,27 @@ pub const INFLIGHT_BODY_FACTOR: usize = 4;
 pub const BODY_BUDGET_WAIT: Duration = Duration::from_secs(2);
 /// How long graceful shutdown waits for in-flight requests.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+// ---- PostgreSQL backend (backend::postgres) ----
+
+/// Default connections one sidecar keeps to PostgreSQL (`KVSTORE_PG_POOL_SIZE`):
+/// the writer's, the tailer's and the readers'.
+pub const DEFAULT_PG_POOL_SIZE: usize = 16;
+/// Connecting (TCP + TLS + authentication) gives up after this.
+pub const PG_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often each sidecar polls the commit clock, so watches and SSE see
+/// commits made through other sidecars within about this long.
+pub const PG_TAIL_INTERVAL: Duration = Duration::from_millis(25);
+/// Longest wait between reconnection attempts while the database is down.
+pub const PG_BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// Attempts of a write transaction that failed with a serialization
+/// failure or deadlock (SQLSTATE 40001 / 40P01) before the writes fail.
+pub const PG_TX_RETRIES: usize = 5;
+/// How long the sweeper lease lasts without renewal (one sidecar sweeps).
+pub const PG_SWEEP_LEASE: Duration = Duration::from_secs(5);
+/// History of the change feed is pruned once it is this many commits past
+/// the kept window (so pruning is not a commit of its own every second).
+pub const PG_PRUNE_SLACK: u64 = 1_000;
 
 // ---- replication (replica::ReplicaError) ----
 

@@ -26,7 +26,7 @@
 //!   so the change feed never skips one.
 //! - **Expired entries are never returned** by any read.
 
-// pub mod postgres;
+pub mod postgres;
 pub mod sqlite;
 
 use std::future::Future;
@@ -214,8 +214,7 @@ pub fn now_ms() -> u64 {
 /// backend restores from S3 first (start-up answers then say so).
 pub async fn open(config: &crate::config::Config, restoring: impl FnOnce()) -> anyhow::Result<Kv> {
     let kv = match config.postgres_url() {
-        // Some(url) => Kv::new(postgres::PgBackend::open(url, config).await?, config.max_value_bytes),
-        Some(_) => anyhow::bail!("the PostgreSQL backend is not built yet"),
+        Some(url) => Kv::new(postgres::PgBackend::open(url, config.pg_pool_size).await?, config.max_value_bytes),
         None => Kv::new(sqlite::SqliteBackend::open(config, restoring).await?, config.max_value_bytes),
     };
     Ok(kv)
