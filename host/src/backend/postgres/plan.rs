@@ -206,7 +206,7 @@ mod tests {
                 cond: Condition { if_absent: true, ..Default::default() },
             },
             WriteOp::Atomic {
-                checks: vec![Check { key: "a".into(), versionstamp: Some(Versionstamp::new(9, 0)) }],
+                checks: vec![Check { key: "a".into(), versionstamp: Some(Versionstamp::new(8, 0)) }],
                 mutations: vec![Mutation { key: "n".into(), kind: MutationKind::Sum(2), ttl_ms: None }],
             },
             WriteOp::Atomic {
