@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,29 +18,6 @@ fn rounds(quick: usize, soak: usize) -> usize {
         return n.parse().unwrap();
     }
     if std::env::var("SIDEKV_SOAK").is_ok() { soak } else { quick }
-}
-
-/// A small deterministic PRNG (xorshift), seeded per test and printed, so a
-/// failing run can be replayed with SIDEKV_SEED.
-struct Rng(u64);
-impl Rng {
-    fn seeded() -> Rng {
-        let seed = std::env::var("SIDEKV_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64 | 1);
-        eprintln!("seed: SIDEKV_SEED={seed}");
-        Rng(seed)
-    }
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
 }
 
 /// What a worker knows about one of its keys.
@@ -257,79 +234,34 @@ async fn crash_loop_loses_no_acknowledged_write() {
     assert!(ACKED.load(std::sync::atomic::Ordering::Relaxed) > n as u64 * 4, "the load did not get going");
 }
 
-// ---------------------------------------------------------------- linearizability ----
-
-#[derive(Clone, Debug)]
-enum Op {
-    Write(u64),
-    /// Write `new` if the current value is `expect` (via If-Match on the
-    /// versionstamp a read returned with it).
-    Cas {
-        expect: Option<u64>,
-        new: u64,
-    },
-    Read,
-}
-
-#[derive(Clone, Debug)]
-enum Outcome {
-    Ok,
-    Failed,
-    Value(Option<u64>),
-    /// No answer (the server died): it may or may not have applied.
-    Unknown,
-}
-
-#[derive(Clone, Debug)]
-struct Event {
-    op: Op,
-    outcome: Outcome,
-    invoke: u64,
-    ret: u64,
-}
-
-/// Wing & Gong search with memoisation (as in Porcupine/Knossos) for one
-/// register. Operations with an unknown outcome return at +∞ and may be
-/// linearized anywhere after their invocation, or not at all.
-fn linearizable(events: &[Event]) -> bool {
-    let n = events.len();
-    assert!(n <= 128, "history too long for the bitset");
-    let mut seen: HashSet<(u128, Option<u64>)> = HashSet::new();
-    fn step(state: Option<u64>, e: &Event) -> Option<Option<u64>> {
-        match (&e.op, &e.outcome) {
-            (Op::Write(v), Outcome::Ok | Outcome::Unknown) => Some(Some(*v)),
-            (Op::Read, Outcome::Value(v)) => (*v == state).then_some(state),
-            (Op::Read, Outcome::Unknown) => Some(state),
-            (Op::Cas { expect, new }, Outcome::Ok) => (*expect == state).then_some(Some(*new)),
-            (Op::Cas { expect, .. }, Outcome::Failed) => (*expect != state).then_some(state),
-            (Op::Cas { expect, new }, Outcome::Unknown) => Some(if *expect == state { Some(*new) } else { state }),
-            _ => None,
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn histories_are_linearizable_across_crashes() {
+    let n_rounds = rounds(3, 50);
+    let dir = tempdir();
+    let db = dir.path().join("db.sqlite3");
+    let mut rng = Rng::seeded();
+    let h = Histories::new();
+    for round in 0..n_rounds {
+        let mut s = Server::start_at(&db, Opts::default().env("RUST_LOG", "warn"));
+        let mut tasks = Vec::new();
+        for _client in 0..6 {
+            tasks.push(tokio::spawn(register_worker(vec![s.client()], format!("lin/r{round}-"), 12, Rng(rng.next() | 1), h.clone())));
         }
+        // Crash in the middle of every other round.
+        if round % 2 == 0 {
+            tokio::time::sleep(Duration::from_millis(30 + rng.below(60))).await;
+            s.kill9();
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        drop(s);
     }
-    fn dfs(events: &[Event], done: u128, state: Option<u64>, seen: &mut HashSet<(u128, Option<u64>)>) -> bool {
-        let n = events.len();
-        let all_known_done = (0..n).all(|i| done & (1 << i) != 0 || matches!(events[i].outcome, Outcome::Unknown));
-        if all_known_done {
-            return true;
-        }
-        if !seen.insert((done, state)) {
-            return false;
-        }
-        // The earliest return among pending ops bounds which ops may go next.
-        let min_ret = (0..n).filter(|i| done & (1 << i) == 0).map(|i| events[i].ret).min().unwrap();
-        for i in 0..n {
-            if done & (1 << i) != 0 || events[i].invoke > min_ret {
-                continue;
-            }
-            if let Some(next) = step(state, &events[i])
-                && dfs(events, done | (1 << i), next, seen)
-            {
-                return true;
-            }
-        }
-        false
-    }
-    dfs(events, 0, None, &mut seen)
+    // The state after the last crash is part of the history: read every key once more.
+    let s = Server::start_at(&db, Opts::default());
+    h.read_all_once_more(&s.client()).await;
+    let (keys, total) = h.assert_linearizable();
+    eprintln!("linearizability: {keys} keys, {total} operations, {n_rounds} rounds, all linearizable");
 }
 
 #[test]
@@ -356,128 +288,4 @@ fn checker_accepts_and_rejects() {
     ]));
     // CAS that succeeded against the wrong value is caught.
     assert!(!linearizable(&[e(Op::Write(1), Outcome::Ok, 0, 1), e(Op::Cas { expect: Some(2), new: 3 }, Outcome::Ok, 2, 3)]));
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn histories_are_linearizable_across_crashes() {
-    let n_rounds = rounds(3, 50);
-    let dir = tempdir();
-    let db = dir.path().join("db.sqlite3");
-    let mut rng = Rng::seeded();
-    let clock = Instant::now();
-    let now = move || clock.elapsed().as_nanos() as u64;
-    let history: Arc<Mutex<HashMap<String, Vec<Event>>>> = Arc::default();
-    // value → versionstamp of the write that produced it (for CAS via If-Match).
-    let vs_of: Arc<Mutex<HashMap<u64, String>>> = Arc::default();
-    let counter = Arc::new(std::sync::atomic::AtomicU64::new(1));
-    for round in 0..n_rounds {
-        let mut s = Server::start_at(&db, Opts::default().env("RUST_LOG", "warn"));
-        let c = s.client();
-        let mut tasks = Vec::new();
-        for _client in 0..6 {
-            let (c, history, vs_of, counter) = (c.clone(), history.clone(), vs_of.clone(), counter.clone());
-            let mut r = Rng(rng.next() | 1);
-            tasks.push(tokio::spawn(async move {
-                for _ in 0..12 {
-                    let key = format!("lin/r{round}-{}", r.below(3));
-                    let choice = r.below(3);
-                    let invoke = now();
-                    let (op, outcome) = match choice {
-                        0 => {
-                            let v = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            let res = c
-                                .req(reqwest::Method::POST, &format!("/{key}"))
-                                .body(v.to_string())
-                                .timeout(Duration::from_secs(5))
-                                .send()
-                                .await;
-                            let out = match res {
-                                Ok(r) if r.status() == 200 => {
-                                    let b: serde_json::Value = r.json().await.unwrap();
-                                    vs_of.lock().unwrap().insert(v, b["versionstamp"].as_str().unwrap().to_string());
-                                    Outcome::Ok
-                                }
-                                Ok(r) if r.status().is_server_error() => Outcome::Unknown,
-                                Ok(r) => panic!("write: {}", r.status()),
-                                Err(_) => Outcome::Unknown,
-                            };
-                            (Op::Write(v), out)
-                        }
-                        1 => {
-                            let res = c.req(reqwest::Method::GET, &format!("/{key}")).timeout(Duration::from_secs(5)).send().await;
-                            let out = match res {
-                                Ok(r) if r.status() == 200 => {
-                                    let vs = r.headers()["etag"].to_str().unwrap().trim_matches('"').to_string();
-                                    let v: u64 = String::from_utf8(r.bytes().await.unwrap().to_vec()).unwrap().parse().unwrap();
-                                    vs_of.lock().unwrap().insert(v, vs);
-                                    Outcome::Value(Some(v))
-                                }
-                                Ok(r) if r.status() == 404 => Outcome::Value(None),
-                                _ => Outcome::Unknown,
-                            };
-                            (Op::Read, out)
-                        }
-                        _ => {
-                            // CAS from the last value this key was seen with (or absent).
-                            let last = history.lock().unwrap().get(&key).and_then(|h| {
-                                h.iter().rev().find_map(|e| match (&e.op, &e.outcome) {
-                                    (Op::Read, Outcome::Value(v)) => Some(*v),
-                                    _ => None,
-                                })
-                            });
-                            let expect = last.unwrap_or(None);
-                            let v = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            let mut req =
-                                c.req(reqwest::Method::POST, &format!("/{key}")).body(v.to_string()).timeout(Duration::from_secs(5));
-                            req = match expect {
-                                Some(e) => {
-                                    let vs = vs_of.lock().unwrap().get(&e).cloned().unwrap();
-                                    req.header("if-match", format!("\"{vs}\""))
-                                }
-                                None => req.header("if-none-match", "*"),
-                            };
-                            let out = match req.send().await {
-                                Ok(r) if r.status() == 200 => {
-                                    let b: serde_json::Value = r.json().await.unwrap();
-                                    vs_of.lock().unwrap().insert(v, b["versionstamp"].as_str().unwrap().to_string());
-                                    Outcome::Ok
-                                }
-                                Ok(r) if r.status() == 412 => Outcome::Failed,
-                                Ok(r) if r.status().is_server_error() => Outcome::Unknown,
-                                Ok(r) => panic!("cas: {}", r.status()),
-                                Err(_) => Outcome::Unknown,
-                            };
-                            (Op::Cas { expect, new: v }, out)
-                        }
-                    };
-                    let ret = if matches!(outcome, Outcome::Unknown) { u64::MAX } else { now() };
-                    history.lock().unwrap().entry(key).or_default().push(Event { op, outcome, invoke, ret });
-                }
-            }));
-        }
-        // Crash in the middle of every other round.
-        if round % 2 == 0 {
-            tokio::time::sleep(Duration::from_millis(30 + rng.below(60))).await;
-            s.kill9();
-        }
-        for t in tasks {
-            t.await.unwrap();
-        }
-        drop(s);
-    }
-    // The state after the last crash is part of the history: read every key once more.
-    let s = Server::start_at(&db, Opts::default());
-    let keys: Vec<String> = history.lock().unwrap().keys().cloned().collect();
-    for key in &keys {
-        let invoke = now();
-        let got = s.client().get(key).await.map(|b| String::from_utf8(b).unwrap().parse::<u64>().unwrap());
-        history.lock().unwrap().get_mut(key).unwrap().push(Event { op: Op::Read, outcome: Outcome::Value(got), invoke, ret: now() });
-    }
-    let h = history.lock().unwrap();
-    let mut total = 0;
-    for (key, events) in h.iter() {
-        total += events.len();
-        assert!(linearizable(events), "history of {key} is not linearizable:\n{events:#?}");
-    }
-    eprintln!("linearizability: {} keys, {total} operations, {n_rounds} rounds, all linearizable", h.len());
 }

@@ -11,15 +11,18 @@
 //! | `ops`    | writes that report their status, metrics, waiting, wiping  |
 //! | `proxy`  | a fault-injecting proxy in front of the S3 server           |
 //! | `state`  | a server's whole state, through the API or from its file   |
+//! | `lin`    | register workload + linearizability checker (Wing & Gong)  |
 #![allow(dead_code)]
 #![allow(unused_imports)] // each test binary uses its own subset
 
+mod lin;
 mod ops;
 mod proxy;
 mod s3;
 mod server;
 mod state;
 
+pub use lin::*;
 pub use ops::*;
 pub use proxy::*;
 pub use s3::*;
