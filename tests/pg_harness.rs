@@ -5,7 +5,7 @@ mod common;
 use common::*;
 
 /// Held by the tests that use the shared server: one of them restarts it.
-static SHARED: std::sync::Mutex<()> = std::sync::Mutex::new(());
+static SHARED: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// psql against a database URL: `select 1` answers `1`.
 fn select_one(url: &str) -> Result<String, String> {
@@ -24,7 +24,7 @@ fn select_one(url: &str) -> Result<String, String> {
 /// The shared server: two fresh databases exist and answer, also after a restart.
 #[test]
 fn shared_server_two_databases_survive_restart() {
-    let _g = SHARED.lock().unwrap_or_else(|p| p.into_inner());
+    let _g = SHARED.blocking_lock();
     let pg = pg_shared();
     assert!(std::ptr::eq(pg, pg_shared()), "one shared server per process");
     let (a, b) = (fresh_database(), fresh_database());
@@ -73,7 +73,7 @@ fn owned_server_kill9_restart_keeps_data() {
 /// and keeps one a test set itself.
 #[test]
 fn backend_switch() {
-    let _g = SHARED.lock().unwrap_or_else(|p| p.into_inner());
+    let _g = SHARED.blocking_lock();
     let opts = backend_opts(Opts::default());
     let set = opts.env.iter().find(|(k, _)| k == "KVSTORE_BACKEND");
     assert_eq!(set.is_some(), backend_is_postgres());
@@ -82,4 +82,27 @@ fn backend_switch() {
     }
     let mine = backend_opts(Opts::default().env("KVSTORE_BACKEND", "postgres://x@127.0.0.1:1/x"));
     assert_eq!(mine.env.iter().filter(|(k, _)| k == "KVSTORE_BACKEND").count(), 1);
+}
+
+/// With `SIDEKV_TEST_BACKEND=postgres` (needs sidekv's PostgreSQL backend):
+/// `start_temp` puts each server on a database of its own, and `start_on`
+/// puts two sidecars on one, where each reads what the other wrote.
+#[tokio::test(flavor = "multi_thread")]
+async fn start_on_two_sidecars_share_a_database() {
+    if !backend_is_postgres() {
+        eprintln!("skipped: runs with SIDEKV_TEST_BACKEND=postgres");
+        return;
+    }
+    let _g = SHARED.lock().await;
+    let (own, other) = tokio::task::block_in_place(|| (start_temp(Opts::default()), start_temp(Opts::default())));
+    own.client().set("only-here", "1").await;
+    assert_eq!(other.client().get("only-here").await, None, "two start_temp servers share a database");
+
+    let url = tokio::task::block_in_place(fresh_database);
+    let (a, b) = tokio::task::block_in_place(|| (start_on(&url, Opts::default()), start_on(&url, Opts::default())));
+    a.client().set("from-a", "A").await;
+    b.client().set("from-b", "B").await;
+    assert_eq!(b.client().get("from-a").await.as_deref(), Some(&b"A"[..]));
+    assert_eq!(a.client().get("from-b").await.as_deref(), Some(&b"B"[..]));
+    assert!(!a.db.exists() && !b.db.exists(), "a sidecar on PostgreSQL made its SQLite file");
 }
