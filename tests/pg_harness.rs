@@ -97,6 +97,7 @@ async fn start_on_two_sidecars_share_a_database() {
     let (own, other) = tokio::task::block_in_place(|| (start_temp(Opts::default()), start_temp(Opts::default())));
     own.client().set("only-here", "1").await;
     assert_eq!(other.client().get("only-here").await, None, "two start_temp servers share a database");
+    assert!(!own.db.exists(), "a start_temp server made its SQLite file");
 
     let url = tokio::task::block_in_place(fresh_database);
     let (a, b) = tokio::task::block_in_place(|| (start_on(&url, Opts::default()), start_on(&url, Opts::default())));
