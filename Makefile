@@ -5,7 +5,7 @@ VENV := .venv
 GUEST_WASM := target/wasm/wasm32-wasip2/release/sidekv_guest.wasm
 BIN := target/release/sidekv
 
-.PHONY: run build guest examples setup setup-wasm setup-py test lint bench soak clean
+.PHONY: run build guest examples setup setup-wasm setup-py setup-pg test lint bench soak clean
 
 ## run: set up what is missing, build, serve on 127.0.0.1:8000 (prints a generated secret unless KVSTORE_SECRET is set)
 run: build
@@ -38,6 +38,10 @@ setup-py:
 	@test -x $(VENV)/bin/moto_server || { python3 -m venv $(VENV) && $(VENV)/bin/pip install -q 'moto[server]>=5,<6'; }
 	@test -x $(VENV)/bin/schemathesis || { test -x $(VENV)/bin/pip || python3 -m venv $(VENV); $(VENV)/bin/pip install -q 'schemathesis>=4,<5'; }
 
+# PostgreSQL binaries (Debian's postgresql) for the tests' private servers and bench/pg.sh.
+setup-pg:
+	@scripts/setup-postgres.sh
+
 ## lint: formatting and clippy (warnings are errors) on every crate; needs no guest built
 lint:
 	@rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt
@@ -53,7 +57,7 @@ setup-container:
 	@scripts/setup-container.sh
 
 ## test: lint, unit tests, then integration tests against the real binary and a real S3 server
-test: lint setup build examples examples-polyglot image
+test: lint setup setup-pg build examples examples-polyglot image
 	$(CARGO) test --release --workspace --exclude sidekv-guest --exclude scoped-tokens-guest --exclude chaos-guest --exclude kv-only-guest -- --test-threads=4
 	$(CARGO) test --release -p sidekv-guest --lib
 	scripts/schemathesis.sh
@@ -68,7 +72,7 @@ soak: setup build
 	SIDEKV_SOAK=1 $(CARGO) test --release -p sidekv --test robustness -- --nocapture
 
 ## bench: side-by-side numbers → BENCHMARKS.md
-bench: setup build
+bench: setup setup-pg build
 	$(CARGO) build --release -p sidekv-native-bench
 	bench/run.sh
 

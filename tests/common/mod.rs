@@ -1,8 +1,10 @@
 //! Test harness shared by the integration tests: spawns the real `sidekv`
 //! binary on port 0 (reading the port from its `listening on` line) and a
 //! real S3-compatible server (moto from the project's venv, or the endpoint
-//! in `SIDEKV_TEST_S3_ENDPOINT`). Spawned processes get a clean environment:
-//! no stray AWS_* settings are inherited.
+//! in `SIDEKV_TEST_S3_ENDPOINT`), and a private PostgreSQL (`pg`:
+//! `SIDEKV_TEST_BACKEND=postgres` puts `start_temp`'s servers on it).
+//! Spawned processes get a clean environment: no stray AWS_* settings are
+//! inherited.
 //!
 //! | module   | what                                                       |
 //! |----------|------------------------------------------------------------|
@@ -12,11 +14,13 @@
 //! | `proxy`  | a fault-injecting proxy in front of the S3 server           |
 //! | `state`  | a server's whole state, through the API or from its file   |
 //! | `lin`    | register workload + linearizability checker (Wing & Gong)  |
+//! | `pg`     | a private PostgreSQL, fresh databases, the backend switch   |
 #![allow(dead_code)]
 #![allow(unused_imports)] // each test binary uses its own subset
 
 mod lin;
 mod ops;
+mod pg;
 mod proxy;
 mod s3;
 mod server;
@@ -24,6 +28,7 @@ mod state;
 
 pub use lin::*;
 pub use ops::*;
+pub use pg::*;
 pub use proxy::*;
 pub use s3::*;
 pub use server::*;

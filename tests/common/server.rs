@@ -219,10 +219,12 @@ impl std::ops::DerefMut for TempServer {
     }
 }
 
-/// Start a server on a fresh temporary database.
+/// Start a server on a fresh temporary database: a SQLite file, or with
+/// `SIDEKV_TEST_BACKEND=postgres` a fresh database on the shared PostgreSQL
+/// (the directory still holds the logs and the cache).
 pub fn start_temp(opts: Opts) -> TempServer {
     let dir = tempdir();
-    let s = Server::start_at(&dir.path().join("db.sqlite3"), opts);
+    let s = Server::start_at(&dir.path().join("db.sqlite3"), super::pg::backend_opts(opts));
     TempServer { s, _dir: dir }
 }
 
