@@ -371,7 +371,7 @@ async fn sigterm_restart_keeps_every_acknowledged_write() {
     let st = s.s.terminate(Duration::from_secs(15));
     assert!(st.success(), "clean exit on SIGTERM: {st}\n{}", s.log());
 
-    s.s = Server::start_at(&db, Opts::default());
+    s.s = Server::start_at(&db, s.same_store(Opts::default()));
     let c = s.client();
     for (key, value, vs) in &written {
         let r = c.req(Method::GET, &format!("/{key}")).send().await.unwrap();
@@ -412,7 +412,7 @@ async fn kill9_keeps_every_acknowledged_write() {
     }
     s.s.kill9();
 
-    s.s = Server::start_at(&db, Opts::default());
+    s.s = Server::start_at(&db, s.same_store(Opts::default()));
     let c = s.client();
     for (key, value, vs) in &acked {
         let r = c.req(Method::GET, &format!("/{key}")).send().await.unwrap();

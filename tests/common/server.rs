@@ -32,6 +32,8 @@ pub struct Server {
     pub db: PathBuf,
     pub stderr_path: PathBuf,
     pub stdout_lines: Vec<String>,
+    /// `KVSTORE_BACKEND` it was started with (a PostgreSQL URL), if any.
+    pub backend: Option<String>,
 }
 
 /// How to start a server: extra env on top of the defaults.
@@ -91,7 +93,9 @@ impl Server {
                 }
             }
         });
-        let mut s = Server { child, port: 0, url: String::new(), admin_url: None, db: db.to_path_buf(), stderr_path, stdout_lines: vec![] };
+        let backend = opts.env.iter().rev().find(|(k, _)| k == "KVSTORE_BACKEND").map(|(_, v)| v.clone());
+        let mut s =
+            Server { child, port: 0, url: String::new(), admin_url: None, db: db.to_path_buf(), stderr_path, stdout_lines: vec![], backend };
         if opts.no_wait {
             return s;
         }
@@ -122,6 +126,15 @@ impl Server {
             }
         }
         s
+    }
+
+    /// `opts` for a relaunch on this server's data: the same database file
+    /// and, on PostgreSQL, the same database.
+    pub fn same_store(&self, opts: Opts) -> Opts {
+        match &self.backend {
+            Some(url) => opts.env("KVSTORE_BACKEND", url),
+            None => opts,
+        }
     }
 
     pub fn log(&self) -> String {
