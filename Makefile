@@ -56,9 +56,13 @@ image: setup-container guest
 setup-container:
 	@scripts/setup-container.sh
 
-## test: lint, unit tests, then integration tests against the real binary and a real S3 server
+# The suites that run a second time with every server on PostgreSQL.
+PG_SUITES := --test api --test e2e --test guests --test ops --test hostile
+
+## test: lint, unit tests, then integration tests against the real binary, a real S3 server and a real PostgreSQL
 test: lint setup setup-pg build examples examples-polyglot image
 	$(CARGO) test --release --workspace --exclude sidekv-guest --exclude scoped-tokens-guest --exclude chaos-guest --exclude kv-only-guest -- --test-threads=4
+	SIDEKV_TEST_BACKEND=postgres $(CARGO) test --release -p sidekv $(PG_SUITES) -- --test-threads=4
 	$(CARGO) test --release -p sidekv-guest --lib
 	scripts/schemathesis.sh
 

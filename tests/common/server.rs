@@ -94,8 +94,16 @@ impl Server {
             }
         });
         let backend = opts.env.iter().rev().find(|(k, _)| k == "KVSTORE_BACKEND").map(|(_, v)| v.clone());
-        let mut s =
-            Server { child, port: 0, url: String::new(), admin_url: None, db: db.to_path_buf(), stderr_path, stdout_lines: vec![], backend };
+        let mut s = Server {
+            child,
+            port: 0,
+            url: String::new(),
+            admin_url: None,
+            db: db.to_path_buf(),
+            stderr_path,
+            stdout_lines: vec![],
+            backend,
+        };
         if opts.no_wait {
             return s;
         }

@@ -69,12 +69,64 @@ pub struct PgBackend {
     tasks: Mutex<Vec<JoinHandle<()>>>,
 }
 
-fn sql_err(e: tokio_postgres::Error) -> StoreError {
+/// What a PostgreSQL error means for the caller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ErrorClass {
+    /// Serialization failure or deadlock: the transaction may be retried.
+    Conflict,
+    /// The server is not reachable or is going away: no connection, a
+    /// connection lost, SQLSTATE class 08 (connection exception) or 57
+    /// (operator intervention: shutdown, crash, cannot connect now), or
+    /// 53300 (too many connections). Retryable.
+    Unreachable,
+    DiskFull,
+    Other,
+}
+
+pub(crate) fn classify(e: &tokio_postgres::Error) -> ErrorClass {
+    use tokio_postgres::error::SqlState;
     match e.code() {
-        Some(c) if *c == tokio_postgres::error::SqlState::DISK_FULL => StoreError::StorageFull,
-        Some(_) => StoreError::Internal(format!("PostgreSQL: {e}")),
-        None => StoreError::Unavailable(format!("PostgreSQL is unreachable ({e}); retry shortly")),
+        None => ErrorClass::Unreachable,
+        Some(c) if *c == SqlState::T_R_SERIALIZATION_FAILURE || *c == SqlState::T_R_DEADLOCK_DETECTED => ErrorClass::Conflict,
+        Some(c) if *c == SqlState::DISK_FULL => ErrorClass::DiskFull,
+        Some(c) if c.code().starts_with("08") || c.code().starts_with("57") || *c == SqlState::TOO_MANY_CONNECTIONS => {
+            ErrorClass::Unreachable
+        }
+        Some(_) => ErrorClass::Other,
     }
+}
+
+/// The server's own message and SQLSTATE (tokio-postgres's `Display` says only "db error").
+pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} (SQLSTATE {})", db.message(), db.code().code()),
+        None => match std::error::Error::source(e) {
+            Some(src) => format!("{e}: {src}"),
+            None => e.to_string(),
+        },
+    }
+}
+
+/// A failed statement (outside a commit) as the store reports it: nothing was written.
+pub(crate) fn store_error(e: &tokio_postgres::Error) -> StoreError {
+    match classify(e) {
+        ErrorClass::Unreachable => unreachable(&describe(e)),
+        ErrorClass::DiskFull => StoreError::StorageFull,
+        ErrorClass::Conflict => StoreError::Unavailable(format!("PostgreSQL: {}; retry", describe(e))),
+        ErrorClass::Other => StoreError::Internal(format!("PostgreSQL: {}", describe(e))),
+    }
+}
+
+/// No connection from the pool: the database is unreachable (or the pool exhausted for long).
+pub(crate) fn pool_error(e: deadpool_postgres::PoolError) -> StoreError {
+    match &e {
+        deadpool_postgres::PoolError::Backend(pe) => unreachable(&describe(pe)),
+        _ => unreachable(&e),
+    }
+}
+
+fn sql_err(e: tokio_postgres::Error) -> StoreError {
+    store_error(&e)
 }
 
 /// A `sidekv_kv` row (key, value, enc, version, expires_at) as an entry's parts.
@@ -119,7 +171,7 @@ impl PgBackend {
     }
 
     async fn client(&self) -> Result<deadpool_postgres::Object, StoreError> {
-        self.shared.pool.get().await.map_err(|e| unreachable(&e))
+        self.shared.pool.get().await.map_err(pool_error)
     }
 
     async fn read_changes(&self, prefix: Key, after: ChangePos, limit: u32) -> Result<Vec<Change>, StoreError> {
@@ -171,7 +223,7 @@ enum MigrateError {
 
 /// Apply the migrations not yet applied; the clock's counter afterwards.
 async fn migrate(pool: &Pool) -> Result<u64, MigrateError> {
-    let mut client = pool.get().await.map_err(|e| MigrateError::Unreachable(e.to_string()))?;
+    let mut client = pool.get().await.map_err(|e| MigrateError::Unreachable(pool_error(e).to_string()))?;
     let failed = |e: tokio_postgres::Error| {
         if e.code().is_none() { MigrateError::Unreachable(e.to_string()) } else { MigrateError::Failed(e.to_string()) }
     };
@@ -213,9 +265,9 @@ async fn tail(shared: Arc<Shared>) {
     loop {
         tokio::time::sleep(wait).await;
         let polled = async {
-            let client = shared.pool.get().await.map_err(|e| e.to_string())?;
+            let client = shared.pool.get().await.map_err(|e| pool_error(e).to_string())?;
             let stmt = client.prepare_cached(sql::CLOCK).await.map_err(|e| e.to_string())?;
-            client.query_one(&stmt, &[]).await.map(|r| r.get::<_, i64>(0) as u64).map_err(|e| e.to_string())
+            client.query_one(&stmt, &[]).await.map(|r| r.get::<_, i64>(0) as u64).map_err(|e| describe(&e))
         };
         match tokio::time::timeout(limits::PG_CONNECT_TIMEOUT, polled).await.unwrap_or_else(|_| Err("timed out".into())) {
             Ok(c) => {

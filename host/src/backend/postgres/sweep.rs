@@ -15,12 +15,12 @@ use tokio_postgres::IsolationLevel;
 
 use super::plan::ChangeRec;
 use super::sql;
-use super::writer::{TxError, log, take_counter, unreachable};
+use super::writer::{TxError, log, take_counter};
 use crate::limits;
 
 /// Try to hold the sweeper lease for `holder`: true when this sidecar has it.
 pub async fn take_lease(pool: &Pool, holder: &str) -> Result<bool, String> {
-    let client = pool.get().await.map_err(|e| unreachable(&e).to_string())?;
+    let client = pool.get().await.map_err(|e| super::pool_error(e).to_string())?;
     let stmt = client.prepare_cached(sql::TAKE_LEASE).await.map_err(|e| e.to_string())?;
     let until = crate::backend::now_ms() as i64 + limits::PG_SWEEP_LEASE.as_millis() as i64;
     let rows = client.query(&stmt, &[&"sweeper", &holder, &until]).await.map_err(|e| e.to_string())?;
@@ -30,7 +30,7 @@ pub async fn take_lease(pool: &Pool, holder: &str) -> Result<bool, String> {
 /// One sweep transaction: delete up to `EXPIRY_SWEEP_BATCH` expired rows
 /// under a new commit, and prune change history past the kept window.
 pub async fn run(pool: &Pool, committed: &watch::Sender<u64>) -> Result<(), TxError> {
-    let mut client = pool.get().await.map_err(|e| TxError::Failed(unreachable(&e)))?;
+    let mut client = pool.get().await.map_err(|e| TxError::Failed(super::pool_error(e)))?;
     let tx = client.build_transaction().isolation_level(IsolationLevel::ReadCommitted).start().await.map_err(fail)?;
     let (counter, now) = take_counter(&tx).await?;
     let stmt = tx.prepare_cached(sql::EXPIRED).await.map_err(fail)?;
@@ -59,13 +59,11 @@ pub async fn run(pool: &Pool, committed: &watch::Sender<u64>) -> Result<(), TxEr
         tx.execute(sql::PRUNE, &[&Versionstamp::commit_start(below).to_i64()]).await.map_err(fail)?;
         tx.execute(sql::SET_PRUNED, &[&(below as i64)]).await.map_err(fail)?;
     }
-    tx.commit().await.map_err(|e| TxError::Failed(StoreError::Internal(e.to_string())))?;
+    tx.commit().await.map_err(fail)?;
     committed.send_if_modified(|v| (counter > *v).then(|| *v = counter).is_some());
     Ok(())
 }
 
-use sidekv_core::StoreError;
-
 fn fail(e: tokio_postgres::Error) -> TxError {
-    TxError::Failed(StoreError::Internal(format!("PostgreSQL: {e}")))
+    TxError::Failed(super::store_error(&e))
 }

@@ -32,7 +32,6 @@ use sidekv_core::versionstamp::MAX_COUNTER;
 use sidekv_core::{Key, StoreError, Value, Versionstamp, WriteOp, WriteResult};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_postgres::IsolationLevel;
-use tokio_postgres::error::SqlState;
 
 use super::plan::{self, Plan, Row};
 use super::{decode_row, sql};
@@ -56,13 +55,21 @@ pub(super) enum TxError {
     Unknown { plan: Plan, why: String },
 }
 
-/// Classify an error from a statement before COMMIT.
+/// Classify an error from a statement before COMMIT: nothing was written.
 fn before_commit(e: tokio_postgres::Error) -> TxError {
-    match e.code() {
-        Some(c) if *c == SqlState::T_R_SERIALIZATION_FAILURE || *c == SqlState::T_R_DEADLOCK_DETECTED => TxError::Retry(e),
-        Some(c) if *c == SqlState::DISK_FULL => TxError::Failed(StoreError::StorageFull),
-        Some(_) => TxError::Failed(StoreError::Internal(format!("PostgreSQL: {e}"))),
-        None => TxError::Failed(unreachable(&e)),
+    match super::classify(&e) {
+        super::ErrorClass::Conflict => TxError::Retry(e),
+        _ => TxError::Failed(super::store_error(&e)),
+    }
+}
+
+/// Classify an error from COMMIT: only a definite refusal (a conflict, a
+/// constraint) means "not committed"; a lost connection or a server going
+/// down (SQLSTATE class 08 and 57) may have come after the commit was durable.
+fn at_commit(e: tokio_postgres::Error, plan: Plan) -> TxError {
+    match super::classify(&e) {
+        super::ErrorClass::Unreachable => TxError::Unknown { plan, why: super::describe(&e) },
+        _ => before_commit(e),
     }
 }
 
@@ -147,7 +154,7 @@ async fn commit_batch(pool: &Pool, batch: Vec<(WriteOp, Reply)>, committed: &wat
 
 /// One attempt: the plan and, when something was written, its counter.
 async fn transaction(pool: &Pool, ops: &[&WriteOp]) -> Result<(Plan, Option<u64>), TxError> {
-    let mut client = pool.get().await.map_err(|e| TxError::Failed(unreachable(&e)))?;
+    let mut client = pool.get().await.map_err(|e| TxError::Failed(super::pool_error(e)))?;
     let tx = client.build_transaction().isolation_level(IsolationLevel::ReadCommitted).start().await.map_err(before_commit)?;
     let (counter, now) = take_counter(&tx).await?;
     let mut current: BTreeMap<Key, Option<Row>> = BTreeMap::new();
@@ -179,8 +186,7 @@ async fn transaction(pool: &Pool, ops: &[&WriteOp]) -> Result<(Plan, Option<u64>
     store(&tx, &plan).await?;
     match tx.commit().await {
         Ok(()) => Ok((plan, Some(counter))),
-        Err(e) if e.code().is_some() => Err(before_commit(e)),
-        Err(e) => Err(TxError::Unknown { plan, why: e.to_string() }),
+        Err(e) => Err(at_commit(e, plan)),
     }
 }
 
