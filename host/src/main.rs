@@ -134,7 +134,15 @@ fn real_main() -> anyhow::Result<()> {
                 }
                 kv.shutdown().await;
                 let _ = std::fs::remove_dir_all(&store_dir);
-                if config.db.exists() {
+                if let Some(url) = config.postgres_url() {
+                    match sidekv::backend::postgres::check(url).await {
+                        Ok(what) => println!("ok   {}: {what}", config.backend_description()),
+                        Err(e) => {
+                            problems += 1;
+                            println!("FAIL {}: {e}", config.backend_description())
+                        }
+                    }
+                } else if config.db.exists() {
                     println!("ok   database {} exists", config.db.display());
                 } else {
                     println!("ok   database {} will be created (or restored from S3)", config.db.display());

@@ -216,6 +216,24 @@ impl PgBackend {
     }
 }
 
+/// `check-config`: connect once and say what is there (server version,
+/// sidekv's schema version, 0 before the first start).
+pub async fn check(url: &str) -> Result<String, String> {
+    let config = connect::pg_config(url, |k| std::env::var(k).ok()).map_err(|e| e.to_string())?;
+    let pool = connect::pool(config, 1).map_err(|e| e.to_string())?;
+    let client = pool.get().await.map_err(|e| match e {
+        deadpool_postgres::PoolError::Backend(pe) => format!("unreachable: {}", describe(&pe)),
+        other => format!("unreachable: {other}"),
+    })?;
+    let version: String = client.query_one("SHOW server_version", &[]).await.map_err(|e| describe(&e))?.get(0);
+    let schema = match client.query_one(sql::SCHEMA_VERSION, &[]).await {
+        Ok(r) => r.get::<_, i32>(0),
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => 0,
+        Err(e) => return Err(describe(&e)),
+    };
+    Ok(format!("reachable, PostgreSQL {version}, sidekv schema version {schema} (this sidekv: {})", sql::MIGRATIONS.len()))
+}
+
 enum MigrateError {
     Unreachable(String),
     Failed(String),
