@@ -350,3 +350,93 @@ async fn concurrent_maximum_bodies_keep_memory_bounded() {
     // Still serving.
     assert!(served_within(&fresh_client(&s), "after", Duration::from_secs(3)).await.is_ok());
 }
+
+// ------------------------------------------------------------------ HTTP/2 ----
+
+/// A raw HTTP/2 (prior knowledge) client connection; the connection task
+/// reports how it ended.
+async fn h2_connect(s: &TempServer) -> (h2::client::SendRequest<bytes::Bytes>, tokio::task::JoinHandle<Result<(), h2::Error>>) {
+    let tcp = TcpStream::connect(addr(s)).await.unwrap();
+    let (send, conn) = h2::client::Builder::new().max_concurrent_reset_streams(100_000).handshake(tcp).await.unwrap();
+    (send, tokio::spawn(conn))
+}
+
+fn h2_get(path: &str) -> http::Request<()> {
+    http::Request::get(format!("http://localhost{path}")).header("authorization", SECRET).body(()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn http2_and_http1_share_the_port_with_the_same_limits() {
+    let s = start(Opts::default().env("KVSTORE_MAX_BODY_BYTES", "2097152").env("KVSTORE_MAX_VALUE_BYTES", "1048576"));
+    let h2c = Client { base: s.url.clone(), http: reqwest::Client::builder().http2_prior_knowledge().build().unwrap() };
+    let r = h2c.req(Method::POST, "/over/h2").body("two").send().await.unwrap();
+    assert_eq!((r.version(), r.status().as_u16()), (reqwest::Version::HTTP_2, 200));
+    let r = s.client().req(Method::GET, "/over/h2").send().await.unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_11);
+    assert_eq!(r.text().await.unwrap(), "two");
+    // The body cap and the value cap hold on HTTP/2 too.
+    let r = h2c.req(Method::POST, "/big").body(vec![b'x'; 3 << 20]).send().await.unwrap();
+    assert_eq!(r.status(), 413);
+    let r = h2c.req(Method::POST, "/big").body(vec![b'x'; (1 << 20) + 1]).send().await.unwrap();
+    assert_eq!(r.status(), 413);
+    // The server's stream cap is announced.
+    let (send, _conn) = h2_connect(&s).await;
+    let mut send = send.ready().await.unwrap();
+    let (resp, _) = send.send_request(h2_get("/over/h2"), true).unwrap();
+    assert_eq!(resp.await.unwrap().status(), 200);
+    assert_eq!(send.current_max_send_streams(), 128, "SETTINGS_MAX_CONCURRENT_STREAMS");
+    // A header list over the cap is refused, and the server goes on.
+    let (send, _conn) = h2_connect(&s).await;
+    let mut send = send.ready().await.unwrap();
+    let huge = http::Request::get("http://localhost/over/h2").header("x-pad", "p".repeat(100 * 1024)).body(()).unwrap();
+    match send.send_request(huge, true) {
+        Ok((resp, _)) => {
+            if let Ok(r) = resp.await {
+                assert_ne!(r.status(), 200, "a 100 KiB header list was served");
+            }
+        }
+        Err(_) => {}
+    }
+    served_within(&h2c, "after/huge-headers", Duration::from_secs(5)).await.unwrap();
+}
+
+/// The HTTP/2 "rapid reset" attack (CVE-2023-44487): open streams and reset
+/// them at once, as fast as possible, on several connections. The server
+/// must end such connections (GOAWAY) or absorb them, and keep serving
+/// everyone else throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn http2_rapid_reset_floods_do_not_starve_others() {
+    let s = start(Opts::default());
+    let legit = Client { base: s.url.clone(), http: reqwest::Client::builder().http2_prior_knowledge().build().unwrap() };
+    let mut floods = Vec::new();
+    for _ in 0..4 {
+        let (send, conn) = h2_connect(&s).await;
+        floods.push(tokio::spawn(async move {
+            let mut send = send;
+            let mut sent = 0u32;
+            for _ in 0..20_000 {
+                send = match send.ready().await {
+                    Ok(s) => s,
+                    Err(_) => break,
+                };
+                match send.send_request(h2_get("/_watch?prefix=flood"), false) {
+                    Ok((_, mut stream)) => {
+                        stream.send_reset(h2::Reason::CANCEL);
+                        sent += 1;
+                    }
+                    Err(_) => break,
+                }
+            }
+            let ended = tokio::time::timeout(Duration::from_secs(10), conn).await;
+            (sent, format!("{ended:?}"))
+        }));
+    }
+    // Served while the floods run.
+    let waited = served_within(&legit, "during/flood", Duration::from_secs(10)).await.unwrap();
+    for f in floods {
+        let (sent, ended) = f.await.unwrap();
+        eprintln!("flood connection: {sent} streams reset; connection ended: {ended}");
+    }
+    eprintln!("a legitimate HTTP/2 client was served in {waited:?} during the floods");
+    served_within(&legit, "after/flood", Duration::from_secs(5)).await.unwrap();
+}

@@ -34,7 +34,8 @@ use hyper::body::{Frame, Incoming, SizeHint};
 use hyper::header::{HeaderName, HeaderValue};
 use hyper::service::service_fn;
 use hyper::{Request as HttpRequest, Response as HttpResponse, StatusCode};
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
 use crate::App;
@@ -152,13 +153,33 @@ impl hyper::body::Body for TrackedBody {
     }
 }
 
-/// The HTTP/1.1 settings of the main port: head timeout (slowloris), head
-/// size cap (431), keep-alive. Public so the bench's native baseline runs
-/// the very same stack.
-pub fn connection_builder() -> hyper::server::conn::http1::Builder {
-    let mut b = hyper::server::conn::http1::Builder::new();
-    b.timer(TokioTimer::new()).header_read_timeout(limits::HEADER_READ_TIMEOUT).max_buf_size(limits::MAX_HEADER_BYTES).keep_alive(true);
-    b
+/// The protocol settings of the main port. HTTP/1.1: head timeout
+/// (slowloris), head size cap (431), keep-alive. HTTP/2 with prior
+/// knowledge (h2c, what Deno's KV client sends even to `http://`), detected
+/// from the connection preface on the same port: concurrent-stream cap,
+/// header-list cap, caps on reset streams (the rapid-reset attack ends in
+/// GOAWAY), keep-alive pings that close dead peers. Body deadlines, the
+/// in-flight body budget, the connection cap and the write deadline apply
+/// to both. Public so the bench's native baseline runs the very same stack.
+pub fn connection_builder() -> &'static auto::Builder<TokioExecutor> {
+    static BUILDER: LazyLock<auto::Builder<TokioExecutor>> = LazyLock::new(|| {
+        let mut b = auto::Builder::new(TokioExecutor::new());
+        b.http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits::HEADER_READ_TIMEOUT)
+            .max_buf_size(limits::MAX_HEADER_BYTES)
+            .keep_alive(true);
+        b.http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(limits::H2_MAX_CONCURRENT_STREAMS)
+            .max_header_list_size(limits::MAX_HEADER_BYTES as u32)
+            .max_pending_accept_reset_streams(limits::H2_MAX_PENDING_RESET_STREAMS)
+            .max_local_error_reset_streams(limits::H2_MAX_LOCAL_ERROR_RESET_STREAMS)
+            .keep_alive_interval(limits::H2_KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(limits::H2_KEEPALIVE_TIMEOUT);
+        b
+    });
+    &BUILDER
 }
 
 /// Serve the main port until `shutdown` resolves, then stop accepting and
@@ -226,7 +247,7 @@ fn service(
 
 /// Drive one connection until it ends, or until the table evicts it while
 /// idle (then it is dropped: no request is lost).
-async fn run_connection(conn: impl Future<Output = hyper::Result<()>>, slot: Arc<Conn>) {
+async fn run_connection<E: std::fmt::Display>(conn: impl Future<Output = Result<(), E>>, slot: Arc<Conn>) {
     METRICS.connections_open.fetch_add(1, Relaxed);
     tokio::pin!(conn);
     let ended = tokio::select! {

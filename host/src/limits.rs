@@ -76,6 +76,18 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 16 << 20;
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest request head (request line + headers); larger → 431.
 pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+/// Streams one HTTP/2 connection may have open at once (SETTINGS_MAX_CONCURRENT_STREAMS).
+pub const H2_MAX_CONCURRENT_STREAMS: u32 = 128;
+/// Streams a client may open and reset before the server accepted them
+/// (the "rapid reset" attack): past it, GOAWAY.
+pub const H2_MAX_PENDING_RESET_STREAMS: usize = 20;
+/// Streams the server may have to reset for a client's protocol errors
+/// before it ends the connection.
+pub const H2_MAX_LOCAL_ERROR_RESET_STREAMS: usize = 1024;
+/// HTTP/2 keep-alive: a PING after this much silence...
+pub const H2_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(20);
+/// ...and the connection is closed when its answer takes longer than this.
+pub const H2_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 /// Default cap on open client connections (`KVSTORE_MAX_CONNECTIONS`).
 pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
 /// At the cap, a connection with no request in flight that has been idle
