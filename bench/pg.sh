@@ -67,6 +67,7 @@ stop_pid() { # PID SIGNAL SECONDS
   kill -KILL "$1" 2>/dev/null || true
 }
 cleanup() {
+  if [ -n "${mon:-}" ]; then kill -TERM "$mon" 2>/dev/null || true; fi
   for p in "${sidecars[@]}"; do stop_pid "$p" TERM 10; done
   if [ -n "$pg_pid" ]; then stop_pid "$pg_pid" INT 30; fi
   if [ "${BENCH_PG_KEEP:-}" = 1 ]; then echo "kept $work" >&2; else rm -rf "$work"; fi
@@ -97,6 +98,55 @@ say "machine"
 BENCH_OUT=$OUT python3 bench/bench.py quiet "${BENCH_QUIET_WAIT:-30}" >&2
 busy=$(python3 -c 'import json,sys; print(round([json.loads(l) for l in open(sys.argv[1])][-1]["busy_cores"], 2))' "$OUT/results.jsonl")
 
+# Other work on this shared machine during each measured run: CPU of the
+# processes that are not this script's (nor kernel threads), sampled every
+# 0.5 s. mon_start before a run, mon_stop after: sets $other ("0.03 cores").
+cat >"$OUT/monitor.py" <<'PY'
+import os, signal, sys, time
+root, CLK = int(sys.argv[1]), os.sysconf("SC_CLK_TCK")
+def procs():
+    out = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            raw = open(f"/proc/{d}/stat").read()
+        except OSError:
+            continue
+        f = raw.rsplit(")", 1)[1].split()
+        out[int(d)] = (raw[raw.find("(") + 1:raw.rfind(")")], int(f[1]), (int(f[11]) + int(f[12])) / CLK, bool(int(f[6]) & 0x200000))
+    return out
+mine, stop = {root, os.getpid()}, []
+def ours(ps):
+    grew = True
+    while grew:
+        grew = False
+        for pid, (_, ppid, _, _) in ps.items():
+            if pid not in mine and ppid in mine:
+                mine.add(pid)
+                grew = True
+signal.signal(signal.SIGTERM, lambda *a: stop.append(1))
+prev, t0, other, names = procs(), time.time(), 0.0, {}
+ours(prev)
+while not stop:
+    time.sleep(0.5)
+    cur = procs()
+    ours(cur)
+    for pid, (name, _, cpu, kthread) in cur.items():
+        if pid in mine or kthread:
+            continue
+        d = cpu - prev[pid][2] if pid in prev else cpu
+        if d > 0:
+            other += d
+            names[name] = names.get(name, 0.0) + d
+    prev = cur
+top = sorted(names.items(), key=lambda kv: -kv[1])[:2]
+cores = other / (time.time() - t0)
+print(f"{cores:.2f} cores" + (" (" + ", ".join(n for n, c in top) + ")" if cores >= 0.05 else ""))
+PY
+mon_start() { python3 "$OUT/monitor.py" $$ >"$OUT/monitor.out" & mon=$!; }
+mon_stop() { kill -TERM "$mon"; wait "$mon" || true; other=$(cat "$OUT/monitor.out"); }
+
 # ---- 2. pgbench ----
 say "pgbench -i -s $SCALE"
 pg createdb pgbench
@@ -109,8 +159,10 @@ run_pgbench() {
   local name=$1 flag=$2 dir=$OUT/pgbench-$1
   mkdir -p "$dir"
   say "pgbench $flag -c 32 -j 2 -M prepared -T $SECS"
+  mon_start
   (cd "$dir" && pg pgbench "$flag" -c 32 -j 2 -M prepared -T "$SECS" -l --sampling-rate=0.1 pgbench) >"$dir/out.txt" 2>&1 ||
     { cat "$dir/out.txt" >&2; exit 1; }
+  mon_stop
   grep -E '^(tps|latency average|number of failed)' "$dir/out.txt" >&2
   local tps p99 failed
   tps=$(sed -n 's/^tps = \([0-9.]*\) (without initial connection time)/\1/p' "$dir/out.txt")
@@ -120,7 +172,8 @@ run_pgbench() {
 import sys
 v = sorted(int(l.split()[2]) for l in sys.stdin if l.strip())
 print(v[min(len(v) - 1, int(len(v) * 0.99))] if v else "")')
-  printf '%s\t%.0f\t%s\t%s\n' "$name" "$tps" "$p99" "$([ "${failed:-0}" = 0 ] || echo "$failed failed")" >>"$OUT/rows.tsv"
+  printf '%s\t%.0f\t%s\t%s\t%s\n' "$name" "$tps" "$p99" "$([ "${failed:-0}" = 0 ] || echo "$failed failed")" "$other" >>"$OUT/rows.tsv"
+  echo "  other processes: $other" >&2
 }
 run_pgbench pgbench-S -S
 run_pgbench pgbench-N -N
@@ -130,13 +183,14 @@ run_pgbench pgbench-N -N
 start_sidekv() {
   local name=$1 log=$OUT/sidekv-$1.log
   shift
+  : >"$log"
   env PORT=0 HOST=127.0.0.1 KVSTORE_SECRET=$SECRET KVSTORE_PUBLIC_READS=true KVSTORE_CACHE_DIR="$OUT/cache" \
     KVSTORE_DB="$OUT/$name.sqlite3" "$@" "$BIN" >"$log" 2>&1 &
   server=$!
   sidecars+=("$server")
   url=""
   for _ in $(seq 1200); do
-    url=$(sed -n 's/^listening on \(http[^ ]*\).*/\1/p' "$log" | head -1)
+    url=$(sed -n 's/^listening on \(http[^ ]*\).*/\1/p' "$log" | head -1 || true)
     [ -n "$url" ] && return 0
     kill -0 "$server" 2>/dev/null || { echo "sidekv $name exited:" >&2; tail -5 "$log" >&2; return 1; }
     sleep 0.05
@@ -154,25 +208,29 @@ wrk_run() {
 }
 # record LABEL RUN...: req/s summed over the wrk runs, the p99 (µs) of each, errors → $OUT/rows.tsv
 record() {
-  python3 - "$OUT" "$@" >>"$OUT/rows.tsv" <<'PY'
+  python3 - "$OUT" "$@" "$other" >>"$OUT/rows.tsv" <<'PY'
 import json, sys
-out, label, runs = sys.argv[1], sys.argv[2], sys.argv[3:]
+out, label, runs = sys.argv[1], sys.argv[2], sys.argv[3:-1]
 rs = [json.load(open(f"{out}/wrk-{n}.json")) for n in runs]
 kinds = ("connect", "read", "write", "status", "timeout")  # status: HTTP >= 400; timeout: no answer in 2 s
 errs = {k: sum(r[f"err_{k}"] for r in rs) for k in kinds}
 note = ", ".join(f"{n} {k}" for k, n in errs.items() if n)
 rps = sum(r["requests"] / (r["duration_us"] / 1e6) for r in rs)
-print(label, f"{rps:.0f}", "/".join(str(r["p99_us"]) for r in rs), f"wrk errors: {note}" if note else "", sep="\t")
+print(label, f"{rps:.0f}", "/".join(str(r["p99_us"]) for r in rs), f"wrk errors: {note}" if note else "", sys.argv[-1], sep="\t")
 PY
-  tail -1 "$OUT/rows.tsv" | awk -F'\t' '{printf "  %s: %s req/s, p99 %s µs %s\n", $1, $2, $3, $4}' >&2
+  tail -1 "$OUT/rows.tsv" | awk -F'\t' '{printf "  %s: %s req/s, p99 %s µs %s; other processes: %s\n", $1, $2, $3, $4, $5}' >&2
 }
 
 measure_one() { # LABEL URL: load, warm up, GET, POST with 32 connections
   python3 bench/bench.py load "$2" "$KEYS" "$SECRET" 100 >&2
   BENCH_MODE=get BENCH_KEYS=$KEYS wrk -t2 -c32 -d3s -s "$root/bench/wrk/kv.lua" "$2" >/dev/null
+  mon_start
   wrk_run "$1-GET" get "$2" 32 2
+  mon_stop
   record "$1-GET" "$1-GET"
+  mon_start
   wrk_run "$1-POST" post "$2" 32 2
+  mon_stop
   record "$1-POST" "$1-POST"
 }
 
@@ -220,12 +278,14 @@ else
   wait "${warm[@]}"
   for mode in GET POST; do
     m=$(tr '[:upper:]' '[:lower:]' <<<"$mode")
+    mon_start
     wrk_run "two-a-$mode" "$m" "$a_url" 16 1 &
     wa=$!
     wrk_run "two-b-$mode" "$m" "$b_url" 16 1 &
     wb=$!
     wait "$wa"
     wait "$wb"
+    mon_stop
     record "two-$mode" "two-a-$mode" "two-b-$mode"
   done
   stop_pid "$a_server" TERM 10
@@ -239,10 +299,10 @@ python3 - "$OUT/rows.tsv" "$SECS" "$SCALE" "$pgversion" "$busy" "$init_s" "$side
   "$BIN$([ -e "$BIN" ] && date -r "$BIN" '+ (built %Y-%m-%d %H:%M)')" >"$OUT/report.md" <<'PY'
 import os, platform, sys, time
 rows_path, secs, scale, pgv, busy, init_s, skip, commit, binary = sys.argv[1:10]
-rps, p99, note = {}, {}, {}
+rps, p99, note, other = {}, {}, {}, {}
 for line in open(rows_path):
-    k, r, p, n = (line.rstrip("\n").split("\t") + [""] * 4)[:4]
-    rps[k], p99[k], note[k] = float(r), p, n
+    k, r, p, n, o = (line.rstrip("\n").split("\t") + [""] * 5)[:5]
+    rps[k], p99[k], note[k], other[k] = float(r), p, n, o
 
 def ms(k):
     return " / ".join(f"{int(x) / 1000:.2f}" for x in p99[k].split("/")) if p99.get(k) else "n/a"
@@ -254,7 +314,8 @@ cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.start
 print("# sidekv on PostgreSQL vs PostgreSQL itself (bench/pg.sh)")
 print()
 print(f"- {time.strftime('%Y-%m-%d %H:%M %Z')}, checkout {commit}, sidekv binary {binary}; {os.cpu_count()} CPUs ({cpu}), kernel {platform.release()}; "
-      f"other processes were using {busy} cores just before the runs")
+      f"other processes were using {busy} cores just before the runs (and see each run's column: "
+      "this machine is shared, and anything above ~0.1 core makes that run's numbers low)")
 print(f"- PostgreSQL {pgv}, a private server on 127.0.0.1 (TCP): shared_buffers=128MB, max_connections=300, fsync=on, "
       "synchronous_commit=on; server, clients and load generators all on this one machine")
 print(f"- pgbench: scale {scale} (init {init_s} s), 32 clients, 2 threads, -M prepared, {secs} s per run; "
@@ -264,8 +325,8 @@ print(f"- sidekv: wrk 2 threads, 32 connections, {secs} s per run, bench/wrk/kv.
 if skip:
     print(f"- **sidekv on PostgreSQL not measured**: {skip}")
 print()
-print("| run | req/s (tps) | p99 ms | notes |")
-print("| --- | ---: | ---: | --- |")
+print("| run | req/s (tps) | p99 ms | other processes meanwhile | notes |")
+print("| --- | ---: | ---: | --- | --- |")
 for label, k, n in [
     ("pgbench select-only (-S)", "pgbench-S", "one SELECT by primary key per transaction"),
     ("pgbench simple-update (-N)", "pgbench-N", "UPDATE + SELECT + INSERT per committed transaction"),
@@ -278,7 +339,7 @@ for label, k, n in [
 ]:
     if k in rps:
         n = "; ".join(x for x in (n, note[k]) if x)
-        print(f"| {label} | {rps[k]:.0f} | {ms(k)} | {n} |")
+        print(f"| {label} | {rps[k]:.0f} | {ms(k)} | {other[k]} | {n} |")
 print()
 print("| ratio | value |")
 print("| --- | ---: |")
