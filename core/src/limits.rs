@@ -17,6 +17,8 @@ pub const MAX_VALUE_BYTES_CEILING: usize = 64 << 20;
 
 /// Most entries one `list` page returns (`limit` above it → InvalidArgument).
 pub const MAX_LIST_LIMIT: u32 = 1000;
+/// Most ranges in one snapshot read (as Deno KV's `MAX_READ_RANGES`).
+pub const MAX_SNAPSHOT_RANGES: usize = 10;
 /// Most keys in one `get-many`.
 pub const MAX_GET_MANY_KEYS: usize = 1000;
 /// Most bytes (keys + values) one read hands out: a `list` page (also an

@@ -129,6 +129,10 @@ pub struct Check {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum MutationKind {
     Set(Value),
+    /// Set under the key followed by the commit's versionstamp as a Deno key
+    /// part ([`versionstamp_key_suffix`]): Deno's
+    /// `set-suffix-versionstamped-key`, keys that sort in commit order.
+    SetSuffixVersionstamped(Value),
     Delete,
     /// Wrapping add; an absent key counts as 0.
     Sum(u64),
@@ -203,6 +207,33 @@ pub struct ChangePos {
     pub index: Option<u32>,
 }
 
+/// Bytes a versionstamp-suffixed key grows by.
+pub const VERSIONSTAMP_SUFFIX_BYTES: usize = 22;
+
+/// The key part `set-suffix-versionstamped-key` appends: the versionstamp
+/// as a Deno key string part (tag 0x02, its 20 hex characters, 0x00), so
+/// such keys decode as ordinary Deno keys and sort in commit order.
+pub fn versionstamp_key_suffix(vs: Versionstamp) -> [u8; VERSIONSTAMP_SUFFIX_BYTES] {
+    let mut out = [0u8; VERSIONSTAMP_SUFFIX_BYTES];
+    out[0] = 0x02;
+    out[1..21].copy_from_slice(vs.to_string().as_bytes());
+    out
+}
+
+impl Mutation {
+    /// The key this mutation writes in a commit with versionstamp `vs`.
+    pub fn key_at(&self, vs: Versionstamp) -> Key {
+        match self.kind {
+            MutationKind::SetSuffixVersionstamped(_) => {
+                let mut k = self.key.clone();
+                k.extend_from_slice(&versionstamp_key_suffix(vs));
+                k
+            }
+            _ => self.key.clone(),
+        }
+    }
+}
+
 /// Apply a mutation to a key's current value (`None` = absent): the new
 /// value, or `None` for a delete. One definition of counter semantics for
 /// every backend; `Err` when a counter meets a value that is not one.
@@ -214,7 +245,7 @@ pub fn mutate(kind: &MutationKind, current: Option<&Value>) -> Result<Option<Val
         }
     };
     Ok(match kind {
-        MutationKind::Set(v) => Some(v.clone()),
+        MutationKind::Set(v) | MutationKind::SetSuffixVersionstamped(v) => Some(v.clone()),
         MutationKind::Delete => None,
         MutationKind::Sum(x) => Some(Value::u64(operand()?.unwrap_or(0).wrapping_add(*x))),
         MutationKind::Min(x) => Some(Value::u64(operand()?.map_or(*x, |c| c.min(*x)))),

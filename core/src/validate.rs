@@ -96,8 +96,19 @@ pub fn validate_write(op: &WriteOp, max_value_bytes: usize) -> Result<(), StoreE
                     e => StoreError::InvalidArgument(format!("mutations[{i}]: {e}")),
                 };
                 validate_key(&m.key).map_err(ctx)?;
-                if let MutationKind::Set(v) = &m.kind {
-                    check_value(v.len(), max_value_bytes).map_err(ctx)?;
+                match &m.kind {
+                    MutationKind::Set(v) => check_value(v.len(), max_value_bytes).map_err(ctx)?,
+                    MutationKind::SetSuffixVersionstamped(v) => {
+                        check_value(v.len(), max_value_bytes).map_err(ctx)?;
+                        if m.key.len() + crate::types::VERSIONSTAMP_SUFFIX_BYTES > limits::MAX_KEY_BYTES {
+                            return Err(ctx(StoreError::InvalidKey(format!(
+                                "the key with its versionstamp suffix would be {} bytes, over the {}-byte limit",
+                                m.key.len() + crate::types::VERSIONSTAMP_SUFFIX_BYTES,
+                                limits::MAX_KEY_BYTES
+                            ))));
+                        }
+                    }
+                    _ => {}
                 }
                 check_ttl(m.ttl_ms).map_err(ctx)?;
             }

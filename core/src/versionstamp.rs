@@ -62,6 +62,14 @@ impl Versionstamp {
         Versionstamp { counter: v >> 16, index: (v & 0xffff) as u16 }
     }
 
+    /// The 10 bytes (counter big-endian, then index big-endian), as KV Connect carries it.
+    pub fn to_bytes(self) -> [u8; 10] {
+        let mut b = [0u8; 10];
+        b[..8].copy_from_slice(&self.counter.to_be_bytes());
+        b[8..].copy_from_slice(&self.index.to_be_bytes());
+        b
+    }
+
     /// The first versionstamp of commit `counter`.
     pub fn commit_start(counter: u64) -> Self {
         Versionstamp { counter, index: 0 }

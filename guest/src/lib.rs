@@ -17,6 +17,7 @@
 //! | `GET /_watch?prefix=P` (`Last-Event-ID`)  | Server-Sent Events of changes         | read   |
 //! | `GET /_export?prefix=P`                   | NDJSON of every entry                 | read   |
 //! | `POST /_import`                           | load NDJSON                           | write  |
+//! | `POST /_kv`, `/_kv/…`                     | KV Connect: Deno KV clients (`kvconnect`) | read / write |
 //!
 //! (*) public when the operator sets `KVSTORE_PUBLIC_READS=true`.
 //! Top-level keys starting with `_` are reserved for these endpoints.
@@ -97,6 +98,7 @@ fn auth_config() -> &'static AuthConfig {
 }
 
 mod auth;
+mod kvconnect;
 pub use auth::secret_matches;
 
 /// The one function that decides who may do what.
@@ -293,6 +295,9 @@ fn route(req: &Request) -> Result<Resp, Resp> {
     };
     if raw.is_empty() {
         return root(req, &q);
+    }
+    if raw == "_kv" || raw.starts_with("_kv/") {
+        return kvconnect::route(req, &raw[3..]);
     }
     if raw.starts_with('_') {
         return match raw {

@@ -354,6 +354,7 @@ async fn to_http(app: &Arc<App>, resp: GuestResponse) -> Result<HttpResponse<Bod
                     }
                 }
                 BodyStream::Export(prefix) => StreamKind::Export(prefix.into_bytes()),
+                BodyStream::KvWatch(keys) => StreamKind::KvWatch(keys),
             };
             let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(limits::STREAM_QUEUE_FRAMES);
             let prologue = resp.body;
@@ -364,6 +365,7 @@ async fn to_http(app: &Arc<App>, resp: GuestResponse) -> Result<HttpResponse<Bod
                 match stream {
                     StreamKind::Watch(prefix, pos) => streams::watch_prefix(kv, prefix, pos, tx).await,
                     StreamKind::Export(prefix) => streams::export(kv, prefix, tx).await,
+                    StreamKind::KvWatch(keys) => streams::kv_watch(kv, keys, tx).await,
                 }
             });
             StreamBody::new(tokio_stream_from(rx)).boxed()
@@ -376,6 +378,7 @@ async fn to_http(app: &Arc<App>, resp: GuestResponse) -> Result<HttpResponse<Bod
 enum StreamKind {
     Watch(Vec<u8>, ChangePos),
     Export(Vec<u8>),
+    KvWatch(Vec<Vec<u8>>),
 }
 
 fn tokio_stream_from<T: Send + 'static>(mut rx: tokio::sync::mpsc::Receiver<T>) -> impl futures::Stream<Item = T> + Send + Sync + 'static {

@@ -1,6 +1,7 @@
 //! Response streams the host produces after the guest has authorized them:
-//! Server-Sent Events for prefix watches and NDJSON for exports. They hold
-//! no guest instance and end when the client goes away.
+//! Server-Sent Events for prefix watches, NDJSON for exports, and KV Connect
+//! watch frames for Deno clients. They hold no guest instance and end when
+//! the client goes away.
 
 use std::time::Duration;
 
@@ -140,6 +141,64 @@ pub async fn export(store: Kv, prefix: Vec<u8>, tx: Tx) {
                 let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
                 return;
             }
+        }
+    }
+}
+
+/// A KV Connect entry for a stored one.
+pub fn kv_connect_entry(e: Entry) -> sidekv_kvconnect::datapath::KvEntry {
+    use sidekv_kvconnect::datapath::{KvEntry, Value};
+    let value = match e.value.encoding {
+        crate::backend::Encoding::V8 => Value::V8(e.value.bytes),
+        crate::backend::Encoding::Bytes => Value::Bytes(e.value.bytes),
+        crate::backend::Encoding::Le64 => match e.value.as_counter() {
+            Some(n) => Value::U64(n),
+            None => Value::Bytes(e.value.bytes),
+        },
+    };
+    KvEntry::new(e.key, value, e.versionstamp.to_bytes())
+}
+
+/// KV Connect v3 watch: a frame with every key at once, then a frame each
+/// time one of them changes (or expires), and an empty frame every 5 s.
+/// Deno clients re-watch when the stream ends, so errors just end it.
+pub async fn kv_watch(store: Kv, keys: Vec<Vec<u8>>, tx: Tx) {
+    use sidekv_kvconnect::datapath::{WatchKeyOutput, WatchOutput};
+    let frame = |b: Vec<u8>| Ok(Frame::data(Bytes::from(b)));
+    let mut commits = store.subscribe_commits();
+    let mut seen: Option<Vec<Option<Versionstamp>>> = None;
+    loop {
+        commits.borrow_and_update();
+        let Ok(current) = store.get_many(keys.clone()).await else { return };
+        let now: Vec<Option<Versionstamp>> = current.iter().map(|e| e.as_ref().map(|e| e.versionstamp)).collect();
+        let expiry = current.iter().flatten().filter_map(|e| e.expires_at).min();
+        if seen.as_ref() != Some(&now) {
+            let outputs = current
+                .into_iter()
+                .enumerate()
+                .map(|(i, e)| match &seen {
+                    Some(before) if before[i] == now[i] => WatchKeyOutput::unchanged(),
+                    _ => WatchKeyOutput::changed(e.map(kv_connect_entry)),
+                })
+                .collect();
+            if tx.send(frame(sidekv_kvconnect::watch::encode_frame(&WatchOutput::success(outputs)))).await.is_err() {
+                return;
+            }
+            seen = Some(now);
+        }
+        let until_expiry = expiry.map(|at| Duration::from_millis(at.saturating_sub(crate::backend::now_ms()) + 1));
+        let keep_alive = Duration::from_secs(sidekv_kvconnect::watch::KEEPALIVE_INTERVAL_SECS);
+        tokio::select! {
+            r = commits.changed() => if r.is_err() { return; },
+            _ = tokio::time::sleep(until_expiry.unwrap_or(keep_alive).min(keep_alive)) => {
+                if until_expiry.is_none_or(|d| d >= keep_alive)
+                    && tx.send(frame(sidekv_kvconnect::watch::KEEPALIVE_FRAME.to_vec())).await.is_err()
+                {
+                    return;
+                }
+            }
+            _ = tx.closed() => return,
+            _ = store.closing() => return,
         }
     }
 }

@@ -18,8 +18,8 @@
 // Nothing is kept between requests except the key schedule derived from the
 // configured key (the host may reuse one instance for many requests).
 
-import { get as configGet } from 'sidekv:store/config@0.1.0';
-import * as kv from 'sidekv:store/kv@0.1.0';
+import { get as configGet } from 'sidekv:store/config@0.2.0';
+import * as kv from 'sidekv:store/kv@0.2.0';
 
 // ---------------------------------------------------------------- SHA-256 --
 

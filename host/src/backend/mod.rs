@@ -67,6 +67,9 @@ pub trait Backend: Send + Sync + 'static {
     fn get_many(&self, keys: Vec<Key>) -> StoreFuture<'_, Vec<Option<Entry>>>;
     fn list(&self, q: ListQuery) -> StoreFuture<'_, ListPage>;
     fn count(&self, q: ListQuery) -> StoreFuture<'_, u64>;
+    /// Several range queries answered from one consistent snapshot (KV
+    /// Connect's `snapshot_read`, Deno's `getMany`).
+    fn snapshot_read(&self, queries: Vec<ListQuery>) -> StoreFuture<'_, Vec<ListPage>>;
     /// Apply a write and wait until it is acknowledged (durable).
     fn write(&self, op: WriteOp) -> StoreFuture<'_, WriteResult>;
     /// Logged changes under `prefix` strictly after `after`, oldest first,
@@ -120,6 +123,19 @@ impl Kv {
     pub async fn list(&self, q: ListQuery) -> Result<ListPage, StoreError> {
         validate::validate_query(&q)?;
         self.backend().list(q).await
+    }
+
+    /// Range queries from one snapshot, each validated (at most `MAX_SNAPSHOT_RANGES`).
+    pub async fn snapshot_read(&self, queries: Vec<ListQuery>) -> Result<Vec<ListPage>, StoreError> {
+        if queries.len() > sidekv_core::limits::MAX_SNAPSHOT_RANGES {
+            return Err(StoreError::InvalidArgument(format!(
+                "a snapshot read takes at most {} ranges, got {}",
+                sidekv_core::limits::MAX_SNAPSHOT_RANGES,
+                queries.len()
+            )));
+        }
+        queries.iter().try_for_each(validate::validate_query)?;
+        self.backend().snapshot_read(queries).await
     }
 
     /// Live keys in the query's range (`limit`, `cursor`, `reverse` ignored).

@@ -14,16 +14,15 @@ use crate::backend::{self as store, StoreError, Value, Versionstamp, WriteOp, Wr
 
 use types::{Entry, KvError};
 
-impl From<StoreError> for KvError {
-    fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::InvalidKey(m) => KvError::InvalidKey(m),
-            StoreError::ValueTooLarge { limit, .. } => KvError::ValueTooLarge(limit as u64),
-            StoreError::InvalidArgument(m) | StoreError::HistoryGone(m) => KvError::InvalidArgument(m),
-            StoreError::Unavailable(m) | StoreError::OutcomeUnknown(m) => KvError::Unavailable(m),
-            StoreError::StorageFull => KvError::StorageFull,
-            e @ StoreError::Internal(_) => KvError::Internal(e.to_string()),
-        }
+/// A store error as the WIT `kv-error` guests see.
+pub fn kv_error(e: StoreError) -> KvError {
+    match e {
+        StoreError::InvalidKey(m) => KvError::InvalidKey(m),
+        StoreError::ValueTooLarge { limit, .. } => KvError::ValueTooLarge(limit as u64),
+        StoreError::InvalidArgument(m) | StoreError::HistoryGone(m) => KvError::InvalidArgument(m),
+        StoreError::Unavailable(m) | StoreError::OutcomeUnknown(m) => KvError::Unavailable(m),
+        StoreError::StorageFull => KvError::StorageFull,
+        e @ StoreError::Internal(_) => KvError::Internal(e.to_string()),
     }
 }
 

@@ -234,6 +234,24 @@ pub async fn check(url: &str) -> Result<String, String> {
     Ok(format!("reachable, PostgreSQL {version}, sidekv schema version {schema} (this sidekv: {})", sql::MIGRATIONS.len()))
 }
 
+/// One list page, on a connection or inside a transaction.
+async fn list_page(client: &impl deadpool_postgres::GenericClient, q: &ListQuery) -> Result<ListPage, StoreError> {
+    let (lower, upper) = query_bounds(q);
+    let cursor = q.cursor.as_deref().map(|c| decode_cursor(c, &q.prefix)).transpose()?;
+    let stmt = client.prepare_cached(&sql::list(q.reverse, q.keys_only)).await.map_err(sql_err)?;
+    let rows = client.query(&stmt, &[&lower, &upper, &cursor, &(q.limit as i64 + 1)]).await.map_err(sql_err)?;
+    let (mut entries, mut budget) = (Vec::new(), ByteBudget::new(limits::MAX_READ_BYTES));
+    for r in &rows {
+        let e = entry(r)?;
+        if entries.len() == q.limit as usize || !budget.admit(e.key.len() + e.value.len()) {
+            let cursor = entries.last().map(|e: &Entry| encode_cursor(&e.key));
+            return Ok(ListPage { entries, cursor });
+        }
+        entries.push(e);
+    }
+    Ok(ListPage { entries, cursor: None })
+}
+
 enum MigrateError {
     Unreachable(String),
     Failed(String),
@@ -330,7 +348,7 @@ impl Backend for PgBackend {
     fn get(&self, key: Key) -> StoreFuture<'_, Option<Entry>> {
         Box::pin(async move {
             let client = self.client().await?;
-            let stmt = client.prepare_cached(&sql::get()).await.map_err(sql_err)?;
+            let stmt = client.prepare_cached(&sql::GET).await.map_err(sql_err)?;
             client.query_opt(&stmt, &[&key]).await.map_err(sql_err)?.as_ref().map(entry).transpose()
         })
     }
@@ -338,7 +356,7 @@ impl Backend for PgBackend {
     fn get_many(&self, keys: Vec<Key>) -> StoreFuture<'_, Vec<Option<Entry>>> {
         Box::pin(async move {
             let client = self.client().await?;
-            let stmt = client.prepare_cached(&sql::get_many()).await.map_err(sql_err)?;
+            let stmt = client.prepare_cached(&sql::GET_MANY).await.map_err(sql_err)?;
             let rows = client.query(&stmt, &[&keys]).await.map_err(sql_err)?;
             let mut found: std::collections::HashMap<Key, Entry> = std::collections::HashMap::with_capacity(rows.len());
             for r in &rows {
@@ -363,21 +381,27 @@ impl Backend for PgBackend {
 
     fn list(&self, q: ListQuery) -> StoreFuture<'_, ListPage> {
         Box::pin(async move {
-            let (lower, upper) = query_bounds(&q);
-            let cursor = q.cursor.as_deref().map(|c| decode_cursor(c, &q.prefix)).transpose()?;
             let client = self.client().await?;
-            let stmt = client.prepare_cached(&sql::list(q.reverse, q.keys_only)).await.map_err(sql_err)?;
-            let rows = client.query(&stmt, &[&lower, &upper, &cursor, &(q.limit as i64 + 1)]).await.map_err(sql_err)?;
-            let (mut entries, mut budget) = (Vec::new(), ByteBudget::new(limits::MAX_READ_BYTES));
-            for r in &rows {
-                let e = entry(r)?;
-                if entries.len() == q.limit as usize || !budget.admit(e.key.len() + e.value.len()) {
-                    let cursor = entries.last().map(|e: &Entry| encode_cursor(&e.key));
-                    return Ok(ListPage { entries, cursor });
-                }
-                entries.push(e);
+            list_page(&client, &q).await
+        })
+    }
+
+    fn snapshot_read(&self, queries: Vec<ListQuery>) -> StoreFuture<'_, Vec<ListPage>> {
+        Box::pin(async move {
+            let mut client = self.client().await?;
+            let tx = client
+                .build_transaction()
+                .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()
+                .await
+                .map_err(sql_err)?;
+            let mut pages = Vec::with_capacity(queries.len());
+            for q in &queries {
+                pages.push(list_page(&tx, q).await?);
             }
-            Ok(ListPage { entries, cursor: None })
+            let _ = tx.commit().await;
+            Ok(pages)
         })
     }
 
@@ -385,7 +409,7 @@ impl Backend for PgBackend {
         Box::pin(async move {
             let (lower, upper) = query_bounds(&q);
             let client = self.client().await?;
-            let stmt = client.prepare_cached(&sql::count()).await.map_err(sql_err)?;
+            let stmt = client.prepare_cached(&sql::COUNT).await.map_err(sql_err)?;
             Ok(client.query_one(&stmt, &[&lower, &upper]).await.map_err(sql_err)?.get::<_, i64>(0) as u64)
         })
     }

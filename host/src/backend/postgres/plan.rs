@@ -14,7 +14,7 @@
 use std::collections::BTreeMap;
 
 use sidekv_core::validate::prefix_upper_bound;
-use sidekv_core::{Key, StoreError, Value, Versionstamp, WriteOp, WriteResult, mutate};
+use sidekv_core::{Key, MutationKind, StoreError, Value, Versionstamp, WriteOp, WriteResult, mutate};
 
 /// A live row as the transaction sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -55,7 +55,10 @@ pub fn keys_read(ops: &[&WriteOp]) -> Vec<Key> {
             WriteOp::DeletePrefix { .. } => {}
             WriteOp::Atomic { checks, mutations } => {
                 keys.extend(checks.iter().map(|c| c.key.clone()));
-                keys.extend(mutations.iter().map(|m| m.key.clone()));
+                // A versionstamp-suffixed key cannot exist yet: nothing to read.
+                keys.extend(
+                    mutations.iter().filter(|m| !matches!(m.kind, MutationKind::SetSuffixVersionstamped(_))).map(|m| m.key.clone()),
+                );
             }
         }
     }
@@ -158,23 +161,23 @@ fn apply(v: &mut View, op: &WriteOp, vs: Versionstamp, now: i64) -> Result<Write
             }
             // Decide every mutation against a scratch view first: an invalid
             // one leaves no trace of the batch.
-            let mut scratch: BTreeMap<&[u8], Option<Value>> = BTreeMap::new();
+            let mut scratch: BTreeMap<Key, Option<Value>> = BTreeMap::new();
             let mut planned = Vec::with_capacity(mutations.len());
             for (i, m) in mutations.iter().enumerate() {
-                let cur = match scratch.get(m.key.as_slice()) {
+                let key = m.key_at(vs);
+                let cur = match scratch.get(&key) {
                     Some(x) => x.clone(),
-                    None => v.current(&m.key).map(|r| r.value.clone()),
+                    None => v.current(&key).map(|r| r.value.clone()),
                 };
-                let new = mutate(&m.kind, cur.as_ref()).map_err(|why| {
-                    StoreError::InvalidArgument(format!("mutations[{i}]: key {:?} {why}", String::from_utf8_lossy(&m.key)))
-                })?;
-                scratch.insert(&m.key, new.clone());
-                planned.push((m, new));
+                let new = mutate(&m.kind, cur.as_ref())
+                    .map_err(|why| StoreError::InvalidArgument(format!("mutations[{i}]: key {:?} {why}", String::from_utf8_lossy(&key))))?;
+                scratch.insert(key.clone(), new.clone());
+                planned.push((key, m.ttl_ms, new));
             }
-            for (n, (m, new)) in planned.into_iter().enumerate() {
+            for (n, (key, ttl, new)) in planned.into_iter().enumerate() {
                 match new {
-                    Some(value) => v.put(&m.key, Row { value, version: vs, expires_at: expiry(now, m.ttl_ms) }, n as u32),
-                    None => v.delete(&m.key, vs, n as u32),
+                    Some(value) => v.put(&key, Row { value, version: vs, expires_at: expiry(now, ttl) }, n as u32),
+                    None => v.delete(&key, vs, n as u32),
                 }
             }
             Ok(WriteResult::Committed { versionstamp: vs, deleted: 0 })
@@ -185,7 +188,7 @@ fn apply(v: &mut View, op: &WriteOp, vs: Versionstamp, now: i64) -> Result<Write
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sidekv_core::{Check, Condition, Mutation, MutationKind};
+    use sidekv_core::{Check, Condition, Mutation};
 
     fn set(k: &str, v: &str) -> WriteOp {
         WriteOp::Set { key: k.into(), value: Value::bytes(v.into()), ttl_ms: None, cond: Condition::default() }

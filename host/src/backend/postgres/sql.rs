@@ -7,6 +7,8 @@
 //! marked **PostgreSQL-only**. Keys are `BYTEA`, which every one of them
 //! orders bytewise, as the store requires.
 
+use std::sync::LazyLock;
+
 /// Time in Unix milliseconds as the database sees it. Every sidecar uses
 /// the database's clock for expiry, so sidecars with skewed clocks still
 /// agree on whether an entry has expired. `statement_timestamp()` is stable
@@ -58,15 +60,17 @@ pub const SCHEMA_VERSION: &str = "SELECT coalesce(max(version), 0) FROM sidekv_m
 
 // ---- reads (pool connections, one statement each: one snapshot) ----
 
-pub fn get() -> String {
+/// One key, live now.
+pub static GET: LazyLock<String> = LazyLock::new(|| {
     format!("SELECT key, value, enc, version, expires_at FROM sidekv_kv WHERE key = $1 AND (expires_at IS NULL OR expires_at > {NOW_MS})")
-}
+});
 
-pub fn get_many() -> String {
+/// Keys `$1`, live now, in one snapshot.
+pub static GET_MANY: LazyLock<String> = LazyLock::new(|| {
     format!(
         "SELECT key, value, enc, version, expires_at FROM sidekv_kv WHERE key = ANY($1) AND (expires_at IS NULL OR expires_at > {NOW_MS})"
     )
-}
+});
 
 /// A list page: `$1` lower bound (inclusive), `$2` upper bound (exclusive,
 /// NULL = none), `$3` cursor (exclusive, NULL = none), `$4` limit.
@@ -81,12 +85,12 @@ pub fn list(reverse: bool, keys_only: bool) -> String {
     )
 }
 
-pub fn count() -> String {
+pub static COUNT: LazyLock<String> = LazyLock::new(|| {
     format!(
         "SELECT count(*) FROM sidekv_kv WHERE key >= $1 AND ($2::bytea IS NULL OR key < $2)
            AND (expires_at IS NULL OR expires_at > {NOW_MS})"
     )
-}
+});
 
 pub const CLOCK: &str = "SELECT counter, pruned_below FROM sidekv_clock WHERE id = 1";
 

@@ -126,6 +126,10 @@ impl Backend for SqliteBackend {
         Box::pin(self.store.count(q))
     }
 
+    fn snapshot_read(&self, queries: Vec<ListQuery>) -> StoreFuture<'_, Vec<ListPage>> {
+        Box::pin(self.store.snapshot_read(queries))
+    }
+
     fn write(&self, op: WriteOp) -> StoreFuture<'_, WriteResult> {
         Box::pin(self.store.write(op))
     }

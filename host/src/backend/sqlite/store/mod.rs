@@ -233,6 +233,18 @@ impl Store {
         self.read(move |c| reads::list(c, &q, now_ms())).await
     }
 
+    /// Several range queries in one read transaction (one snapshot).
+    pub async fn snapshot_read(&self, queries: Vec<ListQuery>) -> Result<Vec<ListPage>, StoreError> {
+        self.read(move |c| {
+            let tx = c.transaction()?;
+            let now = now_ms();
+            let pages = queries.iter().map(|q| reads::list(&tx, q, now)).collect::<Result<Vec<_>, _>>()?;
+            tx.finish()?;
+            Ok(pages)
+        })
+        .await
+    }
+
     pub async fn count(&self, q: ListQuery) -> Result<u64, StoreError> {
         self.read(move |c| reads::count(c, &q, now_ms())).await
     }

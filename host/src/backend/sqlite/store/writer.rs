@@ -278,26 +278,25 @@ fn apply_atomic(
         }
     }
     // The batch's view of each key it touches: Some(value) or None (deleted).
-    let mut overlay: HashMap<&[u8], Option<Value>> = HashMap::new();
+    let mut overlay: HashMap<Vec<u8>, Option<Value>> = HashMap::new();
     // (key, new value or None for a delete, expiry)
-    type Planned<'k> = (&'k [u8], Option<Value>, Option<i64>);
-    let mut planned: Vec<Planned<'_>> = Vec::with_capacity(mutations.len());
+    let mut planned: Vec<(Vec<u8>, Option<Value>, Option<i64>)> = Vec::with_capacity(mutations.len());
     for (i, m) in mutations.iter().enumerate() {
-        let key = m.key.as_slice();
-        let current = match overlay.get(key) {
+        let key = m.key_at(vs);
+        let current = match overlay.get(&key) {
             Some(v) => v.clone(),
-            None => current_value(tx, key, now)?,
+            None => current_value(tx, &key, now)?,
         };
         let new = sidekv_core::mutate(&m.kind, current.as_ref()).map_err(|why| {
-            ApplyError::Request(StoreError::InvalidArgument(format!("mutations[{i}]: key {:?} {why}", String::from_utf8_lossy(key))))
+            ApplyError::Request(StoreError::InvalidArgument(format!("mutations[{i}]: key {:?} {why}", String::from_utf8_lossy(&key))))
         })?;
-        overlay.insert(key, new.clone());
+        overlay.insert(key.clone(), new.clone());
         planned.push((key, new, expiry(now, m.ttl_ms)));
     }
     for (n, (key, value, exp)) in planned.into_iter().enumerate() {
         match value {
-            Some(v) => put(tx, key, &v, vs, n as u32, exp)?,
-            None => del(tx, key, vs, n as u32)?,
+            Some(v) => put(tx, &key, &v, vs, n as u32, exp)?,
+            None => del(tx, &key, vs, n as u32)?,
         }
     }
     Ok(WriteResult::Committed { versionstamp: vs, deleted: 0 })
