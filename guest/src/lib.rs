@@ -297,7 +297,7 @@ fn route(req: &Request) -> Result<Resp, Resp> {
         return root(req, &q);
     }
     if raw == "_kv" || raw.starts_with("_kv/") {
-        return kvconnect::route(req, &raw[3..]);
+        return Ok(kvconnect::route(req, &raw[3..]));
     }
     if raw.starts_with('_') {
         return match raw {

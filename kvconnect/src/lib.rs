@@ -77,9 +77,11 @@
 //! `status`).
 
 pub mod datapath;
+pub mod glue;
 pub mod key;
 pub mod limits;
 pub mod metadata;
+pub mod server;
 pub mod watch;
 
 pub use datapath::{CodecError, decode, encode};

@@ -10,19 +10,76 @@
 //! sends `Authorization: Bearer <token>`. Routes: `GET/HEAD /{key}`,
 //! `POST/PUT /{key}`, `DELETE /{key}`, `GET /?prefix=` (the prefix must lie
 //! inside the token's scope). Everything else is the host's `kv` interface.
+//!
+//! Deno KV clients connect at `/_kv` (KV Connect) with the same tokens. A
+//! prefix `kv:users/admins` scopes Deno keys: the token may use keys that
+//! start with the parts `["users", "admins"]` (string parts, `/`-separated);
+//! every key a request reads, watches, checks or writes must be in scope.
+//!
+//! ```text
+//! KVSTORE_GUEST_TOKENS='app-token=rw:users/,kv:users;report-token=r:kv:reports'
+//! ```
 
 use sha2::{Digest, Sha256};
 use std::sync::OnceLock;
 
 wit_bindgen::generate!({ path: "../../wit", world: "guest" });
 
-use exports::sidekv::store::handler::{Guest, Request, Response};
-use sidekv::store::{config, kv};
+use exports::sidekv::store::handler::{BodyStream, Guest, Request, Response};
+use sidekv::store::{config, kv, typed_kv, types};
+use sidekv_kvconnect::KeyPart;
+use sidekv_kvconnect::server::{self, Access, Answer};
+
+sidekv_kvconnect::typed_kv_store!(TypedKv);
+
+/// The decision for Deno keys: every key (or range) the request touches
+/// lies under one of the token's `kv:` prefixes (`*` covers all).
+fn authorize_kv(req: &Request, what: Access<'_>) -> Result<(), Answer> {
+    let t = token(req).map_err(|r| server::refusal(r.status, &r.body))?;
+    let all = t.prefixes.iter().any(|p| p == "*");
+    let key_ok = |k: &[u8]| all || t.kv_prefixes.iter().any(|p| k.starts_with(p));
+    let ok = match what {
+        Access::Connect => true,
+        Access::Read(ranges) => ranges.iter().all(|r| all || t.kv_prefixes.iter().any(|p| server::range_within(r, p))),
+        Access::Write(checks, mutations) => {
+            if !t.write {
+                return Err(Answer::text(403, "this token is read-only"));
+            }
+            checks.iter().all(|c| key_ok(&c.key)) && mutations.iter().all(|m| key_ok(&m.key))
+        }
+    };
+    if ok { Ok(()) } else { Err(Answer::text(403, "this token may not use these keys")) }
+}
+
+/// KV Connect (`/_kv`): the protocol code with this guest's scopes.
+fn kv_connect(req: &Request, sub: &str) -> Response {
+    let header = |name: &str| req.headers.iter().find(|(k, _)| k == name).and_then(|(_, v)| std::str::from_utf8(v).ok());
+    let http = server::HttpIn { method: &req.method, sub_path: sub, header: &header, body: &req.body };
+    let allow = |_: Option<&str>, what: Access<'_>| authorize_kv(req, what);
+    // One database id for every token: the id of this guest's scope table.
+    let id = server::uuid_from(&Sha256::digest(config::get("tokens").unwrap_or_default().as_bytes()).into());
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+    let a = server::handle(&http, "/_kv", &id, now, &TypedKv, &allow);
+    Response {
+        status: a.status,
+        headers: vec![("content-type".into(), a.content_type.as_bytes().to_vec())],
+        body: a.body,
+        stream: a.watch.map(BodyStream::KvWatch),
+    }
+}
 
 struct Token {
     hash: [u8; 32],
     write: bool,
     prefixes: Vec<String>,
+    /// `kv:` prefixes, as Deno key tuple encodings.
+    kv_prefixes: Vec<Vec<u8>>,
+}
+
+/// `users/admins` → the tuple encoding of `["users", "admins"]`.
+fn deno_prefix(p: &str) -> Vec<u8> {
+    let parts: Vec<KeyPart> = p.split('/').filter(|s| !s.is_empty()).map(|s| KeyPart::String(s.to_string())).collect();
+    sidekv_kvconnect::encode_key(&parts)
 }
 
 fn tokens() -> &'static [Token] {
@@ -34,10 +91,12 @@ fn tokens() -> &'static [Token] {
             .filter_map(|e| {
                 let (tok, scope) = e.trim().split_once('=')?;
                 let (perm, prefixes) = scope.split_once(':')?;
+                let all: Vec<String> = prefixes.split(',').map(|p| p.trim().to_string()).filter(|p| !p.is_empty()).collect();
                 Some(Token {
                     hash: Sha256::digest(tok.as_bytes()).into(),
                     write: perm == "rw",
-                    prefixes: prefixes.split(',').map(|p| p.trim().to_string()).filter(|p| !p.is_empty()).collect(),
+                    kv_prefixes: all.iter().filter_map(|p| p.strip_prefix("kv:")).map(deno_prefix).collect(),
+                    prefixes: all.into_iter().filter(|p| !p.starts_with("kv:")).collect(),
                 })
             })
             .collect()
@@ -48,10 +107,9 @@ fn reply(status: u16, body: &str) -> Response {
     Response { status, headers: vec![("content-type".into(), b"application/json".to_vec())], body: body.as_bytes().to_vec(), stream: None }
 }
 
-/// The one decision: which token (if any) is presented, and does its scope
-/// cover `key` for this kind of access. Compares against every token without
-/// stopping early, on hashes, so timing reveals nothing about the tokens.
-fn authorize(req: &Request, key: &str, write: bool) -> Result<(), Response> {
+/// Which token is presented. Compares against every token without stopping
+/// early, on hashes, so timing reveals nothing about the tokens.
+fn token(req: &Request) -> Result<&'static Token, Response> {
     let presented = req.headers.iter().find(|(k, _)| k == "authorization").map(|(_, v)| v.as_slice()).unwrap_or(&[]);
     let presented = presented.strip_prefix(b"Bearer ").unwrap_or(presented);
     let h: [u8; 32] = Sha256::digest(presented).into();
@@ -65,9 +123,13 @@ fn authorize(req: &Request, key: &str, write: bool) -> Result<(), Response> {
             found = Some(t);
         }
     }
-    let Some(t) = found.filter(|_| !presented.is_empty()) else {
-        return Err(reply(401, r#"{"error":"unknown or missing bearer token"}"#));
-    };
+    found.filter(|_| !presented.is_empty()).ok_or_else(|| reply(401, r#"{"error":"unknown or missing bearer token"}"#))
+}
+
+/// The one decision for REST: does the presented token's scope cover `key`
+/// for this kind of access.
+fn authorize(req: &Request, key: &str, write: bool) -> Result<(), Response> {
+    let t = token(req)?;
     if write && !t.write {
         return Err(reply(403, r#"{"error":"this token is read-only"}"#));
     }
@@ -95,6 +157,9 @@ export!(Component);
 impl Guest for Component {
     fn handle(req: Request) -> Response {
         let (path, query) = req.path_with_query.split_once('?').unwrap_or((&req.path_with_query, ""));
+        if let Some(sub) = path.strip_prefix("/_kv").filter(|s| s.is_empty() || s.starts_with('/')) {
+            return kv_connect(&req, sub);
+        }
         let key = path.trim_start_matches('/').to_string();
         if key.is_empty() && req.method == "GET" {
             let prefix = query.split('&').find_map(|p| p.strip_prefix("prefix=")).unwrap_or("").to_string();
