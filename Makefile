@@ -5,7 +5,7 @@ VENV := .venv
 GUEST_WASM := target/wasm/wasm32-wasip2/release/sidekv_guest.wasm
 BIN := target/release/sidekv
 
-.PHONY: run build guest examples setup setup-wasm setup-py setup-pg test lint bench soak clean
+.PHONY: run build guest examples setup setup-wasm setup-py setup-pg setup-deno test lint bench soak clean
 
 ## run: set up what is missing, build, serve on 127.0.0.1:8000 (prints a generated secret unless KVSTORE_SECRET is set)
 run: build
@@ -42,6 +42,10 @@ setup-py:
 setup-pg:
 	@scripts/setup-postgres.sh
 
+# The real KV Connect clients for tests/kvconnect.rs and bench/kvconnect.sh: deno (.venv), node + npm, npm @deno/kv.
+setup-deno:
+	@scripts/setup-deno.sh
+
 ## lint: formatting and clippy (warnings are errors) on every crate; needs no guest built
 lint:
 	@rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt
@@ -60,7 +64,7 @@ setup-container:
 PG_SUITES := --test api --test e2e --test guests --test ops --test hostile
 
 ## test: lint, unit tests, then integration tests against the real binary, a real S3 server and a real PostgreSQL
-test: lint setup setup-pg build examples examples-polyglot image
+test: lint setup setup-pg setup-deno build examples examples-polyglot image
 	$(CARGO) test --release --workspace --exclude sidekv-guest --exclude scoped-tokens-guest --exclude chaos-guest --exclude kv-only-guest -- --test-threads=4
 	SIDEKV_TEST_BACKEND=postgres $(CARGO) test --release -p sidekv $(PG_SUITES) -- --test-threads=4
 	$(CARGO) test --release -p sidekv-guest --lib
@@ -76,9 +80,10 @@ soak: setup build
 	SIDEKV_SOAK=1 $(CARGO) test --release -p sidekv --test robustness -- --nocapture
 
 ## bench: side-by-side numbers → BENCHMARKS.md
-bench: setup setup-pg build
+bench: setup setup-pg setup-deno build
 	$(CARGO) build --release -p sidekv-native-bench
 	bench/run.sh
+	bench/kvconnect.sh
 
 ## bench-restore: restore time from S3 (100k keys x 1 KiB), sidekv vs the seed's litestream → bench/restore.md
 .PHONY: bench-restore

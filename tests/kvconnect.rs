@@ -1,0 +1,343 @@
+//! Deno KV Connect with the real clients: Deno's built-in client
+//! (`Deno.openKv(url)`, the `deno` CLI in `.venv`) and npm `@deno/kv` on
+//! Node, as child processes running the scripts in tests/kvconnect/ against
+//! the real binary — on SQLite, with S3 backup and a restore, and on
+//! PostgreSQL.
+//!
+//! The clients come from `make setup-deno` (scripts/setup-deno.sh). A missing
+//! client is a failure that says so; `SIDEKV_SKIP_KVCONNECT=1` skips every
+//! test here with a printed reason instead.
+//!
+//! Each script prints one `ok N - …` line per check and `FAIL …` on the first
+//! mismatch; a failing test prints the script's whole output and the tail of
+//! the server's log.
+
+mod common;
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// How long one client script may run before it is killed (it hung).
+const SCRIPT_TIMEOUT: Duration = Duration::from_secs(240);
+
+fn skip() -> bool {
+    if std::env::var("SIDEKV_SKIP_KVCONNECT").as_deref() == Ok("1") {
+        eprintln!("skipped: SIDEKV_SKIP_KVCONNECT=1 (the real Deno/Node KV Connect clients are not run)");
+        return true;
+    }
+    false
+}
+
+fn scripts() -> PathBuf {
+    repo_root().join("tests/kvconnect")
+}
+
+fn deno_bin() -> PathBuf {
+    let p = repo_root().join(".venv/bin/deno");
+    assert!(p.is_file(), "{} is missing: run `make setup-deno` (or set SIDEKV_SKIP_KVCONNECT=1 to skip these tests)", p.display());
+    p
+}
+
+fn node_bin() -> PathBuf {
+    let ok = Command::new("node").arg("--version").output().map(|o| o.status.success()).unwrap_or(false);
+    assert!(ok, "`node` is not on PATH: run `make setup-deno` (or set SIDEKV_SKIP_KVCONNECT=1 to skip these tests)");
+    let pkg = scripts().join("node/node_modules/@deno/kv/package.json");
+    assert!(pkg.is_file(), "{} is missing: run `make setup-deno` (or set SIDEKV_SKIP_KVCONNECT=1 to skip these tests)", pkg.display());
+    PathBuf::from("node")
+}
+
+/// A clean environment for a client: no proxies or tokens inherited.
+fn clean(cmd: &mut Command) {
+    cmd.env_clear();
+    for k in ["PATH", "HOME", "TMPDIR", "LANG"] {
+        if let Ok(v) = std::env::var(k) {
+            cmd.env(k, v);
+        }
+    }
+    cmd.env("NO_COLOR", "1");
+}
+
+/// `deno run` of a script in tests/kvconnect/ with `DENO_KV_ACCESS_TOKEN = token` (unset if None).
+fn deno(script: &str, args: &[&str], token: Option<&str>) -> Command {
+    let mut cmd = Command::new(deno_bin());
+    clean(&mut cmd);
+    cmd.env("DENO_NO_UPDATE_CHECK", "1").env("DENO_DIR", repo_root().join(".venv/deno-dir"));
+    if let Some(t) = token {
+        cmd.env("DENO_KV_ACCESS_TOKEN", t);
+    }
+    cmd.args(["run", "--quiet", "--no-prompt", "--unstable-kv", "--allow-net", "--allow-env", "--allow-read"]);
+    cmd.arg(scripts().join(script)).args(args);
+    cmd
+}
+
+/// `node` on a script in tests/kvconnect/ with `KVCONNECT_TOKEN = token` (openKv's accessToken).
+fn node(script: &str, args: &[&str], token: &str) -> Command {
+    let mut cmd = Command::new(node_bin());
+    clean(&mut cmd);
+    cmd.env("KVCONNECT_TOKEN", token);
+    cmd.arg(scripts().join(script)).args(args);
+    cmd
+}
+
+struct Ran {
+    what: String,
+    code: Option<i32>,
+    stdout: String,
+    stderr: String,
+    took: Duration,
+}
+
+impl Ran {
+    fn ok(&self) -> bool {
+        self.code == Some(0)
+    }
+    fn report(&self) -> String {
+        format!(
+            "{} exited with {:?} after {:.1?}\n--- stdout\n{}\n--- stderr\n{}",
+            self.what,
+            self.code,
+            self.took,
+            self.stdout.trim_end(),
+            self.stderr.trim_end()
+        )
+    }
+}
+
+/// Run a client to completion (killed after SCRIPT_TIMEOUT), off the async runtime.
+fn run(mut cmd: Command, what: &str) -> Ran {
+    tokio::task::block_in_place(|| {
+        let t0 = Instant::now();
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {what}: {e} (run `make setup-deno`)"));
+        let mut out = child.stdout.take().unwrap();
+        let mut err = child.stderr.take().unwrap();
+        let o = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = out.read_to_string(&mut s);
+            s
+        });
+        let e = std::thread::spawn(move || {
+            let mut s = String::new();
+            let _ = err.read_to_string(&mut s);
+            s
+        });
+        let code = loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                break st.code();
+            }
+            if t0.elapsed() > SCRIPT_TIMEOUT {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let mut stderr = e.join().unwrap();
+        if code.is_none() && t0.elapsed() > SCRIPT_TIMEOUT {
+            stderr.push_str(&format!("\n(killed: still running after {SCRIPT_TIMEOUT:?})"));
+        }
+        Ran { what: what.to_string(), code, stdout: o.join().unwrap(), stderr, took: t0.elapsed() }
+    })
+}
+
+/// Panic with the client's output and the server's log unless it exited 0.
+fn must_pass(r: &Ran, s: &Server) {
+    assert!(r.ok(), "{}\n--- server log (tail)\n{}", r.report(), tail(&s.log(), 80));
+    eprintln!("{}", r.report());
+}
+
+fn kv_url(s: &Server) -> String {
+    format!("{}/_kv", s.url)
+}
+
+/// REST: how many live keys the server holds.
+async fn count_all(c: &Client) -> u64 {
+    let r = c.req(reqwest::Method::GET, "/?prefix=&count=true").send().await.unwrap();
+    assert_eq!(r.status(), 200, "GET /?prefix=&count=true");
+    let v: serde_json::Value = r.json().await.unwrap();
+    v["count"].as_u64().unwrap_or_else(|| panic!("no count in {v}"))
+}
+
+/// The Deno conformance script against `s`.
+fn deno_conformance(s: &Server) {
+    let r = run(deno("deno_client.ts", &[&kv_url(s)], Some(SECRET)), "deno deno_client.ts");
+    must_pass(&r, s);
+    assert!(r.stdout.lines().filter(|l| l.starts_with("ok ")).count() >= 30, "{}", r.report());
+}
+
+/// REST `POST /_atomic` with one `sum`.
+async fn rest_sum(c: &Client, key: &str, n: u64) {
+    let body = serde_json::json!({ "mutations": [{ "type": "sum", "key": key, "value": n.to_string() }] }).to_string();
+    let resp = c.req(reqwest::Method::POST, "/_atomic").body(body).send().await.unwrap();
+    assert_eq!(resp.status(), 200, "REST sum {n} on {key:?}: {}", resp.text().await.unwrap());
+}
+
+/// A counter shared by the REST API and the Deno client: REST `sum` and
+/// KV Connect `sum` on one key agree, and REST `GET` shows the KvU64 as
+/// decimal text. The Deno key ["shared-counter"] is the REST key made of its
+/// tuple encoding: "\u{2}shared-counter\u{0}" (README: one store, two APIs).
+async fn rest_and_deno_counter(s: &Server) {
+    let c = s.client();
+    let rest_key = "\u{2}shared-counter\u{0}";
+    let rest_get = async || {
+        let r = c.req(reqwest::Method::GET, "/%02shared-counter%00").send().await.unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    };
+    rest_sum(&c, rest_key, 5).await;
+    assert_eq!(rest_get().await, (200, "5".to_string()), "REST GET after a REST sum of 5");
+    let r = run(deno("deno_counter.ts", &[&kv_url(s), "shared-counter", "5", "10"], Some(SECRET)), "deno deno_counter.ts");
+    must_pass(&r, s);
+    assert_eq!(rest_get().await, (200, "15".to_string()), "REST GET after REST sum 5 + Deno sum 10");
+    rest_sum(&c, rest_key, 1).await;
+    let r = run(deno("deno_counter.ts", &[&kv_url(s), "shared-counter", "16", "0"], Some(SECRET)), "deno deno_counter.ts");
+    must_pass(&r, s);
+}
+
+// ------------------------------------------------------------------ a ----
+
+/// Deno's own client: values of every type, list/paging, delete, atomic
+/// checks, sum/min/max, expireIn, versionstamps, watch, every key part type
+/// — and a counter shared with the REST API.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deno_client_passes() {
+    if skip() {
+        return;
+    }
+    deno_bin();
+    let s = start_temp(Opts::default());
+    deno_conformance(&s);
+}
+
+/// One counter, two APIs: REST `sum`, Deno `sum`, REST `GET` as text.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rest_and_deno_share_a_counter() {
+    if skip() {
+        return;
+    }
+    deno_bin();
+    let s = start_temp(Opts::default());
+    rest_and_deno_counter(&s).await;
+}
+
+// ------------------------------------------------------------------ b ----
+
+/// npm `@deno/kv` on Node (HTTP/1.1): the same checks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_client_passes() {
+    if skip() {
+        return;
+    }
+    node_bin();
+    let s = start_temp(Opts::default());
+    let r = run(node("node_client.mjs", &[&kv_url(&s)], SECRET), "node node_client.mjs");
+    must_pass(&r, &s);
+    assert!(r.stdout.lines().filter(|l| l.starts_with("ok ")).count() >= 30, "{}", r.report());
+}
+
+// ------------------------------------------------------------------ c ----
+
+/// With S3 backup on: a Deno client writes, the server stops, the disk is
+/// lost, the relaunched server restores from S3, and a Deno client reads
+/// every key back with its type and versionstamp.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deno_writes_survive_a_restore_from_s3() {
+    if skip() {
+        return;
+    }
+    deno_bin();
+    let s3 = tokio::task::block_in_place(S3::start);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().subsec_nanos();
+    let bucket = format!("kvconnect-{}-{nanos}", std::process::id());
+    s3.create_bucket(&bucket).await;
+    let dir = tempdir();
+    let db = dir.path().join("db.sqlite3");
+    let opts = s3.env(Opts::default(), &bucket, "kvconnect/data").env("NO_COLOR", "1");
+    let mut s = tokio::task::block_in_place(|| Server::start_at(&db, opts.clone()));
+
+    let n = "300";
+    let w = run(deno("deno_write.ts", &[&kv_url(&s), n], Some(SECRET)), "deno deno_write.ts");
+    must_pass(&w, &s);
+    let stamps = dir.path().join("stamps.txt");
+    std::fs::write(&stamps, &w.stdout).unwrap();
+    let c = s.client();
+    assert_eq!(count_all(&c).await, 301, "REST count after the Deno writes");
+
+    terminate(&mut s);
+    wipe(&db);
+    let s2 = tokio::task::block_in_place(|| Server::start_at(&db, opts));
+    assert!(s2.log().contains("restore complete"), "the relaunch did not restore:\n{}", tail(&s2.log(), 60));
+    let r = run(deno("deno_read.ts", &[&kv_url(&s2), n, stamps.to_str().unwrap()], Some(SECRET)), "deno deno_read.ts");
+    must_pass(&r, &s2);
+}
+
+// ------------------------------------------------------------------ d ----
+
+/// A wrong, empty or missing token: the server answers the metadata
+/// exchange 401, each client fails with its own error, nothing is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_or_missing_token_is_refused_and_writes_nothing() {
+    if skip() {
+        return;
+    }
+    deno_bin();
+    let s = start_temp(Opts::default());
+    let c = s.client();
+
+    // The exchange itself, as the clients send it.
+    let meta = serde_json::json!({ "supportedVersions": [1, 2, 3] }).to_string();
+    for (auth, what) in [(Some("Bearer wrong-token"), "wrong token"), (Some("Bearer "), "an empty token"), (None, "no Authorization")] {
+        let mut req = c.http.post(c.url("/_kv")).header("content-type", "application/json").body(meta.clone());
+        if let Some(a) = auth {
+            req = req.header("authorization", a);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        assert_eq!(status, 401, "POST /_kv with {what}: {status} {}", resp.text().await.unwrap());
+    }
+    let good = c
+        .http
+        .post(c.url("/_kv"))
+        .header("authorization", format!("Bearer {SECRET}"))
+        .header("content-type", "application/json")
+        .body(meta)
+        .send()
+        .await
+        .unwrap();
+    let status = good.status().as_u16();
+    let body = good.text().await.unwrap();
+    assert_eq!(status, 200, "POST /_kv with the right token: {body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("metadata is not JSON ({e}): {body}"));
+    assert!(v["version"].is_number() && v["endpoints"].is_array() && v["token"].is_string(), "metadata: {v}");
+
+    for (token, what) in [(Some("wrong-token"), "wrong"), (Some(""), "empty"), (None, "missing")] {
+        let r = run(deno("deno_denied.ts", &[&kv_url(&s)], token), &format!("deno deno_denied.ts ({what} token)"));
+        must_pass(&r, &s);
+    }
+    node_bin();
+    let r = run(node("node_denied.mjs", &[&kv_url(&s)], "wrong-token"), "node node_denied.mjs");
+    must_pass(&r, &s);
+    assert_eq!(count_all(&c).await, 0, "a refused client wrote something");
+}
+
+// ------------------------------------------------------------------ e ----
+
+/// The shared counter and the Deno script against a server on PostgreSQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deno_client_passes_on_postgres() {
+    if skip() {
+        return;
+    }
+    deno_bin();
+    let url = tokio::task::block_in_place(fresh_database);
+    let s = tokio::task::block_in_place(|| start_on(&url, Opts::default()));
+    rest_and_deno_counter(&s).await;
+    deno_conformance(&s);
+}
