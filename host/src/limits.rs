@@ -134,6 +134,9 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// Default connections one sidecar keeps to PostgreSQL (`KVSTORE_PG_POOL_SIZE`):
 /// the writer's, the tailer's and the readers'.
 pub const DEFAULT_PG_POOL_SIZE: usize = 16;
+/// Shared connections that carry every sidecar's point reads, pipelined
+/// (`backend::postgres::pipeline`); the pool serves everything else.
+pub const PG_PIPELINED_CONNECTIONS: usize = 4;
 /// Connecting (TCP + TLS + authentication) gives up after this.
 pub const PG_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How often each sidecar polls the commit clock, so watches and SSE see

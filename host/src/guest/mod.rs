@@ -425,9 +425,15 @@ fn load(engine: &Engine, linker: &Linker<HostState>, source: &GuestSource, cache
     let started = Instant::now();
     let (component, cached) = cache::compile(engine, &bytes, cache_dir)
         .map_err(|e| GuestError::Load { guest: name.clone(), msg: format!("compiling: {e:#}") })?;
-    let pre = linker.instantiate_pre(&component).map_err(|e| GuestError::Load {
-        guest: name.clone(),
-        msg: format!("linking (does it target the sidekv:store/guest world?): {e:#}"),
+    let pre = linker.instantiate_pre(&component).map_err(|e| {
+        let msg = format!("{e:#}");
+        // The version is part of every imported name: say so plainly.
+        let hint = if msg.contains("sidekv:store/") && msg.contains("@0.1.") {
+            "it was built against sidekv:store 0.1; rebuild it against wit/sidekv.wit (0.2.0)"
+        } else {
+            "does it target the sidekv:store/guest world?"
+        };
+        GuestError::Load { guest: name.clone(), msg: format!("linking ({hint}): {msg}") }
     })?;
     let pre = GuestPre::new(pre)
         .map_err(|e| GuestError::Load { guest: name.clone(), msg: format!("it does not export sidekv:store/handler: {e:#}") })?;

@@ -64,7 +64,7 @@ pub fn pg_config(url: &str, env: impl Fn(&str) -> Option<String>) -> Result<toki
     Ok(c)
 }
 
-fn tls() -> Result<tokio_postgres_rustls::MakeRustlsConnect, ConnectError> {
+pub fn tls() -> Result<tokio_postgres_rustls::MakeRustlsConnect, ConnectError> {
     let mut roots = rustls::RootCertStore::empty();
     let found = rustls_native_certs::load_native_certs();
     for cert in found.certs {

@@ -24,6 +24,7 @@
 //! `BACKUP`): `KVSTORE_S3_URL` is refused with this backend.
 
 mod connect;
+mod pipeline;
 mod plan;
 mod sql;
 mod sweep;
@@ -57,6 +58,8 @@ pub enum PgOpenError {
 
 struct Shared {
     pool: Pool,
+    /// Point reads, pipelined over a few shared connections.
+    reads: pipeline::Pipelined,
     committed: watch::Sender<u64>,
     /// `Some(why)` while the database cannot be reached.
     down: Mutex<Option<String>>,
@@ -146,6 +149,7 @@ impl PgBackend {
     /// and start the writer, the tailer and the sweeper.
     pub async fn open(url: &str, pool_size: usize) -> Result<PgBackend, PgOpenError> {
         let config = connect::pg_config(url, |k| std::env::var(k).ok())?;
+        let reads = pipeline::Pipelined::new(config.clone(), connect::tls()?, limits::PG_PIPELINED_CONNECTIONS);
         let pool = connect::pool(config, pool_size)?;
         let mut backoff = Duration::from_millis(100);
         let counter = loop {
@@ -159,7 +163,7 @@ impl PgBackend {
                 Err(MigrateError::Failed(why)) => return Err(PgOpenError::Migrate(why)),
             }
         };
-        let shared = Arc::new(Shared { pool: pool.clone(), committed: watch::channel(counter).0, down: Mutex::new(None) });
+        let shared = Arc::new(Shared { pool: pool.clone(), reads, committed: watch::channel(counter).0, down: Mutex::new(None) });
         let (tx, rx) = mpsc::channel(limits::WRITE_QUEUE_DEPTH);
         let me = format!("{:016x}", rand::random::<u64>());
         let tasks = vec![
@@ -346,11 +350,7 @@ impl Backend for PgBackend {
     }
 
     fn get(&self, key: Key) -> StoreFuture<'_, Option<Entry>> {
-        Box::pin(async move {
-            let client = self.client().await?;
-            let stmt = client.prepare_cached(&sql::GET).await.map_err(sql_err)?;
-            client.query_opt(&stmt, &[&key]).await.map_err(sql_err)?.as_ref().map(entry).transpose()
-        })
+        Box::pin(async move { self.shared.reads.get(&key).await?.as_ref().map(entry).transpose() })
     }
 
     fn get_many(&self, keys: Vec<Key>) -> StoreFuture<'_, Vec<Option<Entry>>> {
