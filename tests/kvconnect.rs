@@ -204,8 +204,7 @@ async fn rest_and_deno_counter(s: &Server) {
 // ------------------------------------------------------------------ a ----
 
 /// Deno's own client: values of every type, list/paging, delete, atomic
-/// checks, sum/min/max, expireIn, versionstamps, watch, every key part type
-/// — and a counter shared with the REST API.
+/// checks, sum/min/max, expireIn, versionstamps, watch, every key part type.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deno_client_passes() {
     if skip() {
