@@ -83,6 +83,7 @@ soak: setup build
 bench: setup setup-pg setup-deno build
 	$(CARGO) build --release -p sidekv-native-bench
 	bench/run.sh
+	bench/pg.sh
 	bench/kvconnect.sh
 
 ## bench-restore: restore time from S3 (100k keys x 1 KiB), sidekv vs the seed's litestream → bench/restore.md

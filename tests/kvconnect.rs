@@ -340,3 +340,19 @@ async fn deno_client_passes_on_postgres() {
     rest_and_deno_counter(&s).await;
     deno_conformance(&s);
 }
+
+/// The scoped-tokens example guest scopes Deno keys too (`kv:` prefixes):
+/// in-scope reads and writes work, anything outside is refused (the
+/// client's own error), and a refused batch writes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scoped_tokens_scope_deno_keys() {
+    if skip() {
+        return;
+    }
+    let s = start_temp(
+        Opts::default()
+            .env("KVSTORE_GUEST", guest_wasm("scoped_tokens_guest.wasm").to_str().unwrap())
+            .env("KVSTORE_GUEST_TOKENS", "deno-users-token=rw:kv:users"),
+    );
+    must_pass(&run(deno("deno_scoped.ts", &[&kv_url(&s)], Some("deno-users-token")), "deno_scoped.ts"), &s);
+}

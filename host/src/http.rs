@@ -41,7 +41,7 @@ use tokio::net::TcpListener;
 use crate::App;
 use crate::backend::{ChangePos, StoreError};
 use crate::body::{self, BodyError};
-use crate::conns::{Conn, ConnTable, RequestGuard, WriteDeadline};
+use crate::conns::{Conn, ConnTable, QuickAck, RequestGuard, WriteDeadline};
 use crate::guest::{BodyStream, GuestError, Request as GuestRequest, Response as GuestResponse};
 use crate::limits;
 use crate::metrics::METRICS;
@@ -207,7 +207,7 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
         };
         let _ = stream.set_nodelay(true);
         let slot = Arc::new(slot);
-        let io = TokioIo::new(WriteDeadline::new(stream, app.config.write_timeout));
+        let io = TokioIo::new(WriteDeadline::new(QuickAck::new(stream), app.config.write_timeout));
         let conn = connection_builder().serve_connection(io, service(app.clone(), slot.clone()));
         tokio::spawn(run_connection(graceful.watch(conn), slot));
     }

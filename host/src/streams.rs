@@ -159,8 +159,9 @@ pub fn kv_connect_entry(e: Entry) -> sidekv_kvconnect::datapath::KvEntry {
     KvEntry::new(e.key, value, e.versionstamp.to_bytes())
 }
 
-/// KV Connect v3 watch: a frame with every key at once, then a frame each
-/// time one of them changes (or expires), and an empty frame every 5 s.
+/// KV Connect v3 watch: a frame with every key at once, then another each
+/// time one of them changes (or expires), every key in it again, and an
+/// empty frame every 5 s.
 /// Deno clients re-watch when the stream ends, so errors just end it.
 pub async fn kv_watch(store: Kv, keys: Vec<Vec<u8>>, tx: Tx) {
     use sidekv_kvconnect::datapath::{WatchKeyOutput, WatchOutput};
@@ -173,14 +174,9 @@ pub async fn kv_watch(store: Kv, keys: Vec<Vec<u8>>, tx: Tx) {
         let now: Vec<Option<Versionstamp>> = current.iter().map(|e| e.as_ref().map(|e| e.versionstamp)).collect();
         let expiry = current.iter().flatten().filter_map(|e| e.expires_at).min();
         if seen.as_ref() != Some(&now) {
-            let outputs = current
-                .into_iter()
-                .enumerate()
-                .map(|(i, e)| match &seen {
-                    Some(before) if before[i] == now[i] => WatchKeyOutput::unchanged(),
-                    _ => WatchKeyOutput::changed(e.map(kv_connect_entry)),
-                })
-                .collect();
+            // Every key in every frame, as changed with its current entry:
+            // Deno's client reads an unchanged marker as "deleted".
+            let outputs = current.into_iter().map(|e| WatchKeyOutput::changed(e.map(kv_connect_entry))).collect();
             if tx.send(frame(sidekv_kvconnect::watch::encode_frame(&WatchOutput::success(outputs)))).await.is_err() {
                 return;
             }

@@ -127,6 +127,10 @@ pub trait Store {
     fn atomic(&self, checks: &[CheckReq], mutations: &[MutationReq]) -> Result<AtomicResult, Failure>;
 }
 
+/// The guest's access rule: the `Authorization` header and what the request
+/// does; `Err` is the answer (401/403).
+pub type Authorize<'a> = dyn Fn(Option<&str>, Access<'_>) -> Result<(), Answer> + 'a;
+
 /// What a request wants to do; the guest decides (its `authorize`).
 pub enum Access<'a> {
     /// The metadata exchange: may this token use the database at all?
@@ -141,14 +145,7 @@ pub enum Access<'a> {
 /// `Authorization` header's value and what the request does; its `Err` is
 /// the answer (401/403). `database_id` is a lowercase UUID; `now_ms` the
 /// wall clock.
-pub fn handle(
-    req: &HttpIn<'_, '_>,
-    base: &str,
-    database_id: &str,
-    now_ms: u64,
-    store: &dyn Store,
-    authorize: &dyn Fn(Option<&str>, Access<'_>) -> Result<(), Answer>,
-) -> Answer {
+pub fn handle(req: &HttpIn<'_, '_>, base: &str, database_id: &str, now_ms: u64, store: &dyn Store, authorize: &Authorize<'_>) -> Answer {
     if req.method != "POST" {
         return Answer::text(405, format!("KV Connect endpoints take POST, not {}", req.method));
     }
@@ -171,7 +168,7 @@ fn metadata(
     base: &str,
     database_id: &str,
     now_ms: u64,
-    authorize: &dyn Fn(Option<&str>, Access<'_>) -> Result<(), Answer>,
+    authorize: &Authorize<'_>,
 ) -> Result<Answer, Answer> {
     authorize(auth, Access::Connect)?;
     let ask = md::parse_metadata_request(req.body).map_err(|e| Answer::text(e.http_status(), e.to_string()))?;
@@ -203,7 +200,7 @@ fn snapshot_read(
     auth: Option<&str>,
     database_id: &str,
     store: &dyn Store,
-    authorize: &dyn Fn(Option<&str>, Access<'_>) -> Result<(), Answer>,
+    authorize: &Authorize<'_>,
 ) -> Result<Answer, Answer> {
     datapath(req, database_id)?;
     let read = dp::decode_snapshot_read(req.body).map_err(|e| Answer::text(400, e.to_string()))?;
@@ -253,7 +250,7 @@ fn atomic_write(
     database_id: &str,
     now_ms: u64,
     store: &dyn Store,
-    authorize: &dyn Fn(Option<&str>, Access<'_>) -> Result<(), Answer>,
+    authorize: &Authorize<'_>,
 ) -> Result<Answer, Answer> {
     datapath(req, database_id)?;
     let write = dp::decode_atomic_write(req.body).map_err(|e| Answer::text(400, e.to_string()))?;
@@ -278,12 +275,7 @@ fn atomic_write(
     Ok(Answer::protobuf(dp::encode(&out)))
 }
 
-fn watch(
-    req: &HttpIn<'_, '_>,
-    auth: Option<&str>,
-    database_id: &str,
-    authorize: &dyn Fn(Option<&str>, Access<'_>) -> Result<(), Answer>,
-) -> Result<Answer, Answer> {
+fn watch(req: &HttpIn<'_, '_>, auth: Option<&str>, database_id: &str, authorize: &Authorize<'_>) -> Result<Answer, Answer> {
     if !datapath(req, database_id)?.supports_watch() {
         return Err(Answer::text(400, "watch needs KV Connect version 3"));
     }
