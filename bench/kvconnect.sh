@@ -153,8 +153,9 @@ cell = lambda t, m, f: statistics.median(r[f] for r in rows if r["target"] == t 
 for f, label, fmt in [("server_cpu_s", "server CPU s", "{:.1f}"), ("machine_busy_s", f"whole-machine busy CPU s (of {os.cpu_count() * int(secs)})", "{:.1f}"),
                       ("p50_ms", "p50 ms", "{:.1f}"), ("p90_ms", "p90 ms", "{:.1f}"), ("over_30ms_pct", "ops ≥ 30 ms, %", "{:.1f}")]:
     print(f"| {label} | " + " | ".join(fmt.format(cell(t, m, f)) for t in ["sidekv", "denokv"] for m in ["get", "set", "atomic"]) + " |")
-print("\nA Deno client alone, one request at a time, waits ~44 ms per request on either server (TCP delayed ACK against the "
-      "client's small writes); under load, the share of operations hitting that stall (`ops ≥ 30 ms`) drives the p99.")
+print("\nDeno's client writes a request's HTTP/2 HEADERS and DATA separately, so a server that delays its ACKs stalls it ~40 ms "
+      "per request (Nagle on the client side); sidekv re-arms TCP_QUICKACK on HTTP/2 connections, so this does not happen to it. "
+      "`ops ≥ 30 ms` counts operations that still hit such a stall.")
 if errs:
     print("\nErrors: " + "; ".join(f"{r['target']} {r['mode']} round {r['round']}: {r['errors']} ({r.get('first_error')})" for r in errs))
 print("\nRaw per-run results: `bench/out/kvconnect/results.jsonl`.")
