@@ -329,20 +329,8 @@ pub fn uuid_from(seed: &[u8; 32]) -> String {
 
 /// Whether every key of `range` starts with `prefix` (for prefix-scoped access).
 pub fn range_within(range: &Range, prefix: &[u8]) -> bool {
-    let upper = prefix_upper(prefix);
+    let upper = sidekv_core::validate::prefix_upper_bound(prefix);
     range.start.as_slice() >= prefix && upper.as_deref().is_none_or(|u| range.end.as_slice() <= u)
-}
-
-/// The smallest byte string above every string starting with `prefix`.
-fn prefix_upper(prefix: &[u8]) -> Option<Vec<u8>> {
-    let mut p = prefix.to_vec();
-    while let Some(last) = p.pop() {
-        if last < 0xff {
-            p.push(last + 1);
-            return Some(p);
-        }
-    }
-    None
 }
 
 #[cfg(test)]

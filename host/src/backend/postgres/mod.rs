@@ -181,13 +181,7 @@ impl PgBackend {
     async fn read_changes(&self, prefix: Key, after: ChangePos, limit: u32) -> Result<Vec<Change>, StoreError> {
         let mut client = self.client().await?;
         // One snapshot for the history bound and the rows.
-        let tx = client
-            .build_transaction()
-            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .await
-            .map_err(sql_err)?;
+        let tx = snapshot(&mut client).await?;
         let clock = tx.query_one(sql::CLOCK, &[]).await.map_err(sql_err)?;
         let pruned_below = clock.get::<_, i64>(1) as u64;
         if after.vs.counter + 1 < pruned_below {
@@ -236,6 +230,18 @@ pub async fn check(url: &str) -> Result<String, String> {
         Err(e) => return Err(describe(&e)),
     };
     Ok(format!("reachable, PostgreSQL {version}, sidekv schema version {schema} (this sidekv: {})", sql::MIGRATIONS.len()))
+}
+
+/// A read-only transaction on one snapshot (repeatable read): several
+/// statements that see the same commits.
+async fn snapshot(client: &mut deadpool_postgres::Object) -> Result<deadpool_postgres::Transaction<'_>, StoreError> {
+    client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await
+        .map_err(sql_err)
 }
 
 /// One list page, on a connection or inside a transaction.
@@ -389,13 +395,7 @@ impl Backend for PgBackend {
     fn snapshot_read(&self, queries: Vec<ListQuery>) -> StoreFuture<'_, Vec<ListPage>> {
         Box::pin(async move {
             let mut client = self.client().await?;
-            let tx = client
-                .build_transaction()
-                .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-                .read_only(true)
-                .start()
-                .await
-                .map_err(sql_err)?;
+            let tx = snapshot(&mut client).await?;
             let mut pages = Vec::with_capacity(queries.len());
             for q in &queries {
                 pages.push(list_page(&tx, q).await?);
