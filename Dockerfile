@@ -15,6 +15,7 @@ COPY Cargo.toml Cargo.lock Makefile ./
 COPY scripts ./scripts
 COPY wit ./wit
 COPY core ./core
+COPY kvconnect ./kvconnect
 COPY host ./host
 COPY guest ./guest
 COPY examples ./examples

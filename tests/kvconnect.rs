@@ -356,3 +356,29 @@ async fn scoped_tokens_scope_deno_keys() {
     );
     must_pass(&run(deno("deno_scoped.ts", &[&kv_url(&s)], Some("deno-users-token")), "deno_scoped.ts"), &s);
 }
+
+/// `s3` durability with S3 stalled: a KV Connect write that committed
+/// locally but was not acknowledged reaches Deno's client as a final error
+/// naming the unknown outcome. Before: a 503, which the client retries
+/// forever (and a retried `sum` would count twice once S3 answered).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unacknowledged_write_is_a_final_error_for_deno() {
+    if skip() {
+        return;
+    }
+    if std::env::var_os("SIDEKV_TEST_S3_ENDPOINT").is_some() {
+        eprintln!("skipped: an external S3 endpoint cannot be paused");
+        return;
+    }
+    let s3 = tokio::task::block_in_place(S3::start);
+    let bucket = format!("kvconnect-unknown-{}", std::process::id());
+    s3.create_bucket(&bucket).await;
+    let dir = tempdir();
+    let opts = s3.env(Opts::default(), &bucket, "kv").env("KVSTORE_DURABILITY", "s3");
+    let s = tokio::task::block_in_place(|| Server::start_at(&dir.path().join("db.sqlite3"), opts));
+    s.client().set("warm", "1").await;
+    s3.pause();
+    let r = run(deno("deno_unknown.ts", &[&kv_url(&s)], Some(SECRET)), "deno deno_unknown.ts");
+    s3.resume();
+    must_pass(&r, &s);
+}

@@ -62,7 +62,7 @@ def _kv_error(e: Err) -> Response:
         return _reply(400, {"error": err.value})
     if isinstance(err, types.KvError_ValueTooLarge):
         return _reply(413, {"error": f"value over {err.value} bytes"})
-    if isinstance(err, types.KvError_Unavailable):
+    if isinstance(err, (types.KvError_Unavailable, types.KvError_OutcomeUnknown)):
         return _reply(503, {"error": err.value})
     if isinstance(err, types.KvError_StorageFull):
         return _reply(507, {"error": "the disk holding the database is full; nothing was written"})

@@ -67,7 +67,7 @@ fn kv_error(e: KvError) -> Resp {
         KvError::InvalidKey(m) => error(400, format!("invalid key: {m}")),
         KvError::ValueTooLarge(limit) => error(413, format!("the value is over the {limit}-byte limit")),
         KvError::InvalidArgument(m) => error(400, m),
-        KvError::Unavailable(m) => error(503, m),
+        KvError::Unavailable(m) | KvError::OutcomeUnknown(m) => error(503, m),
         KvError::StorageFull => error(507, "the disk holding the database is full; nothing was written"),
         KvError::Internal(m) => error(500, m),
     }
@@ -635,7 +635,7 @@ fn import(req: &Request) -> Result<Resp, Resp> {
     let describe = |e: KvError| match e {
         KvError::InvalidKey(m) => format!("invalid key: {m}"),
         KvError::ValueTooLarge(l) => format!("the value is over the {l}-byte limit"),
-        KvError::InvalidArgument(m) | KvError::Unavailable(m) | KvError::Internal(m) => m,
+        KvError::InvalidArgument(m) | KvError::Unavailable(m) | KvError::OutcomeUnknown(m) | KvError::Internal(m) => m,
         KvError::StorageFull => "the disk is full".into(),
     };
     let flush = |batch: &mut Vec<(usize, kv::Mutation)>, imported: &mut u64, errors: &mut Vec<Value>| -> Result<(), Resp> {

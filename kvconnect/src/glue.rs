@@ -21,6 +21,8 @@ macro_rules! typed_kv_store {
                     types::KvError::ValueTooLarge(limit) => Failure::Permanent(413, format!("a value is over the {limit}-byte limit")),
                     types::KvError::InvalidArgument(m) => Failure::Permanent(400, m),
                     types::KvError::Unavailable(m) => Failure::Retry(m),
+                    // Final: a client that retried could apply it twice (a sum).
+                    types::KvError::OutcomeUnknown(m) => Failure::Permanent(409, format!("the write's outcome is unknown: {m}")),
                     types::KvError::StorageFull => Failure::Retry("the disk holding the database is full; nothing was written".into()),
                     types::KvError::Internal(m) => Failure::Internal(m),
                 }

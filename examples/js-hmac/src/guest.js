@@ -196,6 +196,7 @@ function kvError(e) {
     case 'value-too-large':
       return reply(413, { error: `value over ${err.val} bytes` });
     case 'unavailable':
+    case 'outcome-unknown':
       return reply(503, { error: err.val });
     case 'storage-full':
       return reply(507, { error: 'the disk holding the database is full; nothing was written' });

@@ -144,7 +144,7 @@ fn err(e: sidekv::store::types::KvError) -> Response {
     let (s, m) = match e {
         InvalidKey(m) | InvalidArgument(m) => (400, m),
         ValueTooLarge(l) => (413, format!("value over {l} bytes")),
-        Unavailable(m) => (503, m),
+        Unavailable(m) | OutcomeUnknown(m) => (503, m),
         StorageFull => (507, "disk full".to_string()),
         Internal(m) => (500, m),
     };

@@ -20,7 +20,8 @@ pub fn kv_error(e: StoreError) -> KvError {
         StoreError::InvalidKey(m) => KvError::InvalidKey(m),
         StoreError::ValueTooLarge { limit, .. } => KvError::ValueTooLarge(limit as u64),
         StoreError::InvalidArgument(m) | StoreError::HistoryGone(m) => KvError::InvalidArgument(m),
-        StoreError::Unavailable(m) | StoreError::OutcomeUnknown(m) => KvError::Unavailable(m),
+        StoreError::Unavailable(m) => KvError::Unavailable(m),
+        StoreError::OutcomeUnknown(m) => KvError::OutcomeUnknown(m),
         StoreError::StorageFull => KvError::StorageFull,
         e @ StoreError::Internal(_) => KvError::Internal(e.to_string()),
     }

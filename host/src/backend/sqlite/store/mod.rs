@@ -314,7 +314,7 @@ impl Store {
     async fn wait_shipped(&self, vs: Versionstamp) -> Result<(), StoreError> {
         let mut rx = self.inner.shipped.subscribe();
         let unacked = |why: String| {
-            StoreError::Unavailable(format!(
+            StoreError::OutcomeUnknown(format!(
                 "committed locally as versionstamp {vs} but not acknowledged: {why}; it ships to S3 when S3 answers, unless this disk is lost first"
             ))
         };
