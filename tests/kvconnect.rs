@@ -382,3 +382,21 @@ async fn an_unacknowledged_write_is_a_final_error_for_deno() {
     s3.resume();
     must_pass(&r, &s);
 }
+
+/// REST `/_export` → `/_import` into another server keeps Deno data
+/// exactly: keys with number and byte parts (not UTF-8), V8 values, bytes
+/// and `Deno.KvU64` counters (which still count afterwards).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_and_import_keep_deno_keys_and_value_types() {
+    if skip() {
+        return;
+    }
+    let a = start_temp(Opts::default());
+    must_pass(&run(deno("deno_typed_roundtrip.ts", &["write", &kv_url(&a)], Some(SECRET)), "deno_typed_roundtrip.ts write"), &a);
+    let dump = a.client().req(reqwest::Method::GET, "/_export?prefix=").send().await.unwrap().text().await.unwrap();
+    assert!(dump.contains("\"key_b64\"") && dump.contains("\"encoding\":\"v8\"") && dump.contains("\"encoding\":\"le64\""), "{dump}");
+    let b = start_temp(Opts::default());
+    let r = b.client().req(reqwest::Method::POST, "/_import").body(dump).send().await.unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    must_pass(&run(deno("deno_typed_roundtrip.ts", &["check", &kv_url(&b)], Some(SECRET)), "deno_typed_roundtrip.ts check"), &b);
+}

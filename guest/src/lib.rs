@@ -33,7 +33,8 @@ use sha2::{Digest, Sha256};
 wit_bindgen::generate!({ path: "../wit", world: "guest" });
 
 use exports::sidekv::store::handler::{BodyStream, Guest, Request, Response};
-use sidekv::store::types::KvError;
+use sidekv::store::typed_kv::{self, TypedMutation, TypedMutationKind};
+use sidekv::store::types::{KvError, TypedValue, ValueEncoding};
 use sidekv::store::{config, kv};
 
 /// Most keys listed when the client gives no `limit`.
@@ -628,7 +629,7 @@ fn import(req: &Request) -> Result<Resp, Resp> {
     let text = std::str::from_utf8(&req.body).map_err(|_| error(400, "the body is not UTF-8 NDJSON"))?;
     let max_value = config::get("max-value-bytes").and_then(|v| v.parse::<usize>().ok()).unwrap_or(usize::MAX);
     let mut errors: Vec<Value> = Vec::new();
-    let mut batch: Vec<(usize, kv::Mutation)> = Vec::new();
+    let mut batch: Vec<(usize, TypedMutation)> = Vec::new();
     let mut imported = 0u64;
     let mut expired = 0u64;
     let now = now_ms();
@@ -638,18 +639,19 @@ fn import(req: &Request) -> Result<Resp, Resp> {
         KvError::InvalidArgument(m) | KvError::Unavailable(m) | KvError::OutcomeUnknown(m) | KvError::Internal(m) => m,
         KvError::StorageFull => "the disk is full".into(),
     };
-    let flush = |batch: &mut Vec<(usize, kv::Mutation)>, imported: &mut u64, errors: &mut Vec<Value>| -> Result<(), Resp> {
+    // Typed, so Deno values (V8, u64) and binary keys come back exactly.
+    let flush = |batch: &mut Vec<(usize, TypedMutation)>, imported: &mut u64, errors: &mut Vec<Value>| -> Result<(), Resp> {
         if batch.is_empty() {
             return Ok(());
         }
-        let muts: Vec<kv::Mutation> = batch.iter().map(|(_, m)| m.clone()).collect();
-        match kv::atomic(&[], &muts) {
+        let muts: Vec<TypedMutation> = batch.iter().map(|(_, m)| m.clone()).collect();
+        match typed_kv::atomic(&[], &muts) {
             Ok(_) => *imported += batch.len() as u64,
             Err(KvError::Unavailable(m)) => return Err(error(503, format!("{m} ({imported} lines imported before this)"))),
             Err(KvError::StorageFull) => return Err(error(507, format!("the disk is full ({imported} lines imported before this)"))),
             Err(_) => {
                 for (line, m) in batch.iter() {
-                    match kv::atomic(&[], std::slice::from_ref(m)) {
+                    match typed_kv::atomic(&[], std::slice::from_ref(m)) {
                         Ok(_) => *imported += 1,
                         Err(e) => errors.push(json!({ "line": line, "error": describe(e) })),
                     }
@@ -664,36 +666,7 @@ fn import(req: &Request) -> Result<Resp, Resp> {
         if line.trim().is_empty() {
             continue;
         }
-        let parsed = (|| -> Result<Option<kv::Mutation>, String> {
-            let v: Value = serde_json::from_str(line).map_err(|e| format!("not JSON: {e}"))?;
-            let key = v.get("key").and_then(Value::as_str).ok_or("needs a string \"key\"")?;
-            if key.is_empty() || key.len() > MAX_KEY_BYTES {
-                return Err(format!("key must be 1..={MAX_KEY_BYTES} bytes"));
-            }
-            if key.starts_with('_') {
-                return Err("keys starting with _ are reserved".into());
-            }
-            let value = v.get("value").and_then(Value::as_str).ok_or("needs a base64 string \"value\"")?;
-            let value = B64.decode(value).map_err(|_| "\"value\" is not valid base64".to_string())?;
-            if value.len() > max_value {
-                return Err(format!("the value is {} bytes, over the {max_value}-byte limit", value.len()));
-            }
-            let ttl_ms = match v.get("expires_at") {
-                None | Some(Value::Null) => None,
-                Some(at) => {
-                    let at = at.as_u64().ok_or("\"expires_at\" must be unix milliseconds")?;
-                    if at <= now {
-                        return Ok(None);
-                    }
-                    if at - now > MAX_TTL_MS {
-                        return Err("\"expires_at\" is more than 100 years away".into());
-                    }
-                    Some(at - now)
-                }
-            };
-            Ok(Some(kv::Mutation { key: key.to_string(), kind: kv::MutationKind::Set(value), ttl_ms }))
-        })();
-        match parsed {
+        match import_line(line, now, max_value) {
             Ok(Some(m)) => {
                 batch.push((n, m));
                 if batch.len() >= IMPORT_BATCH {
@@ -708,6 +681,49 @@ fn import(req: &Request) -> Result<Resp, Resp> {
     errors.sort_by_key(|e| e["line"].as_u64());
     let status = if errors.is_empty() { 200 } else { 400 };
     Ok(json_resp(status, json!({ "ok": errors.is_empty(), "imported": imported, "skipped_expired": expired, "errors": errors })))
+}
+
+/// One NDJSON line (the export format) as a typed set; `None` when it has expired.
+fn import_line(line: &str, now: u64, max_value: usize) -> Result<Option<TypedMutation>, String> {
+    let v: Value = serde_json::from_str(line).map_err(|e| format!("not JSON: {e}"))?;
+    let key: Vec<u8> = match v.get("key_b64") {
+        Some(k) => B64.decode(k.as_str().ok_or("\"key_b64\" must be a base64 string")?).map_err(|_| "\"key_b64\" is not valid base64")?,
+        None => v.get("key").and_then(Value::as_str).ok_or("needs a string \"key\"")?.as_bytes().to_vec(),
+    };
+    if key.is_empty() || key.len() > MAX_KEY_BYTES {
+        return Err(format!("key must be 1..={MAX_KEY_BYTES} bytes"));
+    }
+    if key[0] == b'_' {
+        return Err("keys starting with _ are reserved".into());
+    }
+    let value = v.get("value").and_then(Value::as_str).ok_or("needs a base64 string \"value\"")?;
+    let value = B64.decode(value).map_err(|_| "\"value\" is not valid base64".to_string())?;
+    if value.len() > max_value {
+        return Err(format!("the value is {} bytes, over the {max_value}-byte limit", value.len()));
+    }
+    let value = match v.get("encoding").and_then(Value::as_str).unwrap_or("bytes") {
+        "bytes" => TypedValue { data: value, encoding: ValueEncoding::Bytes },
+        "v8" => TypedValue { data: value, encoding: ValueEncoding::V8 },
+        "le64" => {
+            let n = std::str::from_utf8(&value).ok().and_then(|s| s.parse::<u64>().ok()).ok_or("a le64 \"value\" is a decimal u64")?;
+            TypedValue { data: n.to_le_bytes().to_vec(), encoding: ValueEncoding::Le64 }
+        }
+        other => return Err(format!("\"encoding\" {other:?} is not bytes, v8 or le64")),
+    };
+    let ttl_ms = match v.get("expires_at") {
+        None | Some(Value::Null) => None,
+        Some(at) => {
+            let at = at.as_u64().ok_or("\"expires_at\" must be unix milliseconds")?;
+            if at <= now {
+                return Ok(None);
+            }
+            if at - now > MAX_TTL_MS {
+                return Err("\"expires_at\" is more than 100 years away".into());
+            }
+            Some(at - now)
+        }
+    };
+    Ok(Some(TypedMutation { key, kind: TypedMutationKind::Set(value), ttl_ms }))
 }
 
 #[cfg(test)]

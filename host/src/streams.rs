@@ -21,14 +21,27 @@ async fn send(tx: &Tx, s: String) -> bool {
 }
 
 /// One JSON line for an entry (export) — also the format `/_import` reads.
+/// `key` is the key as text; a key that is not UTF-8 (a Deno key with
+/// number or byte parts) also has `key_b64`, its exact bytes. A value that
+/// is not plain bytes has `encoding` (`v8`, or `le64` for a counter, whose
+/// `value` is its decimal text as REST shows it), so an import restores it
+/// exactly.
 pub fn entry_json(e: &Entry) -> String {
-    serde_json::json!({
+    let mut line = serde_json::json!({
         "key": String::from_utf8_lossy(&e.key),
         "value": STANDARD.encode(e.value.clone().into_plain()),
         "versionstamp": e.versionstamp.to_string(),
         "expires_at": e.expires_at,
-    })
-    .to_string()
+    });
+    if std::str::from_utf8(&e.key).is_err() {
+        line["key_b64"] = STANDARD.encode(&e.key).into();
+    }
+    match e.value.encoding {
+        crate::backend::Encoding::Bytes => {}
+        crate::backend::Encoding::V8 => line["encoding"] = "v8".into(),
+        crate::backend::Encoding::Le64 => line["encoding"] = "le64".into(),
+    }
+    line.to_string()
 }
 
 /// The SSE id of a change: `<versionstamp>.<n>` (n = its place inside the
