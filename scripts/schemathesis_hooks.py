@@ -19,6 +19,9 @@ document states in words:
 - An SSE resume position (`after`, `Last-Event-ID`) must be one the store
   issued, at or below its newest commit (beyond it: 400): a valid request
   resumes from the beginning of history instead of a random position.
+- An imported `key_b64` must decode to 1–2048 bytes not starting with `_`,
+  and an `le64` value must be a decimal u64: a valid line that breaks
+  either gets a key / value that keeps it.
 
 Only cases generated as valid ("positive") are adjusted (the timeout
 excepted, which keeps any invalid value it was given), so every invalid
@@ -73,6 +76,22 @@ def _cursor_ok(cursor, prefix):
     except (ValueError, UnicodeDecodeError):
         return False
     return 0 < len(raw) <= MAX_KEY_BYTES and key.startswith(prefix)
+
+
+def _key_b64_ok(s):
+    try:
+        raw = base64.b64decode(s.encode(), validate=True)
+    except ValueError:
+        return False
+    return 0 < len(raw) <= MAX_KEY_BYTES and raw[:1] != b"_"
+
+
+def _decimal_u64_b64(s):
+    try:
+        text = base64.b64decode(s.encode(), validate=True).decode("ascii")
+    except (ValueError, AttributeError, UnicodeDecodeError):
+        return False
+    return text.isdigit() and len(text) <= 20 and int(text) < 2**64
 
 
 @schemathesis.hook
@@ -135,6 +154,13 @@ def map_case(ctx, case):
                     headers[name] = RESUME_FROM_START
 
     if method == "POST" and path == "/_import" and isinstance(case.body, list):
+        for line in case.body:
+            if not isinstance(line, dict):
+                continue
+            if isinstance(line.get("key_b64"), str) and not _key_b64_ok(line["key_b64"]):
+                line["key_b64"] = base64.b64encode(b"k").decode()
+            if line.get("encoding") == "le64" and not _decimal_u64_b64(line.get("value")):
+                line["value"] = base64.b64encode(b"7").decode()
         latest = int(time.time() * 1000) + HUNDRED_YEARS_MS - 24 * 3600 * 1000
         for line in case.body:
             at = line.get("expires_at") if isinstance(line, dict) else None

@@ -686,9 +686,12 @@ fn import(req: &Request) -> Result<Resp, Resp> {
 /// One NDJSON line (the export format) as a typed set; `None` when it has expired.
 fn import_line(line: &str, now: u64, max_value: usize) -> Result<Option<TypedMutation>, String> {
     let v: Value = serde_json::from_str(line).map_err(|e| format!("not JSON: {e}"))?;
+    // `key` is always there (the export writes it); `key_b64`, when given,
+    // is the exact key (one that is not UTF-8).
+    let text_key = v.get("key").and_then(Value::as_str).ok_or("needs a string \"key\"")?;
     let key: Vec<u8> = match v.get("key_b64") {
         Some(k) => B64.decode(k.as_str().ok_or("\"key_b64\" must be a base64 string")?).map_err(|_| "\"key_b64\" is not valid base64")?,
-        None => v.get("key").and_then(Value::as_str).ok_or("needs a string \"key\"")?.as_bytes().to_vec(),
+        None => text_key.as_bytes().to_vec(),
     };
     if key.is_empty() || key.len() > MAX_KEY_BYTES {
         return Err(format!("key must be 1..={MAX_KEY_BYTES} bytes"));
