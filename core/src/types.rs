@@ -271,6 +271,17 @@ mod tests {
     }
 
     #[test]
+    fn versionstamped_keys_append_a_deno_string_part() {
+        let m = Mutation { key: b"\x02q\x00".to_vec(), kind: MutationKind::SetSuffixVersionstamped(Value::bytes(vec![])), ttl_ms: None };
+        let k = m.key_at(Versionstamp::new(0x1234, 5));
+        assert_eq!(k, [b"\x02q\x00".as_slice(), b"\x0200000000000012340005\x00"].concat());
+        // Later commits sort later; other kinds keep their key.
+        assert!(m.key_at(Versionstamp::new(0x1235, 0)) > k);
+        let set = Mutation { key: b"a".to_vec(), kind: MutationKind::Delete, ttl_ms: None };
+        assert_eq!(set.key_at(Versionstamp::new(9, 9)), b"a");
+    }
+
+    #[test]
     fn plain_view_shows_counters_as_decimal_text() {
         assert_eq!(Value::u64(42).into_plain(), b"42");
         assert_eq!(Value::bytes(b"x".to_vec()).into_plain(), b"x");

@@ -483,6 +483,23 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn versionstamped_keys_take_the_commit_s_versionstamp() {
+        let (_d, s) = open();
+        let m = |v: &[u8]| Mutation {
+            key: b"\x02log\x00".to_vec(),
+            kind: MutationKind::SetSuffixVersionstamped(Value::bytes(v.to_vec())),
+            ttl_ms: None,
+        };
+        let a = committed(s.write(WriteOp::Atomic { checks: vec![], mutations: vec![m(b"first")] }).await.unwrap());
+        let b = committed(s.write(WriteOp::Atomic { checks: vec![], mutations: vec![m(b"second")] }).await.unwrap());
+        let page = s.list(ListQuery { prefix: b"\x02log\x00".to_vec(), limit: 10, ..Default::default() }).await.unwrap();
+        let got: Vec<(Vec<u8>, Vec<u8>)> = page.entries.into_iter().map(|e| (e.key, e.value.bytes)).collect();
+        let key = |vs: Versionstamp| [b"\x02log\x00".as_slice(), &sidekv_core::versionstamp_key_suffix(vs)].concat();
+        assert_eq!(got, vec![(key(a), b"first".to_vec()), (key(b), b"second".to_vec())], "in commit order, under their own versionstamps");
+        s.close();
+    }
+
+    #[tokio::test]
     async fn counters_and_conditions() {
         let (_d, s) = open();
         let sum = |n| WriteOp::Atomic {
