@@ -60,8 +60,6 @@ pub struct BackendStatus {
 
 /// The logical operations of a key-value store. Calls arrive validated.
 pub trait Backend: Send + Sync + 'static {
-    /// A short name for logs: `sqlite`, `postgres`.
-    fn kind(&self) -> &'static str;
     fn get(&self, key: Key) -> StoreFuture<'_, Option<Entry>>;
     /// Every key from one consistent snapshot.
     fn get_many(&self, keys: Vec<Key>) -> StoreFuture<'_, Vec<Option<Entry>>>;

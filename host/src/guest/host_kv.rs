@@ -36,7 +36,7 @@ fn entry(e: store::Entry) -> Entry {
     Entry { key: key_string(e.key), value: e.value.into_plain(), versionstamp: e.versionstamp.to_string(), expires_at: e.expires_at }
 }
 
-fn vs(s: &str, what: &str) -> Result<Versionstamp, KvError> {
+pub(super) fn vs(s: &str, what: &str) -> Result<Versionstamp, KvError> {
     s.parse().map_err(|e| KvError::InvalidArgument(format!("{what}: {e}")))
 }
 

@@ -3,8 +3,9 @@
 //! and semantics are the store's (`backend::Kv`), shared with `kv`.
 
 use super::HostState;
+use super::host_kv::vs;
 use super::sidekv::store::{kv, typed_kv, types};
-use crate::backend::{self as store, Encoding, ListQuery, StoreError, Value, Versionstamp, WriteOp, WriteResult};
+use crate::backend::{self as store, Encoding, ListQuery, StoreError, Value, WriteOp, WriteResult};
 
 use types::{KvError, TypedEntry, TypedValue, ValueEncoding};
 
@@ -32,10 +33,6 @@ fn entry(e: store::Entry) -> TypedEntry {
         versionstamp: e.versionstamp.to_string(),
         expires_at: e.expires_at,
     }
-}
-
-fn vs(s: &str, what: &str) -> Result<Versionstamp, KvError> {
-    s.parse().map_err(|e| KvError::InvalidArgument(format!("{what}: {e}")))
 }
 
 fn mutation(m: typed_kv::TypedMutation) -> store::Mutation {

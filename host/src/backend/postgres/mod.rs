@@ -351,10 +351,6 @@ async fn sweeper(pool: Pool, writer: mpsc::Sender<WriterMsg>, me: String) {
 }
 
 impl Backend for PgBackend {
-    fn kind(&self) -> &'static str {
-        "postgres"
-    }
-
     fn get(&self, key: Key) -> StoreFuture<'_, Option<Entry>> {
         Box::pin(async move { self.shared.reads.get(&key).await?.as_ref().map(entry).transpose() })
     }

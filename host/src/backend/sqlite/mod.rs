@@ -106,10 +106,6 @@ impl SqliteBackend {
 }
 
 impl Backend for SqliteBackend {
-    fn kind(&self) -> &'static str {
-        "sqlite"
-    }
-
     fn get(&self, key: Key) -> StoreFuture<'_, Option<Entry>> {
         Box::pin(self.store.get(key))
     }
