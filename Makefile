@@ -83,8 +83,14 @@ soak: setup build
 bench: setup setup-pg setup-deno build
 	$(CARGO) build --release -p sidekv-native-bench
 	bench/run.sh
+	bench/scale.sh
 	bench/pg.sh
 	bench/kvconnect.sh
+
+## bench-scale: at-scale rows (1k, 1M, 10M keys imported through /_import; GET/POST/list/count, RSS, db size) → bench/scale.md
+.PHONY: bench-scale
+bench-scale: build
+	bench/scale.sh
 
 ## bench-restore: restore time from S3 (100k keys x 1 KiB), sidekv vs the seed's litestream → bench/restore.md
 .PHONY: bench-restore

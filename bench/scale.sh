@@ -1,0 +1,135 @@
+#!/usr/bin/env bash
+# At-scale rows (issue 15): does data size change the answer? For each size N
+# (1k, 1M, 10M keys by default): a fresh database, N keys with 100-byte values
+# imported through POST /_import, then wrk GET (random existing key over the
+# whole range), POST (fresh keys) and LIST, timed list/count requests, peak
+# RSS and database size. Writes bench/scale.md (ratios against the smallest
+# size, verdict against the goal: req/s within 10%, p99 within 2×); raw
+# results in bench/out/scale.
+#
+# Called by `make bench` (after bench/run.sh) and `make bench-scale`, after
+# `make build`. About 7 minutes with the defaults (the 10M import is ~1 of
+# them) and ~5 GB of free disk for the 10M database (deleted afterwards).
+#
+# Knobs (env): BENCH_BIN (target/release/sidekv), BENCH_SCALE_SIZES
+# ("1000 1000000 10000000"; the smallest is the baseline), BENCH_SCALE_ROUNDS
+# (3 rounds of GET then POST per size; the medians are reported), BENCH_WRK_SECONDS
+# (10), BENCH_WRK_THREADS (2), BENCH_WRK_CONNS (32), BENCH_SCALE_PORT_BASE
+# (18880: server, admin = base, base+1), BENCH_IMPORT_LINES (50000 NDJSON lines
+# per /_import request), BENCH_IMPORT_CONNS (2 requests in flight),
+# BENCH_QUIET_WAIT (60), BENCH_SCALE_KEEP_DB=1 (keep the databases),
+# BENCH_SCALE_REPORT (bench/scale.md).
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+
+# What was asked, for the report (before the environment is cleaned).
+cmdline="bench/scale.sh"
+for v in BENCH_BIN BENCH_SCALE_SIZES BENCH_SCALE_ROUNDS BENCH_WRK_SECONDS BENCH_WRK_THREADS BENCH_WRK_CONNS BENCH_IMPORT_LINES BENCH_IMPORT_CONNS; do
+  [ -n "${!v:-}" ] && cmdline="$v=\"${!v}\" $cmdline"
+done
+
+BIN=${BENCH_BIN:-$root/target/release/sidekv}
+OUT=$root/bench/out/scale
+CACHE=$root/bench/out/cache
+REPORT=${BENCH_SCALE_REPORT:-$root/bench/scale.md}
+SIZES=${BENCH_SCALE_SIZES:-1000 1000000 10000000}
+IMPORT_LINES=${BENCH_IMPORT_LINES:-50000}
+IMPORT_CONNS=${BENCH_IMPORT_CONNS:-2}
+ROUNDS=${BENCH_SCALE_ROUNDS:-3}
+export BENCH_OUT=$OUT BENCH_SECRET=benchsecret BENCH_VALUE_BYTES=100
+base=${BENCH_SCALE_PORT_BASE:-18880}
+P_SIDEKV=$base P_ADMIN=$((base + 1))
+started=$(date +%s)
+
+# Nothing from the caller's environment may change what is measured.
+for v in $(compgen -e | grep -E '^(KVSTORE_|AWS_|LITESTREAM_)' || true); do unset "$v"; done
+
+say() { printf '\n== %s\n' "$*"; }
+py() { python3 "$root/bench/scale.py" "$@"; }
+
+[ -x "$BIN" ] || { echo "missing $BIN: run make build (or set BENCH_BIN)" >&2; exit 1; }
+if ! command -v wrk >/dev/null; then
+  say "installing wrk (apt)"
+  apt-get update -qq >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null
+fi
+for p in $P_SIDEKV $P_ADMIN; do
+  if (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then echo "port $p is in use; set BENCH_SCALE_PORT_BASE" >&2; exit 1; fi
+done
+
+rm -rf "$OUT"
+mkdir -p "$OUT" "$CACHE"
+
+# ---- process bookkeeping: only what this script started, by id ----
+declare -a kill_on_exit=()
+cleanup() {
+  for p in "${kill_on_exit[@]}"; do kill -TERM -- "$p" 2>/dev/null || true; done
+}
+trap cleanup EXIT
+
+wait_listening() { # LOG PID
+  for _ in $(seq 400); do
+    grep -q 'listening on' "$1" 2>/dev/null && return 0
+    kill -0 "$2" 2>/dev/null || { echo "server exited; see $1:" >&2; tail -20 "$1" >&2; return 1; }
+    sleep 0.05
+  done
+  echo "server not ready after 20 s; see $1" >&2
+  return 1
+}
+
+stop() { # PID
+  local p=$1
+  kill -TERM -- "$p" 2>/dev/null || return 0
+  for _ in $(seq 600); do kill -0 -- "$p" 2>/dev/null || return 0; sleep 0.05; done
+  kill -KILL -- "$p" 2>/dev/null || true
+}
+
+start_sidekv() { # DB LOG; sets $server
+  env PORT=$P_SIDEKV HOST=127.0.0.1 KVSTORE_DB="$1" KVSTORE_SECRET=$BENCH_SECRET \
+    KVSTORE_PUBLIC_READS=true KVSTORE_CACHE_DIR="$CACHE" KVSTORE_ADMIN_ADDR=127.0.0.1:$P_ADMIN \
+    "$BIN" >"$2" 2>&1 &
+  server=$!
+  kill_on_exit+=("$server")
+  wait_listening "$2" "$server"
+}
+
+url=http://127.0.0.1:$P_SIDEKV
+metrics=http://127.0.0.1:$P_ADMIN/metrics
+
+py machine
+say "machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'), kernel $(uname -r)"
+say "waiting for a quiet machine (up to ${BENCH_QUIET_WAIT:-60} s)"
+py quiet "${BENCH_QUIET_WAIT:-60}"
+
+for n in $SIZES; do
+  db=$OUT/db-$n.sqlite3
+  say "$n keys: fresh database, import through /_import"
+  rm -f "$db" "$db-wal" "$db-shm"
+  start_sidekv "$db" "$OUT/sidekv-$n.log"
+  py import "$url" "$n" "$IMPORT_LINES" "$IMPORT_CONNS"
+  py rss "$n" import "$server" "$db"
+
+  say "$n keys: wrk (3 s untimed GETs first), list/count requests"
+  BENCH_WARMUP=1 BENCH_WRK_SECONDS=3 py wrk "$n" GET "$url"
+  export BENCH_SERVER_PIDS=$server
+  py fsync "$n"
+  for ((r = 0; r < ROUNDS; r++)); do
+    py wrk "$n" GET "$url" "$metrics" "$r"
+    py wrk "$n" POST "$url" "$metrics" "$r"
+  done
+  py wrk "$n" LIST "$url" "$metrics"
+  py probes "$n" "$url"
+  py rss "$n" serving "$server" "$db"
+  unset BENCH_SERVER_PIDS
+  stop "$server"
+  if grep -qiE 'panic|ERROR' "$OUT/sidekv-$n.log"; then
+    say "server log for $n keys has errors:"
+    grep -iE 'panic|ERROR' "$OUT/sidekv-$n.log" | head -5
+    py note "Server errors at $n keys" "$(grep -ciE 'panic|ERROR' "$OUT/sidekv-$n.log") error lines in its log, first: $(grep -m1 -iE 'panic|ERROR' "$OUT/sidekv-$n.log" | cut -c1-300)"
+  fi
+  [ "${BENCH_SCALE_KEEP_DB:-}" = 1 ] || rm -f "$db" "$db-wal" "$db-shm"
+done
+
+py report "$cmdline" >"$REPORT"
+say "wrote $REPORT in $(($(date +%s) - started)) s; raw results in $OUT"
+sed -n '/^## Per size/,$p' "$REPORT"
