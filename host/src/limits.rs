@@ -65,6 +65,14 @@ pub const INSTANCES_PER_CORE: usize = 8;
 pub const INSTANCE_WAIT: Duration = Duration::from_secs(2);
 /// Most concurrent instances with the pooling allocator (fresh mode).
 pub const POOLING_MAX_INSTANCES: u32 = 256;
+/// The writer prunes the change log every this many commits...
+pub const PRUNE_EVERY_COMMITS: u64 = 256;
+/// ...deleting at most this many rows at a time (~1–2 ms of writer time), so
+/// a backlog never stalls the writes queued behind it.
+pub const PRUNE_BATCH_ROWS: i64 = 2048;
+/// Bytes of each pooled memory and table kept resident between `fresh`
+/// instances and reset in place (only dirtied pages, with PAGEMAP_SCAN).
+pub const FRESH_KEEP_RESIDENT: usize = 16 << 20;
 
 // ---- HTTP (enforced in `http`: 413, 431, connection close) ----
 

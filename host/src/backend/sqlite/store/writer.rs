@@ -157,15 +157,19 @@ fn commit_batch(
                 state.counter = counter;
                 committed.send_replace(counter);
                 state.commits_since_prune += 1;
-                if state.commits_since_prune >= 256 {
-                    state.commits_since_prune = 0;
-                    if let Err(e) = prune(conn, state, replicated) {
-                        tracing::warn!(error = %e, "pruning the change log failed");
-                    }
-                }
             }
             for ((_, reply), r) in batch.into_iter().zip(results) {
                 let _ = reply.send(r);
+            }
+            if state.commits_since_prune >= limits::PRUNE_EVERY_COMMITS {
+                state.commits_since_prune = 0;
+                match prune(conn, state, replicated) {
+                    // More is left: take the next slice after the next commit,
+                    // not all of it now (it would stall every queued write).
+                    Ok(PRUNE_BATCH_ROWS_USIZE) => state.commits_since_prune = limits::PRUNE_EVERY_COMMITS,
+                    Ok(_) => {}
+                    Err(e) => tracing::warn!(error = %e, "pruning the change log failed"),
+                }
             }
         }
         Err(e) => {
@@ -308,18 +312,38 @@ fn sweep(conn: &Connection) -> rusqlite::Result<usize> {
     s.execute(params![now_ms() as i64, limits::EXPIRY_SWEEP_BATCH as i64])
 }
 
-/// Drop change-log rows that are shipped (or not replicated) and older than
-/// the watch history.
-fn prune(conn: &Connection, state: &WriterState, replicated: bool) -> rusqlite::Result<()> {
+const PRUNE_BATCH_ROWS_USIZE: usize = limits::PRUNE_BATCH_ROWS as usize;
+
+/// The first change-log row kept when the oldest `?2` rows below `?1` go.
+const PRUNE_SLICE_END: &str = "SELECT version, n FROM changelog WHERE version < ?1 ORDER BY version, n LIMIT 1 OFFSET ?2";
+const PRUNE_BEFORE_ROW: &str = "DELETE FROM changelog WHERE (version, n) < (?1, ?2)";
+const PRUNE_BELOW: &str = "DELETE FROM changelog WHERE version < ?1";
+const SET_PRUNED_BELOW: &str = "INSERT INTO meta VALUES ('pruned_below', ?1)
+     ON CONFLICT(name) DO UPDATE SET value = max(value, excluded.value)";
+
+/// Drop the oldest change-log rows that are shipped (or not replicated) and
+/// older than the watch history: at most `PRUNE_BATCH_ROWS` per call, so a
+/// backlog (a bulk import leaves one row per key) is cleared in slices of a
+/// few milliseconds between commits. Returns how many rows went.
+fn prune(conn: &Connection, state: &WriterState, replicated: bool) -> rusqlite::Result<usize> {
     let history_floor = state.counter.saturating_sub(limits::WATCH_HISTORY_COMMITS) + 1;
     let below = if replicated { history_floor.min(state.shipped + 1) } else { history_floor };
-    conn.execute("DELETE FROM changelog WHERE version < ?1", [Versionstamp::commit_start(below).to_i64()])?;
-    conn.execute(
-        "INSERT INTO meta VALUES ('pruned_below', ?1)
-         ON CONFLICT(name) DO UPDATE SET value = max(value, excluded.value)",
-        [below as i64],
-    )?;
-    Ok(())
+    let cut = Versionstamp::commit_start(below).to_i64();
+    let slice_end: Option<(i64, i64)> = conn
+        .prepare_cached(PRUNE_SLICE_END)?
+        .query_row(params![cut, limits::PRUNE_BATCH_ROWS], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    let (deleted, pruned_below) = match slice_end {
+        // The commit holding the first kept row may have lost earlier rows:
+        // history is whole only after it.
+        Some((version, n)) => {
+            let deleted = conn.prepare_cached(PRUNE_BEFORE_ROW)?.execute(params![version, n])?;
+            (deleted, Versionstamp::from_i64(version).counter + 1)
+        }
+        None => (conn.prepare_cached(PRUNE_BELOW)?.execute([cut])?, below),
+    };
+    conn.prepare_cached(SET_PRUNED_BELOW)?.execute([pruned_below as i64])?;
+    Ok(deleted)
 }
 
 pub(crate) fn mark_shipped(conn: &mut Connection, state: &mut WriterState, counter: u64) -> Result<(), StoreError> {
@@ -329,4 +353,52 @@ pub(crate) fn mark_shipped(conn: &mut Connection, state: &mut WriterState, count
     conn.execute("UPDATE meta SET value = ?1 WHERE name = 'shipped'", [counter as i64])?;
     state.shipped = counter;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::read_meta_u64;
+    use super::*;
+
+    fn log_rows(conn: &Connection) -> i64 {
+        conn.query_row("SELECT count(*) FROM changelog", [], |r| r.get(0)).unwrap()
+    }
+
+    /// A backlog (here: one commit per 500 keys, as `/_import` leaves it)
+    /// goes in bounded slices, never in one long delete that stalls the
+    /// writes queued behind it; history stays whole after `pruned_below`.
+    #[test]
+    fn prune_takes_a_backlog_in_bounded_slices() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut conn, mut state) = super::super::schema::open_writer(&dir.path().join("t.sqlite3")).unwrap();
+        let commits = 20u64;
+        let tx = conn.transaction().unwrap();
+        for c in 1..=commits {
+            for n in 0..500u32 {
+                del(&tx, format!("k{c}/{n}").as_bytes(), Versionstamp::new(c, 0), n).unwrap();
+            }
+        }
+        tx.commit().unwrap();
+        state.counter = commits + limits::WATCH_HISTORY_COMMITS;
+        let total = log_rows(&conn) as usize;
+        let mut passes = 0;
+        loop {
+            let deleted = prune(&conn, &state, false).unwrap();
+            assert!(deleted <= limits::PRUNE_BATCH_ROWS as usize, "one pass deleted {deleted} rows");
+            passes += 1;
+            let left = log_rows(&conn) as u64;
+            let below = read_meta_u64(&conn, "pruned_below").unwrap().unwrap();
+            // Every commit at or after `pruned_below` is still whole.
+            let whole: i64 = conn
+                .query_row("SELECT count(*) FROM changelog WHERE version >= ?1", [Versionstamp::commit_start(below).to_i64()], |r| r.get(0))
+                .unwrap();
+            assert_eq!(whole as u64, (commits + 1).saturating_sub(below) * 500, "pruned_below {below}");
+            if left == 0 {
+                break;
+            }
+            assert!(passes < 100);
+        }
+        assert_eq!(passes, total.div_ceil(limits::PRUNE_BATCH_ROWS as usize));
+        assert_eq!(read_meta_u64(&conn, "pruned_below").unwrap(), Some(commits + 1));
+    }
 }
