@@ -38,6 +38,6 @@ pub fn route(req: &Request, sub: &str) -> Resp {
     };
     // The database id follows from the secret: the same across restarts and
     // across sidecars sharing it.
-    let database_id = server::uuid_from(&auth_config().secret_hash.unwrap_or([0; 32]));
+    let database_id = server::uuid_from(&auth_config().secret_hash().copied().unwrap_or([0; 32]));
     response(server::handle(&http, "/_kv", &database_id, crate::now_ms(), &TypedKv, &allow))
 }

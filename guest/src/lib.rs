@@ -86,14 +86,24 @@ enum Access {
 }
 
 struct AuthConfig {
-    secret_hash: Option<[u8; 32]>,
+    /// Hashed on first use: a public read never pays for it (in `fresh`
+    /// instance mode every request starts from scratch).
+    secret_hash: OnceLock<Option<[u8; 32]>>,
     public_reads: bool,
+}
+
+impl AuthConfig {
+    fn secret_hash(&self) -> Option<&[u8; 32]> {
+        self.secret_hash
+            .get_or_init(|| config::get("secret").filter(|s| !s.is_empty()).map(|s| Sha256::digest(s.as_bytes()).into()))
+            .as_ref()
+    }
 }
 
 fn auth_config() -> &'static AuthConfig {
     static CFG: OnceLock<AuthConfig> = OnceLock::new();
     CFG.get_or_init(|| AuthConfig {
-        secret_hash: config::get("secret").filter(|s| !s.is_empty()).map(|s| Sha256::digest(s.as_bytes()).into()),
+        secret_hash: OnceLock::new(),
         public_reads: config::get("public-reads").is_some_and(|v| v == "true" || v == "1"),
     })
 }
@@ -108,7 +118,7 @@ fn authorize(req: &Request, access: Access) -> Result<(), Resp> {
     if access == Access::ReadKey && cfg.public_reads {
         return Ok(());
     }
-    let Some(want) = &cfg.secret_hash else {
+    let Some(want) = cfg.secret_hash() else {
         return Err(error(401, "no secret is configured (KVSTORE_SECRET)"));
     };
     let presented = header(req, "authorization").unwrap_or(&[]);

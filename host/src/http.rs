@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
-use hyper::body::{Frame, Incoming, SizeHint};
+use hyper::body::{Body as _, Frame, Incoming, SizeHint};
 use hyper::header::{HeaderName, HeaderValue};
 use hyper::service::service_fn;
 use hyper::{Request as HttpRequest, Response as HttpResponse, StatusCode};
@@ -304,7 +304,13 @@ async fn handle_inner(app: &Arc<App>, req: HttpRequest<Incoming>) -> HttpRespons
     let (parts, body) = req.into_parts();
     // Held until the guest has answered: the body lives on in the guest's
     // copy of the request until then.
-    let (body, _reservation) = match body::read(body, declared.map(|n| n as usize), &lim, &app.body_budget).await {
+    // A request without a body (most GETs) skips the reader and its deadline.
+    let read = if body.is_end_stream() {
+        Ok((Vec::new(), None))
+    } else {
+        body::read(body, declared.map(|n| n as usize), &lim, &app.body_budget).await
+    };
+    let (body, _reservation) = match read {
         Ok(b) => b,
         Err(e) => return body_error(&e),
     };

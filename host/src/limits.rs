@@ -65,6 +65,12 @@ pub const INSTANCES_PER_CORE: usize = 8;
 pub const INSTANCE_WAIT: Duration = Duration::from_secs(2);
 /// Most concurrent instances with the pooling allocator (fresh mode).
 pub const POOLING_MAX_INSTANCES: u32 = 256;
+/// Most connections for point reads run inline on runtime threads (one per
+/// core, up to this).
+pub const INLINE_READERS_MAX: usize = 8;
+/// A get-many of at most this many keys runs inline too; larger ones go to
+/// the reader threads.
+pub const INLINE_GET_MANY_MAX: usize = 16;
 /// The writer prunes the change log every this many commits...
 pub const PRUNE_EVERY_COMMITS: u64 = 256;
 /// ...deleting at most this many rows at a time (~1–2 ms of writer time), so

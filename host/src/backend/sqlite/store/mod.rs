@@ -12,7 +12,17 @@
 //!                ◀──────── per-write result ─────┘   then `committed` advances
 //!
 //!  async callers ──closure──▶ reader threads (N connections, WAL snapshots)
+//!
+//!  point reads (get, get-many) ──▶ an inline connection, on the caller's
+//!                                  thread; the reader threads when all
+//!                                  inline connections are busy
 //! ```
+//!
+//! Point reads run inline because they are bounded (one B-tree descent per
+//! key, at most `INLINE_GET_MANY_MAX` keys) and take a few µs on cached pages,
+//! less than the two thread switches of a hand-off to a reader thread
+//! (measured: BENCHMARKS.md). Lists, counts and change feeds, whose cost
+//! grows with the data, always go to the reader threads.
 //!
 //! The `changelog` table is the replication outbox (see `replica`): it is
 //! written in the same transaction as the data, so a crash can never leave a
@@ -86,6 +96,8 @@ struct Inner {
     path: PathBuf,
     writer_tx: Mutex<Option<crossbeam_channel::Sender<WriterMsg>>>,
     reader_tx: Mutex<Option<crossbeam_channel::Sender<ReadJob>>>,
+    /// Idle connections for inline point reads (taken out while in use).
+    inline: Mutex<Vec<Connection>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     committed: watch::Sender<u64>,
     shipped: watch::Sender<u64>,
@@ -131,6 +143,7 @@ impl Store {
             path: path.to_path_buf(),
             writer_tx: Mutex::new(Some(writer_tx)),
             reader_tx: Mutex::new(Some(reader_tx)),
+            inline: Mutex::new(Vec::new()),
             threads: Mutex::new(Vec::new()),
             committed,
             shipped: shipped_tx,
@@ -165,6 +178,10 @@ impl Store {
             );
         }
         *inner.threads.lock().unwrap() = threads;
+        let inline = std::thread::available_parallelism().map_or(1, |n| n.get()).min(limits::INLINE_READERS_MAX);
+        for _ in 0..inline {
+            inner.inline.lock().unwrap().push(schema::open_reader(path)?);
+        }
         Ok(Store { inner })
     }
 
@@ -221,11 +238,28 @@ impl Store {
         rx.await.map_err(|_| StoreError::Internal("a reader thread died".into()))?
     }
 
+    /// Run a bounded point read on an idle inline connection, on this
+    /// thread; `None` when every inline connection is in use (or closed).
+    fn read_inline<R>(&self, f: impl FnOnce(&mut Connection) -> Result<R, StoreError>) -> Option<Result<R, StoreError>> {
+        let mut conn = self.inner.inline.lock().unwrap().pop()?;
+        let r = f(&mut conn);
+        self.inner.inline.lock().unwrap().push(conn);
+        Some(r)
+    }
+
     pub async fn get(&self, key: Key) -> Result<Option<Entry>, StoreError> {
+        if let Some(r) = self.read_inline(|c| reads::get(c, &key, now_ms())) {
+            return r;
+        }
         self.read(move |c| reads::get(c, &key, now_ms())).await
     }
 
     pub async fn get_many(&self, keys: Vec<Key>) -> Result<Vec<Option<Entry>>, StoreError> {
+        if keys.len() <= limits::INLINE_GET_MANY_MAX
+            && let Some(r) = self.read_inline(|c| reads::get_many(c, &keys, now_ms()))
+        {
+            return r;
+        }
         self.read(move |c| reads::get_many(c, &keys, now_ms())).await
     }
 
@@ -402,6 +436,7 @@ impl Store {
     pub fn close(&self) {
         self.inner.writer_tx.lock().unwrap().take();
         self.inner.reader_tx.lock().unwrap().take();
+        self.inner.inline.lock().unwrap().clear();
         let threads = std::mem::take(&mut *self.inner.threads.lock().unwrap());
         for t in threads {
             let _ = t.join();
