@@ -116,9 +116,15 @@ pub struct Config {
     pub max_inflight_body_bytes: Option<usize>,
 
     /// Most live guest instances (each holds its own linear memory); a
-    /// request waits up to 2 s for one, then gets 503. Default: 8 per core.
+    /// request waits up to 2 s for one, then gets 503. Default: 32 per core.
     #[arg(long, env = "KVSTORE_MAX_INSTANCES")]
     pub max_instances: Option<usize>,
+
+    /// No new guest instance is created while live instances hold this
+    /// many MiB of linear memory; a request waits up to 2 s for one to come
+    /// back, then gets 503.
+    #[arg(long, env = "KVSTORE_GUEST_MEMORY_BUDGET_MB", default_value_t = limits::DEFAULT_GUEST_MEMORY_BUDGET_MB)]
+    pub guest_memory_budget_mb: u64,
 
     /// SQLite read connections (each on its own thread).
     #[arg(long, env = "KVSTORE_READERS", default_value_t = 2)]
@@ -292,6 +298,9 @@ impl Config {
         }
         if self.guest_timeout_ms == 0 {
             return Err(invalid("KVSTORE_GUEST_TIMEOUT_MS", "must be at least 1"));
+        }
+        if self.guest_memory_budget_mb == 0 {
+            return Err(invalid("KVSTORE_GUEST_MEMORY_BUDGET_MB", "must be at least 1"));
         }
         if self.guest_memory_mb < 2 || self.guest_memory_mb > 4096 {
             return Err(invalid("KVSTORE_GUEST_MEMORY_MB", "must be between 2 and 4096"));

@@ -78,7 +78,7 @@ impl HttpStatus for GuestError {
     fn http_status(&self) -> u16 {
         match self {
             GuestError::Timeout { .. } => 504,
-            GuestError::Busy { .. } => 503,
+            GuestError::Busy { .. } | GuestError::MemoryBudget { .. } => 503,
             _ => 500,
         }
     }

@@ -128,6 +128,7 @@ pub fn guest_options(config: &Config) -> anyhow::Result<GuestOptions> {
         memory_bytes: (config.guest_memory_mb as usize) << 20,
         max_response_bytes: config.max_response_bytes,
         max_instances: config.max_instances(),
+        memory_budget_bytes: config.guest_memory_budget_mb.saturating_mul(1 << 20),
         cache_dir: config.cache_dir(),
         config: config.guest_settings()?,
         inherit_stderr: config.guest_stderr,

@@ -57,9 +57,15 @@ pub const INSTANCE_MAX_USES: u64 = 100_000;
 pub const INSTANCE_POOL_IDLE: usize = 64;
 /// Default cap on live guest instances (`KVSTORE_MAX_INSTANCES`): this many
 /// per core. A call holds its instance while it waits for the store (a
-/// commit's fsync, an S3 acknowledgement, a long-poll), so the cap must be
-/// well above the core count; see BENCHMARKS.md for the throughput it costs.
-pub const INSTANCES_PER_CORE: usize = 8;
+/// commit's fsync, an S3 acknowledgement, a long-poll), and a group commit
+/// can only batch the writes whose calls hold an instance, so the count
+/// cap is high; memory is bounded by `DEFAULT_GUEST_MEMORY_BUDGET_MB`.
+pub const INSTANCES_PER_CORE: usize = 32;
+/// Default `KVSTORE_GUEST_MEMORY_BUDGET_MB`: no new instance is created
+/// while live instances hold this much linear memory (a call then waits for
+/// one to come back). ~1 MiB per Rust instance, 10–20 MiB per JS or Python
+/// one: the budget, not the count, decides how many a large guest gets.
+pub const DEFAULT_GUEST_MEMORY_BUDGET_MB: u64 = 256;
 /// How long a request waits for a free guest instance before it gets 503
 /// with `Retry-After` (`GuestError::Busy`).
 pub const INSTANCE_WAIT: Duration = Duration::from_secs(2);

@@ -23,7 +23,10 @@
 //!
 //! Bounds (`slots.rs`): at most `KVSTORE_MAX_INSTANCES` calls run at once,
 //! each on its own instance; a request waits `INSTANCE_WAIT` for a slot,
-//! then gets `GuestError::Busy` (503). Instances and their memory are gauges.
+//! then gets `GuestError::Busy` (503). A new instance is created only while
+//! live instances hold less than `KVSTORE_GUEST_MEMORY_BUDGET_MB`; past it a
+//! call waits (same deadline) for an instance to come back, then gets
+//! `GuestError::MemoryBudget` (503). Instances and their memory are gauges.
 //!
 //! Sandbox: an epoch deadline per call (a ticker thread advances the epoch
 //! every `EPOCH_TICK`), a linear-memory cap and table cap (`StoreLimits`), a
@@ -104,6 +107,8 @@ pub enum GuestError {
     Load { guest: String, msg: String },
     #[error("all {max} guest instances are busy (KVSTORE_MAX_INSTANCES); retry shortly")]
     Busy { max: usize },
+    #[error("guest instances hold {mib} MiB of memory, the KVSTORE_GUEST_MEMORY_BUDGET_MB budget, and all are busy; retry shortly")]
+    MemoryBudget { mib: u64 },
 }
 
 impl GuestError {}
@@ -117,6 +122,9 @@ pub struct GuestOptions {
     pub max_response_bytes: usize,
     /// Most live instances (`KVSTORE_MAX_INSTANCES`).
     pub max_instances: usize,
+    /// No new instance while live ones hold this much memory
+    /// (`KVSTORE_GUEST_MEMORY_BUDGET_MB`).
+    pub memory_budget_bytes: u64,
     pub cache_dir: Option<PathBuf>,
     /// Values served through the `config` interface.
     pub config: HashMap<String, String>,
@@ -165,6 +173,8 @@ pub struct GuestRuntime {
     config: Arc<HashMap<String, String>>,
     store: Kv,
     slots: InstanceSlots,
+    /// Signalled whenever an instance goes back to the pool or is dropped.
+    freed: tokio::sync::Notify,
     _ticker: EpochTicker,
 }
 
@@ -271,7 +281,17 @@ impl GuestRuntime {
             InstanceMode::Fresh => opts.max_instances.min(limits::POOLING_MAX_INSTANCES as usize / 2),
         };
         let slots = InstanceSlots::new(max);
-        Ok(GuestRuntime { engine, linker, current: RwLock::new(Arc::new(loaded)), opts, config, store, slots, _ticker: ticker })
+        Ok(GuestRuntime {
+            engine,
+            linker,
+            current: RwLock::new(Arc::new(loaded)),
+            opts,
+            config,
+            store,
+            slots,
+            freed: tokio::sync::Notify::new(),
+            _ticker: ticker,
+        })
     }
 
     /// Instantiate once at start, so a guest that cannot even be
@@ -339,6 +359,31 @@ impl GuestRuntime {
         store
     }
 
+    /// An idle instance, or a new one while the memory budget allows; else
+    /// wait (up to `INSTANCE_WAIT`) for one to come back or go away.
+    async fn take_instance(&self, loaded: &Loaded) -> Result<Instance, GuestError> {
+        let deadline = tokio::time::Instant::now() + limits::INSTANCE_WAIT;
+        loop {
+            // Registered before looking, so a release in between is not missed.
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            if self.opts.instance_mode == InstanceMode::Reuse
+                && let Some(i) = loaded.idle.lock().unwrap().pop()
+            {
+                return Ok(i);
+            }
+            let held = METRICS.guest_memory_bytes.load(std::sync::atomic::Ordering::Relaxed);
+            if held < self.opts.memory_budget_bytes || METRICS.guest_instances.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+                return self.instance(loaded).await;
+            }
+            if tokio::time::timeout_at(deadline, freed).await.is_err() {
+                METRICS.guest_busy_rejections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return Err(GuestError::MemoryBudget { mib: held >> 20 });
+            }
+        }
+    }
+
     async fn instance(&self, loaded: &Loaded) -> Result<Instance, GuestError> {
         if self.opts.instance_mode == InstanceMode::Reuse
             && let Some(i) = loaded.idle.lock().unwrap().pop()
@@ -361,7 +406,10 @@ impl GuestRuntime {
         // pool or dropped by then), so live instances never exceed the cap.
         let _slot = self.slots.acquire().await.ok_or(GuestError::Busy { max: self.slots.max })?;
         let loaded = self.current.read().unwrap().clone();
-        let mut inst = self.instance(&loaded).await?;
+        // Declared before the instance, so it fires after the instance is
+        // back in the pool or dropped (and its memory off the gauge).
+        let _freed = NotifyOnDrop(&self.freed);
+        let mut inst = self.take_instance(&loaded).await?;
         let started = Instant::now();
         inst.store.data_mut().deadline = started + self.opts.timeout;
         inst.store.set_epoch_deadline(1);
@@ -405,6 +453,15 @@ impl GuestRuntime {
                 }
             }
         }
+    }
+}
+
+/// Wakes the calls waiting for an instance (memory budget) when dropped.
+struct NotifyOnDrop<'a>(&'a tokio::sync::Notify);
+
+impl Drop for NotifyOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.notify_waiters();
     }
 }
 
