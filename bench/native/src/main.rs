@@ -8,7 +8,8 @@
 //!
 //! - `GET /_metrics` → sidekv's Prometheus metrics (request histogram)
 //!
-//! Env: PORT (8000), HOST (127.0.0.1), KVSTORE_DB, KVSTORE_SECRET.
+//! Env: PORT (8000), HOST (127.0.0.1), KVSTORE_DB, KVSTORE_SECRET,
+//! NATIVE_HTTP=h1 (HTTP/1.1-only server instead of the auto h1 + h2c one).
 //! Prints `listening on http://ADDR` when ready. Not a product: no admin
 //! endpoints, no TTLs, no conditions, no graceful shutdown.
 
@@ -101,29 +102,49 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let listener = tokio::net::TcpListener::bind(&addr).await?;
         println!("listening on http://{}", listener.local_addr()?);
         let conns = Arc::new(Semaphore::new(limits::DEFAULT_MAX_CONNECTIONS));
+        // NATIVE_HTTP=h1: hyper's HTTP/1.1-only server with the same HTTP/1.1
+        // settings, to measure what the auto (h1 + h2c) builder costs HTTP/1.1.
+        let http1_only = std::env::var("NATIVE_HTTP").is_ok_and(|v| v == "h1");
         loop {
             let (stream, _) = listener.accept().await?;
             let Ok(permit) = conns.clone().try_acquire_owned() else { continue };
             let _ = stream.set_nodelay(true);
             let app = app.clone();
-            let conn = sidekv::http::connection_builder().serve_connection(
-                TokioIo::new(stream),
-                service_fn(move |req: Request<Incoming>| {
-                    let app = app.clone();
-                    async move {
-                        // Same per-request bookkeeping as sidekv's http::handle.
-                        let started = Instant::now();
-                        let method = req.method().as_str().to_owned();
-                        let r = handle(&app, req).await;
-                        METRICS.request(&method, r.status().as_u16(), started.elapsed());
-                        Ok::<_, Infallible>(r)
-                    }
-                }),
-            );
-            tokio::spawn(async move {
-                let _ = conn.await;
-                drop(permit);
+            let service = service_fn(move |req: Request<Incoming>| {
+                let app = app.clone();
+                async move {
+                    // Same per-request bookkeeping as sidekv's http::handle.
+                    let started = Instant::now();
+                    let method = req.method().as_str().to_owned();
+                    let r = handle(&app, req).await;
+                    METRICS.request(&method, r.status().as_u16(), started.elapsed());
+                    Ok::<_, Infallible>(r)
+                }
             });
+            let io = TokioIo::new(stream);
+            if http1_only {
+                let conn = http1_builder().serve_connection(io, service);
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                    drop(permit);
+                });
+            } else {
+                let conn = sidekv::http::connection_builder().serve_connection(io, service);
+                tokio::spawn(async move {
+                    let _ = conn.await;
+                    drop(permit);
+                });
+            }
         }
     })
+}
+
+/// The HTTP/1.1 half of `sidekv::http::connection_builder`, on its own.
+fn http1_builder() -> hyper::server::conn::http1::Builder {
+    let mut b = hyper::server::conn::http1::Builder::new();
+    b.timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits::HEADER_READ_TIMEOUT)
+        .max_buf_size(limits::MAX_HEADER_BYTES)
+        .keep_alive(true);
+    b
 }
