@@ -304,7 +304,8 @@ fn vm_hwm_mib(pid: i32) -> f64 {
 }
 
 /// Documented bound (docs/robustness.md) for the defaults on this 2-core
-/// machine: 64 MiB in-flight body budget, 16 instances.
+/// machine: 64 MiB in-flight body budget, 128 MiB guest memory budget,
+/// 64 instances (≈ 355 MiB).
 const RSS_BOUND_MIB: f64 = 400.0;
 
 /// 32 concurrent requests with 16 MiB bodies (the default maximum; each is

@@ -120,9 +120,9 @@ pub struct Config {
     #[arg(long, env = "KVSTORE_MAX_INSTANCES")]
     pub max_instances: Option<usize>,
 
-    /// No new guest instance is created while live instances hold this
-    /// many MiB of linear memory; a request waits up to 2 s for one to come
-    /// back, then gets 503.
+    /// No new guest instance is created, and none is kept idle, while live
+    /// instances hold this many MiB of linear memory; a request waits up to
+    /// 2 s for one to come back, then gets 503.
     #[arg(long, env = "KVSTORE_GUEST_MEMORY_BUDGET_MB", default_value_t = limits::DEFAULT_GUEST_MEMORY_BUDGET_MB)]
     pub guest_memory_budget_mb: u64,
 

@@ -61,11 +61,11 @@ pub const INSTANCE_POOL_IDLE: usize = 64;
 /// can only batch the writes whose calls hold an instance, so the count
 /// cap is high; memory is bounded by `DEFAULT_GUEST_MEMORY_BUDGET_MB`.
 pub const INSTANCES_PER_CORE: usize = 32;
-/// Default `KVSTORE_GUEST_MEMORY_BUDGET_MB`: no new instance is created
-/// while live instances hold this much linear memory (a call then waits for
-/// one to come back). ~1 MiB per Rust instance, 10–20 MiB per JS or Python
+/// Default `KVSTORE_GUEST_MEMORY_BUDGET_MB`: no new instance is created,
+/// and none is kept idle, while live instances hold this much linear memory
+/// (a call then waits for one to come back). ~1 MiB per Rust instance, 10–20 MiB per JS or Python
 /// one: the budget, not the count, decides how many a large guest gets.
-pub const DEFAULT_GUEST_MEMORY_BUDGET_MB: u64 = 256;
+pub const DEFAULT_GUEST_MEMORY_BUDGET_MB: u64 = 128;
 /// How long a request waits for a free guest instance before it gets 503
 /// with `Retry-After` (`GuestError::Busy`).
 pub const INSTANCE_WAIT: Duration = Duration::from_secs(2);

@@ -430,7 +430,12 @@ impl GuestRuntime {
                     });
                 }
                 inst.uses += 1;
-                if self.opts.instance_mode == InstanceMode::Reuse && inst.uses < limits::INSTANCE_MAX_USES {
+                // Over the memory budget (instances grow, e.g. by lifting a
+                // large body), an instance is dropped rather than kept idle:
+                // the budget bounds what idle instances hold, not only how
+                // many are created.
+                let over_budget = METRICS.guest_memory_bytes.load(std::sync::atomic::Ordering::Relaxed) > self.opts.memory_budget_bytes;
+                if self.opts.instance_mode == InstanceMode::Reuse && inst.uses < limits::INSTANCE_MAX_USES && !over_budget {
                     let mut idle = loaded.idle.lock().unwrap();
                     if idle.len() < limits::INSTANCE_POOL_IDLE {
                         idle.push(inst);
