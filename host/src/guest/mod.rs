@@ -57,6 +57,7 @@ mod slots;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -175,6 +176,11 @@ pub struct GuestRuntime {
     slots: InstanceSlots,
     /// Signalled whenever an instance goes back to the pool or is dropped.
     freed: tokio::sync::Notify,
+    /// Instances being created now, and the memory the last new one started
+    /// with: the budget counts them before their memory shows in the gauge,
+    /// so concurrent calls cannot all create at once and overshoot it.
+    creating: std::sync::atomic::AtomicU64,
+    new_instance_bytes: std::sync::atomic::AtomicU64,
     _ticker: EpochTicker,
 }
 
@@ -290,6 +296,8 @@ impl GuestRuntime {
             store,
             slots,
             freed: tokio::sync::Notify::new(),
+            creating: std::sync::atomic::AtomicU64::new(0),
+            new_instance_bytes: std::sync::atomic::AtomicU64::new(0),
             _ticker: ticker,
         })
     }
@@ -300,6 +308,7 @@ impl GuestRuntime {
     pub async fn warm_up(&self) -> Result<(), GuestError> {
         let loaded = self.current.read().unwrap().clone();
         let inst = self.instance(&loaded).await?;
+        self.new_instance_bytes.store(inst.store.data().limits.memory() as u64, Relaxed);
         if self.opts.instance_mode == InstanceMode::Reuse {
             loaded.idle.lock().unwrap().push(inst);
         }
@@ -315,6 +324,7 @@ impl GuestRuntime {
         let loaded = load(&self.engine, &self.linker, source, self.opts.cache_dir.as_deref())?;
         // Prove it instantiates before swapping it in; keep that instance.
         let inst = self.instance(&loaded).await?;
+        self.new_instance_bytes.store(inst.store.data().limits.memory() as u64, Relaxed);
         loaded.idle.lock().unwrap().push(inst);
         *self.current.write().unwrap() = Arc::new(loaded);
         Ok(())
@@ -373,12 +383,21 @@ impl GuestRuntime {
             {
                 return Ok(i);
             }
-            let held = METRICS.guest_memory_bytes.load(std::sync::atomic::Ordering::Relaxed);
-            if held < self.opts.memory_budget_bytes || METRICS.guest_instances.load(std::sync::atomic::Ordering::Relaxed) == 0 {
-                return self.instance(loaded).await;
+            let held = METRICS.guest_memory_bytes.load(Relaxed);
+            let creating = self.creating.fetch_add(1, SeqCst);
+            let reserved = (creating + 1) * self.new_instance_bytes.load(Relaxed);
+            let first = creating == 0 && METRICS.guest_instances.load(Relaxed) == 0;
+            if first || held + reserved < self.opts.memory_budget_bytes {
+                let made = self.instance(loaded).await;
+                if let Ok(i) = &made {
+                    self.new_instance_bytes.store(i.store.data().limits.memory() as u64, Relaxed);
+                }
+                self.creating.fetch_sub(1, SeqCst);
+                return made;
             }
+            self.creating.fetch_sub(1, SeqCst);
             if tokio::time::timeout_at(deadline, freed).await.is_err() {
-                METRICS.guest_busy_rejections.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                METRICS.guest_busy_rejections.fetch_add(1, Relaxed);
                 return Err(GuestError::MemoryBudget { mib: held >> 20 });
             }
         }
@@ -434,7 +453,7 @@ impl GuestRuntime {
                 // large body), an instance is dropped rather than kept idle:
                 // the budget bounds what idle instances hold, not only how
                 // many are created.
-                let over_budget = METRICS.guest_memory_bytes.load(std::sync::atomic::Ordering::Relaxed) > self.opts.memory_budget_bytes;
+                let over_budget = METRICS.guest_memory_bytes.load(Relaxed) > self.opts.memory_budget_bytes;
                 if self.opts.instance_mode == InstanceMode::Reuse && inst.uses < limits::INSTANCE_MAX_USES && !over_budget {
                     let mut idle = loaded.idle.lock().unwrap();
                     if idle.len() < limits::INSTANCE_POOL_IDLE {

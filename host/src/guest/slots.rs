@@ -68,6 +68,11 @@ pub struct MeteredLimits {
 }
 
 impl MeteredLimits {
+    /// Linear memory this instance holds.
+    pub fn memory(&self) -> usize {
+        self.memory
+    }
+
     pub fn new(inner: StoreLimits) -> Self {
         METRICS.guest_instances.fetch_add(1, Relaxed);
         METRICS.guest_instances_created.fetch_add(1, Relaxed);
