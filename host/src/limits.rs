@@ -77,6 +77,9 @@ pub const INLINE_READERS_MAX: usize = 8;
 /// A get-many of at most this many keys runs inline too; larger ones go to
 /// the reader threads.
 pub const INLINE_GET_MANY_MAX: usize = 16;
+/// The writer checkpoints the WAL into the database file once no write has
+/// come for this long.
+pub const WRITER_IDLE_CHECKPOINT: Duration = Duration::from_secs(1);
 /// The writer prunes the change log every this many commits...
 pub const PRUNE_EVERY_COMMITS: u64 = 256;
 /// ...deleting at most this many rows at a time (~1–2 ms of writer time), so

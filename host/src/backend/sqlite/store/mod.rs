@@ -466,6 +466,27 @@ mod tests {
         }
     }
 
+    /// Writes below the autocheckpoint threshold reach the database file
+    /// once writes pause, not only at close (the WAL left by an import made
+    /// every later read slower).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_wal_is_checkpointed_when_writes_pause() {
+        let (d, s) = open();
+        let file = d.path().join("t.sqlite3");
+        let before = std::fs::metadata(&file).unwrap().len();
+        for i in 0..500 {
+            s.write(set(&format!("k{i}"), &[b'v'; 1024])).await.unwrap();
+        }
+        // Well below wal_autocheckpoint (4000 pages): all of it in the WAL.
+        assert_eq!(std::fs::metadata(&file).unwrap().len(), before);
+        let deadline = std::time::Instant::now() + limits::WRITER_IDLE_CHECKPOINT * 5;
+        while std::fs::metadata(&file).unwrap().len() <= before {
+            assert!(std::time::Instant::now() < deadline, "the WAL was not checkpointed after writes paused");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        s.close();
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn group_commit_gives_every_write_its_own_increasing_versionstamp() {
         let (_d, s) = open();

@@ -55,7 +55,20 @@ pub(crate) fn run(
     replicated: bool,
 ) {
     let mut writes: Vec<(WriteOp, Reply)> = Vec::with_capacity(64);
-    while let Ok(first) = rx.recv() {
+    // WAL frames not yet copied into the database file by a checkpoint.
+    let mut wal_dirty = false;
+    loop {
+        let first = match rx.recv_timeout(limits::WRITER_IDLE_CHECKPOINT) {
+            Ok(m) => m,
+            Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
+                if std::mem::take(&mut wal_dirty) {
+                    idle_checkpoint(&conn);
+                }
+                continue;
+            }
+            Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
+        };
+        wal_dirty = true;
         // A panic in here (a bug, a log sink that fails) must cost only the
         // writes in flight, never the writer: a dead writer fails every later
         // write, and a write queued while it unwinds would wait forever.
@@ -304,6 +317,18 @@ fn apply_atomic(
         }
     }
     Ok(WriteResult::Committed { versionstamp: vs, deleted: 0 })
+}
+
+/// Copy the WAL into the database file once writes pause. SQLite's own
+/// checkpoint runs only when the WAL passes `wal_autocheckpoint` pages, so a
+/// burst (an import) could leave up to 32 MB of frames there indefinitely,
+/// and every read then looks pages up through the WAL index and reads many
+/// from the WAL file: measured at 1M keys, 2.5 page reads per GET instead
+/// of 1. PASSIVE: never waits for readers, never blocks them.
+fn idle_checkpoint(conn: &Connection) {
+    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+        tracing::warn!(error = %e, "idle WAL checkpoint failed");
+    }
 }
 
 fn sweep(conn: &Connection) -> rusqlite::Result<usize> {
