@@ -55,28 +55,8 @@ rm -rf "$OUT"
 mkdir -p "$OUT" "$CACHE"
 
 # ---- process bookkeeping: only what this script started, by id ----
-declare -a kill_on_exit=()
-cleanup() {
-  for p in "${kill_on_exit[@]}"; do kill -TERM -- "$p" 2>/dev/null || true; done
-}
-trap cleanup EXIT
-
-wait_listening() { # LOG PID
-  for _ in $(seq 400); do
-    grep -q 'listening on' "$1" 2>/dev/null && return 0
-    kill -0 "$2" 2>/dev/null || { echo "server exited; see $1:" >&2; tail -20 "$1" >&2; return 1; }
-    sleep 0.05
-  done
-  echo "server not ready after 20 s; see $1" >&2
-  return 1
-}
-
-stop() { # PID, or -PGID for a process group
-  local p=$1
-  kill -TERM -- "$p" 2>/dev/null || return 0
-  for _ in $(seq 200); do kill -0 -- "$p" 2>/dev/null || return 0; sleep 0.05; done
-  kill -KILL -- "$p" 2>/dev/null || true
-}
+# shellcheck source=bench/lib.sh
+source "$root/bench/lib.sh"
 
 start_sidekv() { # NAME [VAR=value...]; sets $server
   local name=$1 file=${1// /_}
