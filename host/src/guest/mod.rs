@@ -308,7 +308,6 @@ impl GuestRuntime {
     pub async fn warm_up(&self) -> Result<(), GuestError> {
         let loaded = self.current.read().unwrap().clone();
         let inst = self.instance(&loaded).await?;
-        self.new_instance_bytes.store(inst.store.data().limits.memory() as u64, Relaxed);
         if self.opts.instance_mode == InstanceMode::Reuse {
             loaded.idle.lock().unwrap().push(inst);
         }
@@ -324,7 +323,6 @@ impl GuestRuntime {
         let loaded = load(&self.engine, &self.linker, source, self.opts.cache_dir.as_deref())?;
         // Prove it instantiates before swapping it in; keep that instance.
         let inst = self.instance(&loaded).await?;
-        self.new_instance_bytes.store(inst.store.data().limits.memory() as u64, Relaxed);
         loaded.idle.lock().unwrap().push(inst);
         *self.current.write().unwrap() = Arc::new(loaded);
         Ok(())
@@ -389,9 +387,6 @@ impl GuestRuntime {
             let first = creating == 0 && METRICS.guest_instances.load(Relaxed) == 0;
             if first || held + reserved < self.opts.memory_budget_bytes {
                 let made = self.instance(loaded).await;
-                if let Ok(i) = &made {
-                    self.new_instance_bytes.store(i.store.data().limits.memory() as u64, Relaxed);
-                }
                 self.creating.fetch_sub(1, SeqCst);
                 return made;
             }
@@ -416,6 +411,8 @@ impl GuestRuntime {
             .instantiate_async(&mut store)
             .await
             .map_err(|e| GuestError::Load { guest: loaded.name.clone(), msg: format!("instantiating: {}", trap_message(&e)) })?;
+        // What the next new instance will start with, for the memory budget.
+        self.new_instance_bytes.store(store.data().limits.memory() as u64, Relaxed);
         Ok(Instance { store, bindings, uses: 0 })
     }
 
