@@ -705,8 +705,20 @@ async fn a_504_never_hides_a_committed_write() {
         committed(c.req(Method::POST, "/_atomic").body(json!({ "mutations": muts }).to_string()).send().await.unwrap(), "fill").await;
     }
     s.s.terminate(Duration::from_secs(15));
-    s.s = Server::start_at(&db, Opts::default().env("KVSTORE_GUEST_TIMEOUT_MS", "20"));
+    // The same store on both backends (on PostgreSQL, the same database: a
+    // relaunch on a fresh SQLite file would make the check below vacuous).
+    let opts = s.s.same_store(Opts::default().env("KVSTORE_GUEST_TIMEOUT_MS", "20"));
+    s.s = Server::start_at(&db, opts);
     let c = s.client();
+    let mut before = None;
+    for _ in 0..5 {
+        let r = c.req(Method::GET, "/?prefix=big/&count=true").send().await.unwrap();
+        if r.status() == 200 {
+            before = Some(r.json::<Value>().await.unwrap()["count"].as_u64().unwrap());
+            break;
+        }
+    }
+    assert_eq!(before, Some(20_000), "the relaunched server must hold the 20 000 keys the scenario deletes");
     // Deleting 20 000 keys keeps the writer busy well past 20 ms; the guest's own work is tiny.
     let del = {
         let c = c.clone();

@@ -430,14 +430,23 @@ impl Drop for Mount {
     }
 }
 
-fn mount_tmpfs(dir: &Path, size: &str) -> Option<Mount> {
+/// A small tmpfs at `dir`. A machine where it cannot be mounted (not root,
+/// no CAP_SYS_ADMIN) cannot run the scenario: the test fails saying so,
+/// rather than passing without having tested anything.
+fn mount_tmpfs(dir: &Path, size: &str) -> Mount {
     std::fs::create_dir_all(dir).unwrap();
-    let out = std::process::Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"]).arg(dir).output().ok()?;
-    if !out.status.success() {
-        eprintln!("SKIPPED: cannot mount a tmpfs here ({}); see docs/robustness.md", String::from_utf8_lossy(&out.stderr).trim());
-        return None;
-    }
-    Some(Mount(dir.to_path_buf()))
+    let out = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+        .arg(dir)
+        .output()
+        .unwrap_or_else(|e| panic!("running mount(8) for the disk-full scenario: {e}"));
+    assert!(
+        out.status.success(),
+        "cannot mount a {size} tmpfs at {} for the disk-full scenario ({}); these tests need root (see docs/robustness.md)",
+        dir.display(),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Mount(dir.to_path_buf())
 }
 
 fn free_bytes(dir: &Path) -> u64 {
@@ -461,10 +470,10 @@ struct DiskCase {
 }
 
 impl DiskCase {
-    fn start(logs_on_same_disk: bool) -> Option<DiskCase> {
+    fn start(logs_on_same_disk: bool) -> DiskCase {
         let dir = common::tempdir();
         let mnt = dir.path().join("disk");
-        let mount = mount_tmpfs(&mnt, "4m")?;
+        let mount = mount_tmpfs(&mnt, "4m");
         let db = if logs_on_same_disk {
             mnt.join("db.sqlite3")
         } else {
@@ -477,7 +486,7 @@ impl DiskCase {
             .env("KVSTORE_ADMIN_ADDR", "127.0.0.1:0")
             .env("KVSTORE_CACHE_DIR", dir.path().join("cache").to_str().unwrap());
         let s = start(&db, opts.clone());
-        Some(DiskCase { s, db, mnt, opts, _mount: mount, _dir: dir })
+        DiskCase { s, db, mnt, opts, _mount: mount, _dir: dir }
     }
 
     /// Leave ~600 KiB free, then fill that from 4 concurrent writers with
@@ -536,7 +545,7 @@ impl DiskCase {
 /// refused cleanly.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn disk_full_gives_507_and_recovers() {
-    let Some(mut d) = DiskCase::start(false) else { return };
+    let mut d = DiskCase::start(false);
     let c = d.s.client();
     let mut acked = State::new();
     acked.insert("before".into(), (b"full".to_vec(), try_set(&c, "before", "full").await.unwrap()));
@@ -765,7 +774,7 @@ fn leave_empty_wal(db: &Path) {
 /// write a readonly database". It must refuse to start.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_only_filesystem_after_clean_shutdown_refuses_to_start() {
-    let Some(mut d) = DiskCase::start(false) else { return };
+    let mut d = DiskCase::start(false);
     try_set(&d.s.client(), "k", "v").await.unwrap();
     terminate(&mut d.s);
     leave_empty_wal(&d.db);
@@ -788,7 +797,7 @@ async fn read_only_filesystem_after_clean_shutdown_refuses_to_start() {
 /// freed, while /readyz still says ready.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn disk_full_with_the_log_on_the_same_disk_recovers() {
-    let Some(d) = DiskCase::start(true) else { return };
+    let d = DiskCase::start(true);
     let c = Client { base: d.s.url.clone(), http: reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap() };
     let mut acked = State::new();
     let (refused, refusals) = d.fill(&mut acked).await;

@@ -226,6 +226,24 @@ async fn rest_and_deno_share_a_counter() {
     rest_and_deno_counter(&s).await;
 }
 
+/// What denokv's own end-to-end suite checks, through Deno's client
+/// (tests/kvconnect/deno_e2e.ts): among them a check against a well-formed
+/// versionstamp no store issued ("1" + an existing one's tail), which was a
+/// 400 ("a versionstamp is 20 lowercase hex characters") instead of a
+/// failed check (issue 22).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deno_e2e_behaviour_holds() {
+    if skip() {
+        return;
+    }
+    deno_bin();
+    let s = start_temp(Opts::default());
+    let r = run(deno("deno_e2e.ts", &[&kv_url(&s)], Some(SECRET)), "deno deno_e2e.ts");
+    must_pass(&r, &s);
+    assert!(r.stdout.contains("never-issued versionstamp"), "{}", r.report());
+    assert!(r.stdout.lines().filter(|l| l.starts_with("ok ")).count() >= 80, "{}", r.report());
+}
+
 // ------------------------------------------------------------------ b ----
 
 /// npm `@deno/kv` on Node (HTTP/1.1): the same checks.

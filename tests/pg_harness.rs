@@ -84,20 +84,16 @@ fn backend_switch() {
     assert_eq!(mine.env.iter().filter(|(k, _)| k == "KVSTORE_BACKEND").count(), 1);
 }
 
-/// With `SIDEKV_TEST_BACKEND=postgres` (needs sidekv's PostgreSQL backend):
-/// `start_temp` puts each server on a database of its own, and `start_on`
-/// puts two sidecars on one, where each reads what the other wrote.
+/// Two sidecars on one database read each other's writes; two on different
+/// databases do not. Runs in every pass (it names its databases itself).
 #[tokio::test(flavor = "multi_thread")]
 async fn start_on_two_sidecars_share_a_database() {
-    if !backend_is_postgres() {
-        eprintln!("skipped: runs with SIDEKV_TEST_BACKEND=postgres");
-        return;
-    }
     let _g = SHARED.lock().await;
-    let (own, other) = tokio::task::block_in_place(|| (start_temp(Opts::default()), start_temp(Opts::default())));
+    let (own, other) = tokio::task::block_in_place(|| (fresh_database(), fresh_database()));
+    let (own, other) = tokio::task::block_in_place(|| (start_on(&own, Opts::default()), start_on(&other, Opts::default())));
     own.client().set("only-here", "1").await;
-    assert_eq!(other.client().get("only-here").await, None, "two start_temp servers share a database");
-    assert!(!own.db.exists(), "a start_temp server made its SQLite file");
+    assert_eq!(other.client().get("only-here").await, None, "two sidecars on different databases share data");
+    assert!(!own.db.exists(), "a sidecar on PostgreSQL made its SQLite file");
 
     let url = tokio::task::block_in_place(fresh_database);
     let (a, b) = tokio::task::block_in_place(|| (start_on(&url, Opts::default()), start_on(&url, Opts::default())));
@@ -106,4 +102,26 @@ async fn start_on_two_sidecars_share_a_database() {
     assert_eq!(b.client().get("from-a").await.as_deref(), Some(&b"A"[..]));
     assert_eq!(a.client().get("from-b").await.as_deref(), Some(&b"B"[..]));
     assert!(!a.db.exists() && !b.db.exists(), "a sidecar on PostgreSQL made its SQLite file");
+}
+
+/// With `SIDEKV_TEST_BACKEND=postgres`, `Server::start_at` puts a server on
+/// the database standing for its path: a relaunch at that path finds the
+/// data; another path is another database.
+#[tokio::test(flavor = "multi_thread")]
+async fn start_at_keeps_one_database_per_path_on_postgres() {
+    if !backend_is_postgres() {
+        eprintln!("runs with SIDEKV_TEST_BACKEND=postgres (the PostgreSQL pass of make test)");
+        return;
+    }
+    let _g = SHARED.lock().await;
+    let dir = tempdir();
+    let (p1, p2) = (dir.path().join("one.sqlite3"), dir.path().join("two.sqlite3"));
+    let mut a = tokio::task::block_in_place(|| Server::start_at(&p1, Opts::default()));
+    a.client().set("k", "v").await;
+    assert!(a.backend.is_some() && !p1.exists(), "start_at on PostgreSQL used the SQLite file");
+    terminate(&mut a);
+    let again = tokio::task::block_in_place(|| Server::start_at(&p1, Opts::default()));
+    assert_eq!(again.client().get("k").await.as_deref(), Some(&b"v"[..]), "a relaunch at the same path lost its data");
+    let other = tokio::task::block_in_place(|| Server::start_at(&p2, Opts::default()));
+    assert_eq!(other.client().get("k").await, None, "another path shares the database");
 }

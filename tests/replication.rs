@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::{Duration, Instant};
 
-use common::{Client, Opts, S3, Server, gauge, terminate, try_set, wait_caught_up, wipe};
+use common::{Client, Opts, S3, Server, gauge, terminate, terminate_not_backed_up, try_set, wait_caught_up, wipe};
 
 /// key → (value, versionstamp)
 use common::{State, dump, get_vs, read_db};
@@ -542,7 +542,10 @@ async fn fencing(name: &str, seeded: bool) {
     assert!(w_acked.len() > 50);
 
     terminate(winner);
-    terminate(loser);
+    // The loser's acknowledged local-mode writes exist only on its disk: its
+    // stop says so (exit 3) instead of exiting as if backed up.
+    let loser_log = terminate_not_backed_up(loser, Duration::from_secs(30));
+    assert!(plain(&loser_log).contains("fenced"), "{}", plain(&loser_log));
     let winner_state = read_db(w_db);
     let mut expected = seed.clone();
     expected.extend(w_acked);
@@ -1248,4 +1251,86 @@ async fn two_databases_starting_a_backup_on_one_path_do_not_mix() {
     }
     let values: Vec<String> = restored.values().map(|(v, _)| String::from_utf8_lossy(v).into_owned()).collect();
     assert!(values.iter().all(|v| v.starts_with('a')) || values.iter().all(|v| v.starts_with('b')), "{values:?}");
+}
+
+// ---------------------------------------------------------- graceful stop ----
+
+/// Issue 22: the backup was off long enough for the change log to be pruned
+/// past what S3 holds; a relaunch with the backup on, stopped within its
+/// first second, exited 0 while its acknowledged commits were only on the
+/// local disk ("the change log no longer holds commit …"). The stop now
+/// finishes the base snapshot first: after wiping the disk, a relaunch has
+/// every key, the one written after the relaunch too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stop_right_after_the_backup_restarts_waits_for_its_snapshot() {
+    let ctx = Ctx::new("stopbase").await;
+    let db = ctx.db();
+    let mut s = ctx.start(&db, &[("KVSTORE_SYNC_INTERVAL", "200ms"), ("KVSTORE_ADMIN_ADDR", "127.0.0.1:0")]);
+    let mut acked = State::new();
+    let vs = try_set(&s.client(), "first", "shipped").await.unwrap();
+    acked.insert("first".into(), (b"shipped".to_vec(), vs));
+    wait_caught_up(&s, Duration::from_secs(20)).await;
+    terminate(&mut s);
+
+    // The backup off: more commits than the change log keeps (10,000).
+    let mut off = tokio::task::block_in_place(|| Server::start_at(&db, Opts::default().env("NO_COLOR", "1")));
+    let c = off.client();
+    for i in 0..10_700u32 {
+        let (k, v) = (format!("k{:03}", i % 300), format!("v{i}"));
+        let vs = try_set(&c, &k, v.clone()).await.unwrap();
+        acked.insert(k, (v.into_bytes(), vs));
+    }
+    terminate(&mut off);
+
+    // The backup on again, stopped at once: nothing has had time to ship.
+    let mut s = ctx.start(&db, &[("KVSTORE_SYNC_INTERVAL", "60s")]);
+    let vs = try_set(&s.client(), "after-relaunch", "v").await.unwrap();
+    acked.insert("after-relaunch".into(), (b"v".to_vec(), vs));
+    terminate(&mut s);
+    wipe(&db);
+
+    let s = ctx.start(&db, &[]);
+    assert!(log(&s).contains("restore complete"), "{}", log(&s));
+    assert_has_all(&dump(&s.client()).await, &acked, "after SIGTERM and a wiped disk");
+}
+
+/// Issue 22: with S3 down, a stop waited its drain timeout and exited 0 as
+/// if backed up. Now `/readyz` says "not backed up" while uploads fail, the
+/// stop ends at KVSTORE_STOP_TIMEOUT with exit status 3 naming the commits
+/// only on this disk, and the next start on that disk ships them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stop_with_s3_down_exits_3_and_says_what_is_not_backed_up() {
+    let ctx = Ctx::new("stopdown").await;
+    if !ctx.can_pause() {
+        return;
+    }
+    let db = ctx.db();
+    let env = [("KVSTORE_SYNC_INTERVAL", "200ms"), ("KVSTORE_ADMIN_ADDR", "127.0.0.1:0"), ("AWS_MAX_ATTEMPTS", "1")];
+    let mut s = ctx.start(&db, &[env[0], env[1], env[2], ("KVSTORE_STOP_TIMEOUT", "3s")]);
+    let c = s.client();
+    try_set(&c, "k", "v1").await.unwrap();
+    wait_caught_up(&s, Duration::from_secs(20)).await;
+    ctx.s3.pause();
+    try_set(&c, "k", "v2").await.unwrap();
+    let admin = s.admin_url.clone().unwrap();
+    let t0 = Instant::now();
+    loop {
+        let body = reqwest::get(format!("{admin}/readyz")).await.unwrap().text().await.unwrap();
+        if body.contains("not backed up") {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "/readyz never said \"not backed up\" while S3 was down: {body}\n{}", log(&s));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(gauge(&s, "sidekv_backup_stalled").await, 1.0);
+    let stop_log = plain(&terminate_not_backed_up(&mut s, Duration::from_secs(12)));
+    assert!(stop_log.contains("acknowledged commits"), "{stop_log}");
+
+    ctx.s3.resume();
+    let mut s = ctx.start(&db, &env);
+    wait_caught_up(&s, Duration::from_secs(30)).await;
+    terminate(&mut s);
+    wipe(&db);
+    let s = ctx.start(&db, &env);
+    assert_eq!(get_vs(&s.client(), "k").await.unwrap().0, b"v2");
 }

@@ -127,9 +127,23 @@ fn judge(key: &str, km: &mut KeyModel, got: Option<Vec<u8>>, etag: Option<String
             km.maybe.len()
         ));
     }
-    // It applied: that is now the known state (versionstamp from the ETag).
-    let vs = etag.or(acked_vs).unwrap_or_default();
-    km.acked = Some((got, vs));
+    // It applied: that is now the known state. A write in flight when the
+    // server died came after the last acknowledged one, so its versionstamp
+    // must be newer (an older or equal one is a re-stamp or a rollback).
+    // A maybe-delete that applied has no versionstamp to compare.
+    if got.is_some() {
+        let Some(served) = etag else {
+            return Err(format!("{key}: a value served without a versionstamp"));
+        };
+        if let Some(acked) = acked_vs.as_ref().filter(|a| !a.is_empty())
+            && served <= *acked
+        {
+            return Err(format!("{key}: adopting a maybe-write whose versionstamp {served} is not newer than the acknowledged {acked}"));
+        }
+        km.acked = Some((got, served));
+    } else {
+        km.acked = Some((None, acked_vs.unwrap_or_default()));
+    }
     Ok(())
 }
 
@@ -143,6 +157,11 @@ fn judge_tells_a_restamped_write_from_an_applied_maybe_write() {
     assert_eq!(km.acked.as_ref().unwrap().1, "00000000000094f60001");
     // The same bytes under another versionstamp with no write in flight: a real re-stamp.
     assert!(judge("k", &mut acked(), Some(v.clone()), Some("00000000000094f60001".into())).is_err());
+    // A maybe-write served under a versionstamp older than the acknowledged one: never adopted.
+    let mut km = KeyModel { maybe: vec![Some(b"other".to_vec())], ..acked() };
+    assert!(judge("k", &mut km, Some(b"other".to_vec()), Some("00000000000094bd0000".into())).is_err());
+    let mut km = KeyModel { maybe: vec![Some(b"other".to_vec())], ..acked() };
+    assert!(judge("k", &mut km, Some(b"other".to_vec()), Some("00000000000094be0000".into())).is_err());
     // Lost acknowledged write.
     assert!(judge("k", &mut acked(), None, None).is_err());
     assert!(judge("k", &mut acked(), Some(v), Some("00000000000094be0000".into())).is_ok());

@@ -18,17 +18,25 @@
 //! | `limits`       | every data limit, one definition                          |
 //! | `versionstamp` | the 10-byte commit position and its 20-hex-char form     |
 //! | `error`        | `StoreError`: what a store call can fail with (no HTTP)  |
+//! | `status`       | the one table from a failure to its REST status          |
 //!
-//! There is no HTTP here on purpose: the host maps `StoreError` to a status
-//! in exactly one place (`http::status`), guests map the WIT variant
-//! themselves.
+//! There is no HTTP here on purpose: a status is a number in `status`, the
+//! table the host and every guest (default and examples) answer from.
 
 pub mod error;
 pub mod limits;
+pub mod status;
 pub mod types;
 pub mod validate;
 pub mod versionstamp;
 
+/// Unix time in milliseconds: the clock of expiry times (0 if the clock is
+/// before 1970). One definition for the host, its backends and the guests.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
 pub use error::StoreError;
+pub use status::Failure;
 pub use types::*;
 pub use versionstamp::Versionstamp;

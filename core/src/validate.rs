@@ -6,7 +6,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 use crate::limits;
-use crate::types::{Key, ListQuery, MutationKind, WriteOp};
+use crate::types::{Key, ListQuery, MutationKind, WriteOp, WriteResult};
 use crate::{StoreError, Versionstamp};
 
 pub fn validate_key(key: &[u8]) -> Result<(), StoreError> {
@@ -114,6 +114,19 @@ pub fn validate_write(op: &WriteOp, max_value_bytes: usize) -> Result<(), StoreE
             }
             Ok(())
         }
+    }
+}
+
+/// A write whose condition names a versionstamp no store issues (see
+/// [`Versionstamp::issuable`]) fails its check without reading anything: no
+/// entry can have that version. Backends store versions as 47-bit counters,
+/// so such a value must never reach them (it would wrap onto a real one).
+pub fn never_issued_condition(op: &WriteOp) -> Option<WriteResult> {
+    let never = |v: &Option<Versionstamp>| v.is_some_and(|v| !v.issuable());
+    match op {
+        WriteOp::Set { cond, .. } | WriteOp::Delete { cond, .. } if never(&cond.if_match) => Some(WriteResult::PreconditionFailed),
+        WriteOp::Atomic { checks, .. } => checks.iter().position(|c| never(&c.versionstamp)).map(WriteResult::CheckFailed),
+        _ => None,
     }
 }
 
@@ -227,5 +240,30 @@ mod tests {
         };
         let e = validate_write(&batch, 10).unwrap_err();
         assert!(e.to_string().starts_with("mutations[0]: ttl"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod never_issued_tests {
+    use super::*;
+    use crate::types::{Check, Condition, Value};
+
+    #[test]
+    fn conditions_on_never_issued_versionstamps_fail_without_a_read() {
+        let never: Versionstamp = "10000000000000040000".parse().unwrap();
+        let real: Versionstamp = "00000000000000040000".parse().unwrap();
+        let set = |v| WriteOp::Set {
+            key: b"a".to_vec(),
+            value: Value::bytes(b"v".to_vec()),
+            ttl_ms: None,
+            cond: Condition { if_match: Some(v), ..Default::default() },
+        };
+        assert_eq!(never_issued_condition(&set(never)), Some(WriteResult::PreconditionFailed));
+        assert_eq!(never_issued_condition(&set(real)), None);
+        let atomic = WriteOp::Atomic {
+            checks: vec![Check { key: b"a".to_vec(), versionstamp: Some(real) }, Check { key: b"b".to_vec(), versionstamp: Some(never) }],
+            mutations: vec![],
+        };
+        assert_eq!(never_issued_condition(&atomic), Some(WriteResult::CheckFailed(1)));
     }
 }

@@ -70,6 +70,21 @@ impl Versionstamp {
         b
     }
 
+    /// Whether a store can ever issue this versionstamp. Every 20-hex string
+    /// parses (a client may hold any of them, e.g. one from another
+    /// database), but counters past `MAX_COUNTER` are never issued: a check
+    /// or `If-Match` naming one simply fails, as for any version no entry has.
+    pub fn issuable(self) -> bool {
+        self.counter <= MAX_COUNTER
+    }
+
+    /// From the 10 bytes KV Connect carries.
+    pub fn from_bytes(b: [u8; 10]) -> Self {
+        let mut counter = [0u8; 8];
+        counter.copy_from_slice(&b[..8]);
+        Versionstamp { counter: u64::from_be_bytes(counter), index: u16::from_be_bytes([b[8], b[9]]) }
+    }
+
     /// The first versionstamp of commit `counter`.
     pub fn commit_start(counter: u64) -> Self {
         Versionstamp { counter, index: 0 }
@@ -86,6 +101,9 @@ impl fmt::Display for Versionstamp {
 #[error("a versionstamp is 20 lowercase hex characters, got {0:?}")]
 pub struct BadVersionstamp(pub String);
 
+/// Any 20 lowercase hex characters (the 10 bytes of KV Connect's
+/// versionstamps); whether the store could have issued it is
+/// [`Versionstamp::issuable`]'s question, not a syntax error.
 impl FromStr for Versionstamp {
     type Err = BadVersionstamp;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
@@ -95,9 +113,6 @@ impl FromStr for Versionstamp {
         }
         let counter = u64::from_str_radix(&s[..16], 16).map_err(|_| bad())?;
         let index = u16::from_str_radix(&s[16..], 16).map_err(|_| bad())?;
-        if counter > MAX_COUNTER {
-            return Err(bad());
-        }
         Ok(Versionstamp { counter, index })
     }
 }
@@ -115,8 +130,12 @@ mod tests {
         assert_eq!(c.to_string(), "00000000000000020000");
         for v in [a, b, c, Versionstamp::new(MAX_COUNTER, 65535)] {
             assert_eq!(v.to_string().parse::<Versionstamp>().unwrap(), v);
+            assert_eq!(Versionstamp::from_bytes(v.to_bytes()), v);
             assert_eq!(Versionstamp::from_i64(v.to_i64()), v);
         }
+        let never = Versionstamp::new(u64::MAX, 7);
+        assert_eq!(Versionstamp::from_bytes(never.to_bytes()), never);
+        assert_eq!(never.to_string().parse::<Versionstamp>().unwrap(), never);
         assert!(a < b && b < c);
         assert!(a.to_string() < b.to_string() && b.to_string() < c.to_string());
         assert!(a.to_i64() < b.to_i64() && b.to_i64() < c.to_i64());
@@ -125,9 +144,27 @@ mod tests {
     #[test]
     fn rejects_malformed() {
         for s in
-            ["", "0000000000000001000", "000000000000000100000", "0000000000000001000G", "0000000000000001000A", "ffffffffffffffff0000"]
+            ["", "0000000000000001000", "000000000000000100000", "0000000000000001000G", "0000000000000001000A", "+000000000000001000a"]
         {
             assert!(s.parse::<Versionstamp>().is_err(), "{s}");
+        }
+    }
+
+    /// Issue 22: denokv's e2e check `"1" + existing.substring(1)` was a 400
+    /// ("… got \"10000000000000040000\""); it is a well-formed versionstamp
+    /// that no store issues.
+    #[test]
+    fn parses_every_well_formed_versionstamp_and_knows_which_are_issued() {
+        for (s, issued) in [
+            ("10000000000000040000", false),
+            ("ffffffffffffffffffff", false),
+            ("00008000000000000000", false),
+            ("00007fffffffffffffff", true),
+            ("00000000000000040000", true),
+        ] {
+            let v = s.parse::<Versionstamp>().unwrap();
+            assert_eq!(v.to_string(), s);
+            assert_eq!(v.issuable(), issued, "{s}");
         }
     }
 }

@@ -63,15 +63,19 @@ fn error(status: u16, msg: impl Into<String>) -> Resp {
     json_resp(status, json!({ "error": msg.into() }))
 }
 
+/// A store failure as REST shows it: the status from `sidekv_core::status`.
 fn kv_error(e: KvError) -> Resp {
-    match e {
-        KvError::InvalidKey(m) => error(400, format!("invalid key: {m}")),
-        KvError::ValueTooLarge(limit) => error(413, format!("the value is over the {limit}-byte limit")),
-        KvError::InvalidArgument(m) => error(400, m),
-        KvError::Unavailable(m) | KvError::OutcomeUnknown(m) => error(503, m),
-        KvError::StorageFull => error(507, "the disk holding the database is full; nothing was written"),
-        KvError::Internal(m) => error(500, m),
-    }
+    use sidekv_core::Failure as F;
+    let (kind, msg) = match e {
+        KvError::InvalidKey(m) => (F::InvalidKey, format!("invalid key: {m}")),
+        KvError::ValueTooLarge(limit) => (F::ValueTooLarge, format!("the value is over the {limit}-byte limit")),
+        KvError::InvalidArgument(m) => (F::InvalidArgument, m),
+        KvError::Unavailable(m) => (F::Unavailable, m),
+        KvError::OutcomeUnknown(m) => (F::OutcomeUnknown, m),
+        KvError::StorageFull => (F::StorageFull, "the disk holding the database is full; nothing was written".into()),
+        KvError::Internal(m) => (F::Internal, m),
+    };
+    error(kind.rest_status(), msg)
 }
 
 // ---------------------------------------------------------------- auth ----
@@ -225,17 +229,14 @@ fn decimal(s: &str) -> Option<u64> {
 }
 
 /// A resume position of a prefix watch: `<versionstamp>` or an SSE event
-/// id `<versionstamp>.<n>` (the store's own syntax: a 47-bit commit counter
-/// in 16 hex digits, a 4-digit index, `n` a u32).
+/// id `<versionstamp>.<n>` (20 lowercase hex characters, `n` a u32). Whether
+/// the store ever reached it is the host's answer, with its own message.
 fn is_position(s: &str) -> bool {
     let (vs, n) = match s.split_once('.') {
         Some((vs, n)) => (vs, Some(n)),
         None => (s, None),
     };
-    let vs_ok = vs.len() == 20
-        && vs.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-        && vs.starts_with("0000")
-        && vs.as_bytes()[4] <= b'7';
+    let vs_ok = vs.len() == 20 && vs.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
     vs_ok && n.is_none_or(|n| decimal(n).is_some_and(|n| u32::try_from(n).is_ok()))
 }
 
@@ -625,9 +626,7 @@ fn export(req: &Request, q: &Query) -> Result<Resp, Resp> {
     Ok(stream("application/x-ndjson", BodyStream::Export(prefix_param(q)?)))
 }
 
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
+use sidekv_core::now_ms;
 
 /// Load NDJSON (`{"key":…,"value":<base64>,"expires_at":<unix ms>?}` per
 /// line, the `/_export` format) in atomic batches. Every bad line is
@@ -899,7 +898,9 @@ mod tests {
         assert!(is_position(&format!("{VS}.0")));
         assert!(is_position(&format!("{VS}.4294967295")));
         assert!(is_position("00007fffffffffffffff"));
-        assert!(!is_position("00008000000000000000"));
+        // Well-formed but never issued: the host answers that (it is past the newest commit).
+        assert!(is_position("00008000000000000000"));
+        assert!(is_position("10000000000000040000"));
         assert!(!is_position(&format!("{VS}.4294967296")));
         assert!(!is_position(&format!("{VS}.")));
         assert!(!is_position(&format!("{VS}.+1")));

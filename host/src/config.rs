@@ -192,6 +192,14 @@ pub struct Config {
     #[arg(long, env = "KVSTORE_S3_PART_BYTES", default_value_t = limits::DEFAULT_S3_PART_BYTES)]
     pub s3_part_bytes: u64,
 
+    /// Stop deadline: from SIGTERM to exit, finishing in-flight requests and
+    /// shipping every commit to S3 (a snapshot too, if the backup must
+    /// restart from one). Keep it below the platform's grace period
+    /// (Kubernetes: 30 s). Past it, or with S3 down, sidekv exits with
+    /// status 3 and says how many commits are only on the local disk.
+    #[arg(long, env = "KVSTORE_STOP_TIMEOUT", default_value = limits::DEFAULT_STOP_TIMEOUT, value_parser = parse_duration)]
+    pub stop_timeout: Duration,
+
     /// Address for /healthz, /readyz and /metrics (e.g. 127.0.0.1:9090);
     /// unset disables them. The main port belongs to the guest.
     #[arg(long, env = "KVSTORE_ADMIN_ADDR")]
@@ -304,6 +312,9 @@ impl Config {
         }
         if self.guest_memory_mb < 2 || self.guest_memory_mb > 4096 {
             return Err(invalid("KVSTORE_GUEST_MEMORY_MB", "must be between 2 and 4096"));
+        }
+        if self.stop_timeout < Duration::from_secs(1) {
+            return Err(invalid("KVSTORE_STOP_TIMEOUT", "must be at least 1s"));
         }
         if self.sync_interval.is_zero() {
             return Err(invalid("KVSTORE_SYNC_INTERVAL", "must be more than 0"));

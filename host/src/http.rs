@@ -54,23 +54,16 @@ fn full(b: impl Into<Bytes>) -> Body {
 }
 
 /// A JSON error response: `{"error": msg}`; a 503 says when to retry.
-/// Every error → HTTP status decision the host makes, in one place. (A
-/// guest maps the WIT `kv-error` it sees to its own responses.)
+/// Every error → HTTP status decision the host makes, in one place. Store
+/// failures follow `sidekv_core::status`, the table guests answer from too.
 pub trait HttpStatus {
     fn http_status(&self) -> u16;
 }
 
+/// Store failures: the table in `sidekv_core::status`, which the guests use too.
 impl HttpStatus for StoreError {
     fn http_status(&self) -> u16 {
-        match self {
-            StoreError::InvalidKey(_) | StoreError::InvalidArgument(_) => 400,
-            StoreError::HistoryGone(_) => 410,
-            StoreError::ValueTooLarge { .. } => 413,
-            // Retry later; an unknown outcome says so in its message.
-            StoreError::Unavailable(_) | StoreError::OutcomeUnknown(_) => 503,
-            StoreError::StorageFull => 507,
-            StoreError::Internal(_) => 500,
-        }
+        self.rest_status()
     }
 }
 
@@ -214,7 +207,7 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
     drop(listener);
     tokio::select! {
         _ = graceful.shutdown() => {}
-        _ = tokio::time::sleep(limits::SHUTDOWN_GRACE) => {
+        _ = tokio::time::sleep(limits::SHUTDOWN_GRACE.min(app.config.stop_timeout / 2)) => {
             tracing::warn!("in-flight requests did not finish within the shutdown grace period");
         }
     }

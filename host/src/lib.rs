@@ -161,10 +161,12 @@ pub async fn run(
     };
     let http_task = tokio::spawn(http::serve(listener, app.clone(), stopped()));
     let admin_task = admin.map(|l| tokio::spawn(http::serve_admin(l, app.clone(), stopped())));
+    let (stop_at_tx, stop_at) = tokio::sync::oneshot::channel::<tokio::time::Instant>();
     {
         let app = app.clone();
         tokio::spawn(async move {
             shutdown.await;
+            let _ = stop_at_tx.send(tokio::time::Instant::now());
             // End long-polls and streams first, so graceful shutdown is not
             // held up by clients that would wait for minutes.
             if let Some(kv) = app.kv() {
@@ -213,6 +215,9 @@ pub async fn run(
     if let Some(t) = admin_task {
         t.abort();
     }
-    kv.shutdown().await;
+    // The stop deadline counts from the signal, in-flight requests included.
+    let mut stop_at = stop_at;
+    let deadline = stop_at.try_recv().unwrap_or_else(|_| tokio::time::Instant::now()) + config.stop_timeout;
+    kv.shutdown(deadline).await?;
     Ok(())
 }

@@ -149,7 +149,8 @@ pub const DEFAULT_WRITE_TIMEOUT: &str = "10s";
 pub const INFLIGHT_BODY_FACTOR: usize = 4;
 /// How long a body waits for room in the in-flight budget.
 pub const BODY_BUDGET_WAIT: Duration = Duration::from_secs(2);
-/// How long graceful shutdown waits for in-flight requests.
+/// How long graceful shutdown waits for in-flight requests (at most half
+/// of the stop deadline: the rest is the backup's).
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 // ---- PostgreSQL backend (backend::postgres) ----
@@ -208,7 +209,16 @@ pub const DEFAULT_S3_PART_BYTES: u64 = 64 << 20;
 pub const MIN_S3_PART_BYTES: u64 = 5 << 20;
 /// S3's largest part.
 pub const MAX_S3_PART_BYTES: u64 = 5 << 30;
+/// Commits unshipped this long past the sync interval (`s3` mode: past
+/// their commit) make `/readyz` say "not backed up" before any upload has
+/// failed: a hanging S3 fails an attempt only after its timeouts and retries.
+pub const BACKUP_LAG_GRACE: Duration = Duration::from_secs(5);
 /// Backoff ceiling between failed uploads.
 pub const UPLOAD_BACKOFF_MAX: Duration = Duration::from_secs(5);
-/// How long SIGTERM waits for the outbox to drain to S3.
-pub const SHUTDOWN_DRAIN_TIMEOUT: Duration = Duration::from_secs(15);
+/// Default stop deadline (`KVSTORE_STOP_TIMEOUT`): from SIGTERM to exit,
+/// in-flight requests and the drain to S3 included. Below Kubernetes'
+/// default 30 s grace period, so the drain ends before SIGKILL could.
+pub const DEFAULT_STOP_TIMEOUT: &str = "25s";
+/// At a stop, how long the uploader may finish its current step before it
+/// is cancelled and the drain takes over.
+pub const UPLOADER_STOP_WAIT: Duration = Duration::from_secs(2);

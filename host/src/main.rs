@@ -44,10 +44,15 @@ async fn shutdown_signal() {
     }
 }
 
+/// Exit status of a stop that left commits outside the backup (a lost
+/// disk would lose them): distinct from a failed start (1) and bad settings (2).
+const EXIT_NOT_BACKED_UP: i32 = 3;
+
 fn main() {
     if let Err(e) = real_main() {
         eprintln!("sidekv: {e:#}");
-        std::process::exit(1);
+        let code = if e.downcast_ref::<sidekv::backend::NotBackedUp>().is_some() { EXIT_NOT_BACKED_UP } else { 1 };
+        std::process::exit(code);
     }
 }
 
@@ -132,7 +137,7 @@ fn real_main() -> anyhow::Result<()> {
                         println!("FAIL guest: {e}")
                     }
                 }
-                kv.shutdown().await;
+                let _ = kv.shutdown(tokio::time::Instant::now() + std::time::Duration::from_secs(5)).await;
                 let _ = std::fs::remove_dir_all(&store_dir);
                 if let Some(url) = config.postgres_url() {
                     match sidekv::backend::postgres::check(url).await {

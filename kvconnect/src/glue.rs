@@ -14,6 +14,11 @@ macro_rules! typed_kv_store {
         pub struct $name;
 
         impl $name {
+            /// KV Connect's answer to a store failure. It differs from the
+            /// REST table (`sidekv_core::status`) on purpose, where Deno's
+            /// client would otherwise do the wrong thing: it retries
+            /// `Retry` answers itself, and must never retry a write whose
+            /// outcome is unknown.
             fn failure(e: types::KvError) -> $crate::server::Failure {
                 use $crate::server::Failure;
                 match e {

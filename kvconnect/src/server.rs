@@ -19,6 +19,7 @@
 use crate::datapath::{self as dp, MutationType};
 use crate::limits::{Limits, validate_atomic_write, validate_snapshot_read, validate_watch};
 use crate::metadata::{self as md, DatabaseMetadata, DatapathHeaders};
+use sidekv_core::Versionstamp;
 
 /// How long metadata stays valid; clients refresh it about once a minute anyway.
 pub const METADATA_TTL_MS: u64 = 24 * 3600 * 1000;
@@ -294,21 +295,15 @@ fn one_after(k: &[u8]) -> Vec<u8> {
     e
 }
 
-/// A versionstamp's 20 hex characters (as the WIT and REST show it).
+/// A versionstamp's 20 hex characters (as the WIT and REST show it): the
+/// codec of `sidekv_core::Versionstamp`.
 pub fn versionstamp_hex(vs: &[u8; 10]) -> String {
-    vs.iter().map(|b| format!("{b:02x}")).collect()
+    Versionstamp::from_bytes(*vs).to_string()
 }
 
 /// The 10 bytes of a 20-hex-character versionstamp.
 pub fn versionstamp_from_hex(s: &str) -> Option<[u8; 10]> {
-    if s.len() != 20 {
-        return None;
-    }
-    let mut out = [0u8; 10];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
+    s.parse::<Versionstamp>().ok().map(Versionstamp::to_bytes)
 }
 
 /// A guest's `Resp`-independent view of an authorization failure: turn a

@@ -91,6 +91,22 @@ pub fn terminate(s: &mut Server) {
     assert!(st.success(), "sidekv exited with {st} after SIGTERM:\n{}", tail(&s.log(), 60));
 }
 
+/// Exit status of a stop that left commits outside the backup (`main.rs`).
+pub const EXIT_NOT_BACKED_UP: i32 = 3;
+
+/// SIGTERM a server that cannot finish its backup: it must exit with
+/// `EXIT_NOT_BACKED_UP` within `within`, saying what is not backed up.
+/// Returns its log.
+pub fn terminate_not_backed_up(s: &mut Server, within: Duration) -> String {
+    let t0 = Instant::now();
+    let st = tokio::task::block_in_place(|| s.terminate(within + Duration::from_secs(30)));
+    let log = s.log();
+    assert_eq!(st.code(), Some(EXIT_NOT_BACKED_UP), "exit status after SIGTERM:\n{}", tail(&log, 60));
+    assert!(t0.elapsed() < within, "the stop took {:?}, over {within:?}", t0.elapsed());
+    assert!(log.contains("are not in the backup"), "the exit must say which commits are not backed up:\n{}", tail(&log, 30));
+    log
+}
+
 /// Remove the database and its WAL/SHM files.
 pub fn wipe(db: &Path) {
     for ext in ["", "-wal", "-shm"] {

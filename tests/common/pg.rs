@@ -14,10 +14,12 @@
 //! (immediate shutdown), so even a test process killed with SIGKILL leaves no
 //! postgres behind (only its temporary directory).
 //!
-//! `SIDEKV_TEST_BACKEND=postgres` makes `start_temp` put each server on a
-//! fresh database of the shared server (`KVSTORE_BACKEND`); unset or `sqlite`
-//! keeps the SQLite file. Tests that are about SQLite or S3 check
-//! `backend_is_postgres()` and skip themselves.
+//! `SIDEKV_TEST_BACKEND=postgres` makes `Server::start_at` (and so
+//! `start_temp`) put each server on a database of the shared server
+//! (`KVSTORE_BACKEND`), one per database path; unset or `sqlite` keeps the
+//! SQLite file. A test that is about SQLite itself (its file, WAL, disk) has
+//! `sqlite_only` in its name: the PostgreSQL pass filters those out by name
+//! (`--skip sqlite_only`), so cargo counts them as filtered, never as passed.
 
 use std::io::Read;
 use std::os::unix::process::CommandExt;
@@ -392,6 +394,21 @@ pub fn backend_opts(opts: Opts) -> Opts {
     } else {
         opts
     }
+}
+
+/// `opts` for a server whose store is "at" `db`: with
+/// `SIDEKV_TEST_BACKEND=postgres`, `KVSTORE_BACKEND` on the database that
+/// stands for that path — one per path, made on first use — so a relaunch at
+/// the same path finds its data, as it would in the SQLite file (unless
+/// `opts` names a backend itself). `Server::start_at` applies it, so every
+/// suite of the PostgreSQL pass really runs on PostgreSQL.
+pub fn backend_opts_at(db: &Path, opts: Opts) -> Opts {
+    if !backend_is_postgres() || opts.env.iter().any(|(k, _)| k == "KVSTORE_BACKEND") {
+        return opts;
+    }
+    static BY_PATH: Mutex<std::collections::BTreeMap<PathBuf, String>> = Mutex::new(std::collections::BTreeMap::new());
+    let url = BY_PATH.lock().unwrap_or_else(|e| e.into_inner()).entry(db.to_path_buf()).or_insert_with(fresh_database).clone();
+    opts.env("KVSTORE_BACKEND", &url)
 }
 
 /// A server on the PostgreSQL database `url` (several may share one), with

@@ -72,6 +72,7 @@ pub fn base_command(dir: &Path) -> Command {
 impl Server {
     /// Start with the database at `db` (the directory is also used for logs).
     pub fn start_at(db: &Path, opts: Opts) -> Server {
+        let opts = super::pg::backend_opts_at(db, opts);
         let dir = db.parent().unwrap().to_path_buf();
         let mut cmd = base_command(&dir);
         cmd.env("KVSTORE_SECRET", SECRET).env("PORT", "0").env("KVSTORE_DB", db);
@@ -242,10 +243,10 @@ impl std::ops::DerefMut for TempServer {
 
 /// Start a server on a fresh temporary database: a SQLite file, or with
 /// `SIDEKV_TEST_BACKEND=postgres` a fresh database on the shared PostgreSQL
-/// (the directory still holds the logs and the cache).
+/// (the directory still holds the logs and the cache; see `Server::start_at`).
 pub fn start_temp(opts: Opts) -> TempServer {
     let dir = tempdir();
-    let s = Server::start_at(&dir.path().join("db.sqlite3"), super::pg::backend_opts(opts));
+    let s = Server::start_at(&dir.path().join("db.sqlite3"), opts);
     TempServer { s, _dir: dir }
 }
 

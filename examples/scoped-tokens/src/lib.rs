@@ -139,16 +139,21 @@ fn authorize(req: &Request, key: &str, write: bool) -> Result<(), Response> {
     Ok(())
 }
 
+/// A store failure, with the REST status of `sidekv_core::status` (the table
+/// the host and the default guest answer from).
 fn err(e: sidekv::store::types::KvError) -> Response {
     use sidekv::store::types::KvError::*;
-    let (s, m) = match e {
-        InvalidKey(m) | InvalidArgument(m) => (400, m),
-        ValueTooLarge(l) => (413, format!("value over {l} bytes")),
-        Unavailable(m) | OutcomeUnknown(m) => (503, m),
-        StorageFull => (507, "disk full".to_string()),
-        Internal(m) => (500, m),
+    use sidekv_core::Failure as F;
+    let (kind, m) = match e {
+        InvalidKey(m) => (F::InvalidKey, m),
+        InvalidArgument(m) => (F::InvalidArgument, m),
+        ValueTooLarge(l) => (F::ValueTooLarge, format!("value over {l} bytes")),
+        Unavailable(m) => (F::Unavailable, m),
+        OutcomeUnknown(m) => (F::OutcomeUnknown, m),
+        StorageFull => (F::StorageFull, "disk full".to_string()),
+        Internal(m) => (F::Internal, m),
     };
-    reply(s, &format!("{{\"error\":{m:?}}}"))
+    reply(kind.rest_status(), &format!("{{\"error\":{m:?}}}"))
 }
 
 struct Component;

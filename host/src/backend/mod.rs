@@ -81,8 +81,26 @@ pub trait Backend: Send + Sync + 'static {
     /// including commits made by other processes sharing the store.
     fn subscribe_commits(&self) -> watch::Receiver<u64>;
     fn status(&self) -> BackendStatus;
-    /// Finish queued work (drain the backup) and close. Called once.
-    fn shutdown(&self) -> BoxFuture<'_, ()>;
+    /// Finish queued work (drain the backup) and close, by `deadline`.
+    /// Called once. `Err` says which committed writes are not in the backup.
+    fn shutdown(&self, deadline: tokio::time::Instant) -> BoxFuture<'_, Result<(), NotBackedUp>>;
+}
+
+/// A stop that could not finish what the backup needs: these commits are
+/// only on the local disk. The process exits non-zero saying so, because a
+/// relaunch anywhere else (a lost disk) would not have them.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "{commits} {} commits (up to commit {last}) are not in the backup, only in the local database {db}: {reason}",
+    if *.acknowledged { "acknowledged" } else { "committed (not yet acknowledged)" }
+)]
+pub struct NotBackedUp {
+    pub commits: u64,
+    pub last: u64,
+    /// Whether clients were told these writes succeeded (`local` durability).
+    pub acknowledged: bool,
+    pub db: String,
+    pub reason: String,
 }
 
 struct KvInner {
@@ -146,6 +164,9 @@ impl Kv {
 
     pub async fn write(&self, op: WriteOp) -> Result<WriteResult, StoreError> {
         validate::validate_write(&op, self.inner.max_value_bytes)?;
+        if let Some(failed) = validate::never_issued_condition(&op) {
+            return Ok(failed);
+        }
         self.backend().write(op).await
     }
 
@@ -180,10 +201,10 @@ impl Kv {
         let _ = rx.wait_for(|c| *c).await;
     }
 
-    /// Drain and close the backend.
-    pub async fn shutdown(&self) {
+    /// Drain and close the backend, by `deadline`.
+    pub async fn shutdown(&self, deadline: tokio::time::Instant) -> Result<(), NotBackedUp> {
         self.begin_shutdown();
-        self.backend().shutdown().await
+        self.backend().shutdown(deadline).await
     }
 
     /// Long-poll one key until its versionstamp differs from `since` (`None`
@@ -220,9 +241,7 @@ impl Kv {
     }
 }
 
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
+pub use sidekv_core::now_ms;
 
 /// Open the backend `config` selects. `restoring` is called if the SQLite
 /// backend restores from S3 first (start-up answers then say so).

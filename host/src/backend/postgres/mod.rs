@@ -42,7 +42,7 @@ pub use connect::ConnectError;
 use plan::Row;
 use writer::{WriterMsg, unreachable};
 
-use super::{Backend, BackendStatus, BoxFuture, StoreFuture};
+use super::{Backend, BackendStatus, BoxFuture, NotBackedUp, StoreFuture};
 use super::{Change, ChangePos, Encoding, Entry, Key, ListPage, ListQuery, StoreError, Value, Versionstamp, WriteOp, WriteResult};
 use crate::limits;
 use crate::metrics::ReplicationGauges;
@@ -440,7 +440,7 @@ impl Backend for PgBackend {
         }
     }
 
-    fn shutdown(&self) -> BoxFuture<'_, ()> {
+    fn shutdown(&self, deadline: tokio::time::Instant) -> BoxFuture<'_, Result<(), NotBackedUp>> {
         Box::pin(async move {
             // The writer finishes what is queued when its queue closes; the
             // tailer and sweeper just stop.
@@ -452,9 +452,12 @@ impl Backend for PgBackend {
             }
             self.writer.lock().unwrap().take();
             if let Some(w) = writer {
-                let _ = tokio::time::timeout(limits::SHUTDOWN_GRACE, w).await;
+                let until = deadline.min(tokio::time::Instant::now() + limits::SHUTDOWN_GRACE);
+                let _ = tokio::time::timeout_at(until, w).await;
             }
             self.shared.pool.close();
+            // PostgreSQL's own backup keeps what it committed.
+            Ok(())
         })
     }
 }

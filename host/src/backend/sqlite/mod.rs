@@ -22,7 +22,7 @@ use tokio::task::JoinHandle;
 
 use self::replica::{Replica, ReplicaError};
 use self::store::{Store, StoreOptions};
-use super::{Backend, BackendStatus, BoxFuture, StoreFuture};
+use super::{Backend, BackendStatus, BoxFuture, NotBackedUp, StoreFuture};
 use super::{Change, ChangePos, Entry, Key, ListPage, ListQuery, StoreError, WriteOp, WriteResult};
 use crate::config::Config;
 use crate::limits;
@@ -161,16 +161,18 @@ impl Backend for SqliteBackend {
         }
     }
 
-    fn shutdown(&self) -> BoxFuture<'_, ()> {
+    fn shutdown(&self, deadline: tokio::time::Instant) -> BoxFuture<'_, Result<(), NotBackedUp>> {
         Box::pin(async move {
-            let Some(tasks) = self.tasks.lock().unwrap().take() else { return };
+            let Some(tasks) = self.tasks.lock().unwrap().take() else { return Ok(()) };
             tasks.sweeper.abort();
-            if let (Some(r), Some(task)) = (&self.replica, tasks.replica) {
-                r.shutdown(&self.store, task).await;
-            }
+            let drained = match (&self.replica, tasks.replica) {
+                (Some(r), Some(task)) => r.shutdown(&self.store, task, deadline).await,
+                _ => Ok(()),
+            };
             let store = self.store.clone();
             let _ = tokio::task::spawn_blocking(move || store.close()).await;
             tracing::info!("store closed");
+            drained
         })
     }
 }

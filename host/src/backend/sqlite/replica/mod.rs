@@ -51,6 +51,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
+use crate::backend::NotBackedUp;
 use crate::backend::sqlite::store::outbox::{FilePositions, Next, RestoreFile, file_positions};
 use crate::backend::sqlite::store::versionstamp::{EPOCH_BITS, MAX_EPOCH, epoch_of, epoch_start};
 use crate::backend::sqlite::store::{Durability, Store, StoreError, Versionstamp};
@@ -306,9 +307,35 @@ impl Replica {
         self.state.lock().unwrap().fenced.clone()
     }
 
-    /// Why the backup is not running right now (S3 unreachable at launch, …).
+    /// Why the backup is not keeping up right now: a known reason (S3
+    /// unreachable at launch, uploads failing, a base snapshot pending), or
+    /// commits waiting for S3 longer than shipping them should take (an S3
+    /// that hangs fails an upload only after its timeouts and retries).
     pub fn not_backed_up_reason(&self) -> Option<String> {
-        self.state.lock().unwrap().not_backed_up.clone()
+        let st = self.state.lock().unwrap();
+        if let Some(why) = &st.not_backed_up {
+            return Some(why.clone());
+        }
+        let expected = match self.durability {
+            Durability::Local => self.sync_interval,
+            Durability::S3 => Duration::ZERO,
+        } + limits::BACKUP_LAG_GRACE;
+        let waited = st.behind_since.map(|t| t.elapsed()).filter(|w| *w > expected)?;
+        Some(format!(
+            "committed writes have waited {:.0} s for S3 (shipping should take under {:.0} s)",
+            waited.as_secs_f64(),
+            expected.as_secs_f64()
+        ))
+    }
+
+    /// The backup must restart from a snapshot claiming commits `after + 1 ..`;
+    /// until it is in S3, commits up to `committed` are not backed up.
+    fn need_base(&self, after: u64, committed: u64, why: &str) {
+        *self.needs_base.lock().unwrap() = Some(after);
+        if committed > after {
+            self.state.lock().unwrap().not_backed_up =
+                Some(format!("{why}: commits {}..={committed} reach S3 only with the snapshot the backup restarts from", after + 1));
+        }
     }
 
     pub fn lag_seconds(&self) -> f64 {
@@ -337,17 +364,27 @@ impl Replica {
     /// Compare a present local database with S3; a stale one is set aside
     /// and S3 restored in its place.
     async fn check_local(&self, db: &Path) -> Result<(), ReplicaError> {
-        let FilePositions { counter, shipped, .. } = file_positions(db)?;
+        let FilePositions { counter, shipped, pruned_below, .. } = file_positions(db)?;
         match self.assess(counter, shipped).await? {
+            // The log lost commits S3 lacks (pruned while the backup was
+            // off): known now, so /readyz says "not backed up" from the
+            // first request until the base snapshot is in S3.
+            Assessment::Continue if counter > shipped && pruned_below > shipped + 1 => {
+                tracing::warn!(db = %db.display(), shipped, local_commit = counter, "the change log was pruned while the backup was off; the backup restarts with a snapshot");
+                self.need_base(shipped, counter, "the change log was pruned while the backup was off");
+            }
             Assessment::Continue => {}
             Assessment::NeedsBase { after } => {
                 tracing::info!(db = %db.display(), local_commit = counter, "S3 cannot rebuild this database's history; the backup restarts with a snapshot");
-                *self.needs_base.lock().unwrap() = Some(after);
+                self.need_base(after, counter, "S3 cannot rebuild this database's history");
             }
             Assessment::Stale { remote_end } => {
                 let aside = set_aside(db, "stale")?;
-                tracing::warn!(
+                // Its unshipped commits were acknowledged in `local` mode:
+                // they are kept (aside), but no longer served or backed up.
+                tracing::error!(
                     db = %db.display(), local_commit = counter, remote_commit = remote_end, moved_to = ?aside,
+                    unshipped_commits = counter.saturating_sub(shipped),
                     "S3 holds newer commits than the local database (another instance wrote since); keeping the local file aside and restoring from S3"
                 );
                 self.restore_to(db, None).await?;
@@ -470,6 +507,11 @@ impl Replica {
     /// Creates no file when S3 holds nothing (first launch) and returns 0.
     pub async fn restore_to(&self, to: &Path, at: Option<Versionstamp>) -> Result<u64, ReplicaError> {
         let started = Instant::now();
+        if let Some(v) = at.filter(|v| !v.issuable()) {
+            return Err(ReplicaError::Gap(format!(
+                "{v} is past every commit a store can issue (its counter is over 47 bits); no backup reaches it"
+            )));
+        }
         let plan = self.plan_restore(at).await?;
         if plan.snapshot.is_none() && plan.segments.is_empty() {
             if at.is_some() {
@@ -663,7 +705,7 @@ impl Replica {
     async fn check_running(&self, store: &Store) -> Result<(), ReplicaError> {
         match self.assess(store.committed(), store.shipped()).await? {
             Assessment::Continue => {}
-            Assessment::NeedsBase { after } => *self.needs_base.lock().unwrap() = Some(after),
+            Assessment::NeedsBase { after } => self.need_base(after, store.committed(), "S3 cannot rebuild this database's history"),
             Assessment::Stale { remote_end } => {
                 return Err(ReplicaError::Fenced(format!(
                     "S3 holds commits up to {remote_end}, past this database's {}; restart sidekv to restore from S3",
@@ -733,6 +775,7 @@ impl Replica {
             match self.upload_step(&store, self.durability == Durability::Local).await {
                 Ok(()) => {
                     backoff = Duration::from_millis(100);
+                    self.state.lock().unwrap().not_backed_up = None;
                     if self.durability == Durability::S3 && store.write_block_reason().is_some() && self.fenced_reason().is_none() {
                         tracing::info!("S3 answers again; accepting writes");
                         store.unblock_writes();
@@ -740,15 +783,10 @@ impl Replica {
                     self.maybe_start_snapshot(&store);
                 }
                 Err(ReplicaError::Fenced(why)) => self.fence(&store, why),
-                Err(ReplicaError::HistoryPruned(after)) => {
-                    tracing::warn!(
-                        shipped = after,
-                        "the change log no longer holds the next commit to ship (the backup was off); restarting the backup with a snapshot"
-                    );
-                    *self.needs_base.lock().unwrap() = Some(after);
-                }
+                Err(ReplicaError::HistoryPruned(after)) => self.history_pruned(after, &store),
                 Err(e) => {
                     METRICS.uploads_failed.fetch_add(1, Relaxed);
+                    self.state.lock().unwrap().not_backed_up = Some(format!("uploads to S3 are failing: {e}"));
                     tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "upload failed; commits stay in the outbox");
                     if self.durability == Durability::S3 {
                         store.block_writes(format!("S3 is unreachable and KVSTORE_DURABILITY=s3: {e}"));
@@ -972,33 +1010,83 @@ impl Replica {
         Ok(())
     }
 
-    /// On SIGTERM: ship what is left (bounded wait), then stop the uploader.
-    pub async fn shutdown(&self, store: &Store, task: tokio::task::JoinHandle<()>) {
+    fn history_pruned(&self, after: u64, store: &Store) {
+        tracing::warn!(
+            shipped = after,
+            "the change log no longer holds the next commit to ship (the backup was off); restarting the backup with a snapshot"
+        );
+        self.need_base(after, store.committed(), "the change log was pruned while the backup was off");
+    }
+
+    /// On SIGTERM: stop the uploader, then finish what the backup needs —
+    /// a pending check, a base snapshot, every unshipped commit — retrying
+    /// until `deadline`. `Err` names the commits left only on this disk.
+    pub async fn shutdown(
+        &self,
+        store: &Store,
+        task: tokio::task::JoinHandle<()>,
+        deadline: tokio::time::Instant,
+    ) -> Result<(), NotBackedUp> {
         self.stopping.store(true, Relaxed);
         self.stop.notify_waiters();
-        // A snapshot in progress is abandoned (the next start takes one);
-        // the drain below is what must not be lost.
+        // A periodic snapshot in progress is abandoned (the next start takes
+        // one); the drain below is what must not be lost.
         let abort = task.abort_handle();
-        if tokio::time::timeout(Duration::from_secs(2), task).await.is_err() {
+        let uploader_stop = deadline.min(tokio::time::Instant::now() + limits::UPLOADER_STOP_WAIT);
+        if tokio::time::timeout_at(uploader_stop, task).await.is_err() {
             abort.abort();
         }
-        if self.fenced_reason().is_some() {
-            tracing::error!(unshipped_commits = store.committed().saturating_sub(store.shipped()), "fenced: the outbox was not drained");
-            return;
-        }
         let pending = store.committed().saturating_sub(store.shipped());
-        // The whole step: a check or base snapshot still pending runs first.
-        match tokio::time::timeout(limits::SHUTDOWN_DRAIN_TIMEOUT, self.upload_step(store, false)).await {
-            Ok(Ok(())) => tracing::info!(commits = pending, "outbox drained to S3"),
-            Ok(Err(e)) => tracing::error!(
-                error = %e, unshipped_commits = store.committed().saturating_sub(store.shipped()),
-                "could not drain the outbox to S3 before exiting; the commits are safe in the local database and ship at the next start"
-            ),
-            Err(_) => tracing::error!(
-                unshipped_commits = store.committed().saturating_sub(store.shipped()),
-                timeout_s = limits::SHUTDOWN_DRAIN_TIMEOUT.as_secs(),
-                "draining the outbox to S3 timed out; the commits are safe in the local database and ship at the next start"
-            ),
+        let result = match self.fenced_reason() {
+            Some(why) => Err(format!("fenced: {why}")),
+            None => match tokio::time::timeout_at(deadline, self.drain(store)).await {
+                Ok(r) => r.map_err(|e| e.to_string()),
+                Err(_) => Err("the stop deadline (KVSTORE_STOP_TIMEOUT) passed before S3 had them".to_string()),
+            },
+        };
+        match result {
+            Ok(()) => {
+                tracing::info!(commits = pending, "outbox drained to S3");
+                Ok(())
+            }
+            Err(reason) => {
+                let e = NotBackedUp {
+                    commits: store.committed().saturating_sub(store.shipped()),
+                    last: store.committed(),
+                    acknowledged: self.durability == Durability::Local,
+                    db: store.path().display().to_string(),
+                    reason,
+                };
+                tracing::error!(error = %e, "the backup is incomplete at exit; the next start on this disk ships the rest");
+                Err(e)
+            }
+        }
+    }
+
+    /// Ship everything committed, retrying failed steps (with backoff) and
+    /// restarting from a snapshot when the log was pruned; only a fence ends it.
+    async fn drain(&self, store: &Store) -> Result<(), ReplicaError> {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let setup = self.needs_check.load(Relaxed) || self.needs_base.lock().unwrap().is_some();
+            if !setup && store.shipped() >= store.committed() {
+                return Ok(());
+            }
+            match self.upload_step(store, false).await {
+                Ok(()) => self.state.lock().unwrap().not_backed_up = None,
+                Err(ReplicaError::HistoryPruned(after)) => self.history_pruned(after, store),
+                Err(ReplicaError::Fenced(why)) => {
+                    self.fence(store, why.clone());
+                    return Err(ReplicaError::Fenced(why));
+                }
+                Err(e) => {
+                    METRICS.uploads_failed.fetch_add(1, Relaxed);
+                    tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "draining the outbox at shutdown failed; retrying until the stop deadline");
+                    self.state.lock().unwrap().not_backed_up = Some(format!("uploads to S3 are failing: {e}"));
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(limits::UPLOAD_BACKOFF_MAX);
+                }
+            }
         }
     }
 }

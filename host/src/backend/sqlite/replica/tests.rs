@@ -288,6 +288,82 @@ async fn two_base_snapshots_on_one_path_fence_the_second() {
     b.close();
 }
 
+fn deadline(secs: u64) -> tokio::time::Instant {
+    tokio::time::Instant::now() + Duration::from_secs(secs)
+}
+
+/// Prune the change log below the newest commit, as the writer does while no replica ships.
+async fn prune_log(store: &Store) {
+    let below = store.committed();
+    store
+        .on_writer(move |c, _| {
+            c.execute("DELETE FROM changelog WHERE version < ?1", [Versionstamp::commit_start(below).to_i64()])?;
+            c.execute("INSERT OR REPLACE INTO meta VALUES ('pruned_below', ?1)", [below as i64])?;
+            Ok(())
+        })
+        .await
+        .unwrap();
+}
+
+/// Issue 22: a stop right after a launch whose log was pruned while the
+/// backup was off exited 0 with the commits only on the local disk ("the
+/// change log no longer holds commit …"). The stop now takes the base
+/// snapshot, and a restore has every commit; the launch already says "not
+/// backed up" until then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_right_after_launch_takes_the_pending_base_snapshot() {
+    let d = tempfile::tempdir().unwrap();
+    let db = d.path().join("db");
+    let (r, store) = launch(dir_store(d.path()), &db, "local", 60_000).await;
+    set(&store, "a", "1").await;
+    r.ship_pending(&store, false).await.unwrap();
+    for i in 0..5 {
+        set(&store, &format!("k{i}"), "v").await;
+    }
+    prune_log(&store).await;
+    store.close();
+    drop(r);
+    // Relaunch with the backup on; stop before the uploader's first interval.
+    let (r, store) = launch(dir_store(d.path()), &db, "local", 60_000).await;
+    let why = r.not_backed_up_reason().expect("a launch with a pruned log is not backed up");
+    assert!(why.contains("pruned"), "{why}");
+    let after = set(&store, "after-relaunch", "v").await;
+    let r = Arc::new(r);
+    let task = r.clone().start(store.clone());
+    r.shutdown(&store, task, deadline(20)).await.unwrap();
+    assert_eq!(store.shipped(), store.committed());
+    assert_eq!(r.not_backed_up_reason(), None);
+    let to = d.path().join("restored");
+    r.restore_to(&to, None).await.unwrap();
+    let restored = contents(&to).await;
+    assert_eq!(restored, live(&store).await);
+    assert_eq!(restored["after-relaunch"].1, after);
+    store.close();
+}
+
+/// Issue 22: a stop that cannot reach S3 ends at its deadline with an error
+/// naming the commits only on this disk (it used to log and exit 0).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_that_cannot_ship_says_how_many_commits_are_not_backed_up() {
+    let d = tempfile::tempdir().unwrap();
+    let db = d.path().join("db");
+    let objects = Box::new(DenyPuts(dir_store(d.path()), AtomicUsize::new(0)));
+    let (r, store) = launch(objects, &db, "local", 60_000).await;
+    for i in 0..3 {
+        set(&store, &format!("k{i}"), "v").await;
+    }
+    let r = Arc::new(r);
+    let task = r.clone().start(store.clone());
+    let t0 = Instant::now();
+    let err = r.shutdown(&store, task, deadline(2)).await.unwrap_err();
+    assert!(t0.elapsed() < Duration::from_secs(5), "the stop overran its deadline: {:?}", t0.elapsed());
+    assert_eq!(err.commits, 3, "{err}");
+    assert!(err.acknowledged);
+    assert!(err.to_string().contains("3 acknowledged commits"), "{err}");
+    assert!(r.not_backed_up_reason().is_some());
+    store.close();
+}
+
 async fn r_restore_matches(r: &Replica, d: &Path, s: &Store) {
     let to = d.join(format!("restored-{}", rand::random::<u32>()));
     r.restore_to(&to, None).await.unwrap();
@@ -319,7 +395,7 @@ async fn local_mode_ships_at_most_one_segment_per_interval() {
         i += 1;
     }
     let elapsed = t0.elapsed();
-    r.shutdown(&store, task).await;
+    r.shutdown(&store, task, deadline(10)).await.unwrap();
     let segments = r.remote.list_counters("segments").await.unwrap().len();
     // One per interval, plus the first (immediate) one and the drain at shutdown.
     let bound = (elapsed.as_millis() / 400) as usize + 2;

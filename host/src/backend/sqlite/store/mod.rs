@@ -40,7 +40,6 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use rusqlite::Connection;
 use tokio::sync::{oneshot, watch};
@@ -115,9 +114,7 @@ pub struct Store {
     inner: Arc<Inner>,
 }
 
-pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
+pub use sidekv_core::now_ms;
 
 impl Store {
     /// Open (creating if needed) the database at `path` and start the writer

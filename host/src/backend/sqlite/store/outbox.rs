@@ -195,6 +195,8 @@ pub struct FilePositions {
     pub shipped: u64,
     /// The versionstamp epoch reserved for it, if any.
     pub epoch: Option<u64>,
+    /// The change log holds no commit below this one.
+    pub pruned_below: u64,
 }
 
 /// A database file's positions (all zero / none when the file does not exist).
@@ -208,6 +210,7 @@ pub fn file_positions(path: &Path) -> Result<FilePositions, StoreError> {
         counter: read_meta_u64(&conn, "counter")?.unwrap_or(0),
         shipped: read_meta_u64(&conn, "shipped")?.unwrap_or(0),
         epoch: read_meta_u64(&conn, "epoch")?,
+        pruned_below: read_meta_u64(&conn, "pruned_below")?.unwrap_or(0),
     })
 }
 
