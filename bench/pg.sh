@@ -296,7 +296,7 @@ fi
 say "report"
 python3 - "$OUT/rows.tsv" "$SECS" "$SCALE" "$pgversion" "$busy" "$init_s" "$sidekv_pg" \
   "$(git -C "$root" rev-parse --short HEAD 2>/dev/null || echo '?')" \
-  "$BIN$([ -e "$BIN" ] && date -r "$BIN" '+ (built %Y-%m-%d %H:%M)')" >"$OUT/report.md" <<'PY'
+  "$(case "$BIN" in "$root"/*) echo "${BIN#"$root"/}" ;; *) basename "$BIN" ;; esac)$([ -e "$BIN" ] && date -r "$BIN" '+ (built %Y-%m-%d %H:%M)')" >"$OUT/report.md" <<'PY'
 import os, platform, sys, time
 rows_path, secs, scale, pgv, busy, init_s, skip, commit, binary = sys.argv[1:10]
 rps, p99, note, other = {}, {}, {}, {}

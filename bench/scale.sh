@@ -24,9 +24,14 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 
 # What was asked, for the report (before the environment is cleaned).
+# Paths as a reader's clone names them (relative to the checkout): a report
+# never carries the private folders of the machine it was made on.
+relpath() { case "$1" in "$root"/*) echo "${1#"$root"/}" ;; /*) echo "$(basename "$1") (a build outside the checkout)" ;; *) echo "$1" ;; esac; }
 cmdline="bench/scale.sh"
 for v in BENCH_BIN BENCH_SCALE_SIZES BENCH_SCALE_ROUNDS BENCH_WRK_SECONDS BENCH_WRK_THREADS BENCH_WRK_CONNS BENCH_IMPORT_LINES BENCH_IMPORT_CONNS; do
-  [ -n "${!v:-}" ] && cmdline="$v=\"${!v}\" $cmdline"
+  val=${!v:-}
+  [ "$v" = BENCH_BIN ] && [ -n "$val" ] && val=$(relpath "$val")
+  [ -n "$val" ] && cmdline="$v=\"$val\" $cmdline"
 done
 
 BIN=${BENCH_BIN:-$root/target/release/sidekv}
