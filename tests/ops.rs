@@ -521,7 +521,8 @@ fn readme_documents_every_setting() {
         let row = row.unwrap_or_else(|| panic!("README's configuration table lacks {var}"));
         // The default shown by --help, if any, appears in the row.
         let after = &help[i..];
-        let block_end = after.find("\n\n").unwrap_or(after.len());
+        // This option's text ends where the next option or group begins.
+        let block_end = ["\n\n", "\n      -"].iter().filter_map(|sep| after.find(sep)).min().unwrap_or(after.len());
         if let Some(d) = after[..block_end].split("[default: ").nth(1) {
             let d = d.split(']').next().unwrap();
             assert!(

@@ -1,15 +1,29 @@
-//! Settings: every option is a flag and an environment variable (clap
-//! derive), validated at start with messages that name the setting.
+//! Settings, by concern: every option is a flag and an environment variable
+//! (clap derive), grouped as denokv nests its options — HTTP, guest,
+//! storage, backup, admin — each group validating itself. `Config` turns
+//! them into the plain option structs the components take
+//! (`BackendOptions`, `GuestOptions`, `HttpOptions`): nothing below this
+//! module sees the command line or derives clap traits.
+//!
+//! ```text
+//!  flags / env ─▶ Config { http, guest, storage, backup, admin } ─validate─▶
+//!      backend_options() ─▶ backend::open  (SqliteOptions{StoreOptions, ReplicaOptions} | Postgres)
+//!      guest_options()   ─▶ GuestRuntime::new
+//!      http_options()    ─▶ App / http::serve
+//! ```
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
-use crate::backend::sqlite::store::Durability;
-use crate::guest::InstanceMode;
+use crate::backend::BackendOptions;
+use crate::backend::sqlite::SqliteOptions;
+use crate::backend::sqlite::replica::ReplicaOptions;
+use crate::backend::sqlite::store::{Durability, StoreOptions};
+use crate::guest::{GuestOptions, GuestSource, InstanceMode};
 use crate::limits;
 
 #[derive(Debug, thiserror::Error)]
@@ -20,6 +34,11 @@ pub enum ConfigError {
 
 fn invalid(setting: &'static str, msg: impl Into<String>) -> ConfigError {
     ConfigError::Invalid { setting, msg: msg.into() }
+}
+
+/// `check(cond, setting, msg)`: `Err` naming the setting when `cond` fails.
+fn check(ok: bool, setting: &'static str, msg: &str) -> Result<(), ConfigError> {
+    if ok { Ok(()) } else { Err(invalid(setting, msg)) }
 }
 
 /// Parse "1500", "1500ms", "2s", "1m" into a duration (bare numbers are ms).
@@ -38,6 +57,24 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
     }
 }
 
+/// `local` or `s3` (the store's `Durability` stays free of clap).
+fn parse_durability(s: &str) -> Result<Durability, String> {
+    match s {
+        "local" => Ok(Durability::Local),
+        "s3" => Ok(Durability::S3),
+        _ => Err(format!("{s:?} is neither `local` nor `s3`")),
+    }
+}
+
+/// `reuse` or `fresh` (the guest runtime's `InstanceMode` stays free of clap).
+fn parse_instance_mode(s: &str) -> Result<InstanceMode, String> {
+    match s {
+        "reuse" => Ok(InstanceMode::Reuse),
+        "fresh" => Ok(InstanceMode::Fresh),
+        _ => Err(format!("{s:?} is neither `reuse` nor `fresh`")),
+    }
+}
+
 /// sidekv: a key-value store for your app, over HTTP on localhost, strongly
 /// consistent on SQLite, continuously backed up to S3 and restored from S3 at
 /// launch. Every request is handled by a sandboxed wasm guest that you can
@@ -50,6 +87,29 @@ pub struct Config {
     #[arg(long, env = "KVSTORE_SECRET", hide_env_values = true)]
     pub secret: Option<String>,
 
+    #[command(flatten)]
+    pub http: HttpArgs,
+
+    #[command(flatten)]
+    pub guest: GuestArgs,
+
+    #[command(flatten)]
+    pub storage: StorageArgs,
+
+    #[command(flatten)]
+    pub backup: BackupArgs,
+
+    #[command(flatten)]
+    pub admin: AdminArgs,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// The main port: where it listens, and what a connection may cost.
+#[derive(Debug, Args, Clone)]
+#[command(next_help_heading = "HTTP")]
+pub struct HttpArgs {
     /// Address to listen on.
     #[arg(long, env = "HOST", default_value = "127.0.0.1")]
     pub host: String,
@@ -57,34 +117,6 @@ pub struct Config {
     /// Port to listen on (0 picks a free one; the log line says which).
     #[arg(long, env = "PORT", default_value_t = 8000)]
     pub port: u16,
-
-    /// Where the data lives: unset (or `sqlite`) for the local SQLite file
-    /// `KVSTORE_DB`, backed up to `KVSTORE_S3_URL`; or a PostgreSQL URL
-    /// (`postgres://user:password@host:port/db?sslmode=require`, libpq's
-    /// `PG*` variables fill what the URL leaves out) that many sidecars share.
-    #[arg(long, env = "KVSTORE_BACKEND", hide_env_values = true)]
-    pub backend: Option<String>,
-
-    /// Connections one sidecar keeps to PostgreSQL (with a postgres:// backend).
-    #[arg(long, env = "KVSTORE_PG_POOL_SIZE", default_value_t = limits::DEFAULT_PG_POOL_SIZE)]
-    pub pg_pool_size: usize,
-
-    /// SQLite database file. When it is missing and S3 backup is on, it is
-    /// restored from S3 before serving.
-    #[arg(long, env = "KVSTORE_DB", default_value = "/tmp/sidekv.sqlite3")]
-    pub db: PathBuf,
-
-    /// A guest component (.wasm) to use instead of the built-in one.
-    #[arg(long, env = "KVSTORE_GUEST")]
-    pub guest: Option<PathBuf>,
-
-    /// Let GET/HEAD of single keys through without a secret (the seed's behaviour).
-    #[arg(long, env = "KVSTORE_PUBLIC_READS", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
-    pub public_reads: bool,
-
-    /// Largest value, in bytes (larger → 413).
-    #[arg(long, env = "KVSTORE_MAX_VALUE_BYTES", default_value_t = limits::DEFAULT_MAX_VALUE_BYTES)]
-    pub max_value_bytes: usize,
 
     /// Largest request body, in bytes (larger → 413).
     #[arg(long, env = "KVSTORE_MAX_BODY_BYTES", default_value_t = limits::DEFAULT_MAX_BODY_BYTES)]
@@ -115,6 +147,54 @@ pub struct Config {
     #[arg(long, env = "KVSTORE_MAX_INFLIGHT_BODY_BYTES")]
     pub max_inflight_body_bytes: Option<usize>,
 
+    /// Stop deadline: from SIGTERM to exit, finishing in-flight requests and
+    /// shipping every commit to S3 (a snapshot too, if the backup must
+    /// restart from one). Keep it below the platform's grace period
+    /// (Kubernetes: 30 s). Past it, or with S3 down, sidekv exits with
+    /// status 3 and says how many commits are only on the local disk.
+    #[arg(long, env = "KVSTORE_STOP_TIMEOUT", default_value = limits::DEFAULT_STOP_TIMEOUT, value_parser = parse_duration)]
+    pub stop_timeout: Duration,
+}
+
+impl HttpArgs {
+    fn validate(&self) -> Result<(), ConfigError> {
+        check(self.max_connections > 0, "KVSTORE_MAX_CONNECTIONS", "must be at least 1")?;
+        check(!self.body_timeout.is_zero(), "KVSTORE_BODY_TIMEOUT", "must be more than 0")?;
+        check(!self.write_timeout.is_zero(), "KVSTORE_WRITE_TIMEOUT", "must be more than 0")?;
+        check(
+            self.inflight_body_bytes() >= self.max_body_bytes,
+            "KVSTORE_MAX_INFLIGHT_BODY_BYTES",
+            "must be at least KVSTORE_MAX_BODY_BYTES",
+        )?;
+        check(self.stop_timeout >= Duration::from_secs(1), "KVSTORE_STOP_TIMEOUT", "must be at least 1s")
+    }
+
+    /// KVSTORE_MAX_INFLIGHT_BODY_BYTES, or its default tied to the body limit.
+    pub fn inflight_body_bytes(&self) -> usize {
+        self.max_inflight_body_bytes.unwrap_or(self.max_body_bytes.saturating_mul(limits::INFLIGHT_BODY_FACTOR))
+    }
+
+    pub fn listen_addr(&self) -> String {
+        if self.host.contains(':') && !self.host.starts_with('[') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// The guest: which component, and the sandbox it runs in.
+#[derive(Debug, Args, Clone)]
+#[command(next_help_heading = "Guest")]
+pub struct GuestArgs {
+    /// A guest component (.wasm) to use instead of the built-in one.
+    #[arg(long = "guest", env = "KVSTORE_GUEST")]
+    pub path: Option<PathBuf>,
+
+    /// Let GET/HEAD of single keys through without a secret (the seed's behaviour).
+    #[arg(long, env = "KVSTORE_PUBLIC_READS", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub public_reads: bool,
+
     /// Most live guest instances (each holds its own linear memory); a
     /// request waits up to 2 s for one, then gets 503. Default: 32 per core.
     #[arg(long, env = "KVSTORE_MAX_INSTANCES")]
@@ -123,20 +203,16 @@ pub struct Config {
     /// No new guest instance is created, and none is kept idle, while live
     /// instances hold this many MiB of linear memory; a request waits up to
     /// 2 s for one to come back, then gets 503.
-    #[arg(long, env = "KVSTORE_GUEST_MEMORY_BUDGET_MB", default_value_t = limits::DEFAULT_GUEST_MEMORY_BUDGET_MB)]
-    pub guest_memory_budget_mb: u64,
-
-    /// SQLite read connections (each on its own thread).
-    #[arg(long, env = "KVSTORE_READERS", default_value_t = 2)]
-    pub readers: usize,
+    #[arg(long = "guest-memory-budget-mb", env = "KVSTORE_GUEST_MEMORY_BUDGET_MB", default_value_t = limits::DEFAULT_GUEST_MEMORY_BUDGET_MB)]
+    pub memory_budget_mb: u64,
 
     /// Per-request guest deadline in milliseconds (past it → 504).
-    #[arg(long, env = "KVSTORE_GUEST_TIMEOUT_MS", default_value_t = limits::DEFAULT_GUEST_TIMEOUT_MS)]
-    pub guest_timeout_ms: u64,
+    #[arg(long = "guest-timeout-ms", env = "KVSTORE_GUEST_TIMEOUT_MS", default_value_t = limits::DEFAULT_GUEST_TIMEOUT_MS)]
+    pub timeout_ms: u64,
 
     /// Linear-memory cap per guest instance, in MiB.
-    #[arg(long, env = "KVSTORE_GUEST_MEMORY_MB", default_value_t = limits::DEFAULT_GUEST_MEMORY_MB)]
-    pub guest_memory_mb: u64,
+    #[arg(long = "guest-memory-mb", env = "KVSTORE_GUEST_MEMORY_MB", default_value_t = limits::DEFAULT_GUEST_MEMORY_MB)]
+    pub memory_mb: u64,
 
     /// Largest guest response body, in bytes (larger → 500).
     #[arg(long, env = "KVSTORE_MAX_RESPONSE_BYTES", default_value_t = limits::DEFAULT_MAX_RESPONSE_BYTES)]
@@ -144,7 +220,7 @@ pub struct Config {
 
     /// `reuse`: warm instances serve many requests (fast, the default);
     /// `fresh`: a new instance per request.
-    #[arg(long, env = "KVSTORE_INSTANCE_MODE", value_enum, default_value = "reuse")]
+    #[arg(long, env = "KVSTORE_INSTANCE_MODE", default_value = "reuse", value_parser = parse_instance_mode)]
     pub instance_mode: InstanceMode,
 
     /// Directory for compiled guests (trusted machine code: keep it private).
@@ -156,12 +232,118 @@ pub struct Config {
     /// Variables named `KVSTORE_GUEST_<NAME>` are passed too, as `<name>`
     /// (lower-case, `_` → `-`).
     #[arg(long = "guest-config", env = "KVSTORE_GUEST_CONFIG", value_delimiter = ',')]
-    pub guest_config: Vec<String>,
+    pub config: Vec<String>,
 
     /// Let the guest write to sidekv's stderr (for debugging guests).
-    #[arg(long, env = "KVSTORE_GUEST_STDERR", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
-    pub guest_stderr: bool,
+    #[arg(long = "guest-stderr", env = "KVSTORE_GUEST_STDERR", default_value_t = false, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub stderr: bool,
+}
 
+impl GuestArgs {
+    fn validate(&self) -> Result<(), ConfigError> {
+        check(self.max_instances() > 0, "KVSTORE_MAX_INSTANCES", "must be at least 1")?;
+        check(self.timeout_ms > 0, "KVSTORE_GUEST_TIMEOUT_MS", "must be at least 1")?;
+        check(self.memory_budget_mb > 0, "KVSTORE_GUEST_MEMORY_BUDGET_MB", "must be at least 1")?;
+        check((2..=4096).contains(&self.memory_mb), "KVSTORE_GUEST_MEMORY_MB", "must be between 2 and 4096")?;
+        if let Some(g) = &self.path
+            && !g.is_file()
+        {
+            return Err(invalid("KVSTORE_GUEST", format!("{} is not a file", g.display())));
+        }
+        Ok(())
+    }
+
+    /// KVSTORE_MAX_INSTANCES, or its default tied to the cores.
+    pub fn max_instances(&self) -> usize {
+        self.max_instances.unwrap_or_else(|| {
+            let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+            cores * limits::INSTANCES_PER_CORE
+        })
+    }
+
+    pub fn source(&self) -> GuestSource {
+        match &self.path {
+            Some(p) => GuestSource::File(p.clone()),
+            None => GuestSource::Embedded,
+        }
+    }
+
+    pub fn cache_dir(&self) -> Option<PathBuf> {
+        if self.cache_dir.as_os_str().is_empty() { None } else { Some(self.cache_dir.clone()) }
+    }
+}
+
+/// Where the data lives.
+#[derive(Debug, Args, Clone)]
+#[command(next_help_heading = "Storage")]
+pub struct StorageArgs {
+    /// Where the data lives: unset (or `sqlite`) for the local SQLite file
+    /// `KVSTORE_DB`, backed up to `KVSTORE_S3_URL`; or a PostgreSQL URL
+    /// (`postgres://user:password@host:port/db?sslmode=require`, libpq's
+    /// `PG*` variables fill what the URL leaves out) that many sidecars share.
+    #[arg(long, env = "KVSTORE_BACKEND", hide_env_values = true)]
+    pub backend: Option<String>,
+
+    /// Connections one sidecar keeps to PostgreSQL (with a postgres:// backend).
+    #[arg(long, env = "KVSTORE_PG_POOL_SIZE", default_value_t = limits::DEFAULT_PG_POOL_SIZE)]
+    pub pg_pool_size: usize,
+
+    /// SQLite database file. When it is missing and S3 backup is on, it is
+    /// restored from S3 before serving.
+    #[arg(long, env = "KVSTORE_DB", default_value = "/tmp/sidekv.sqlite3")]
+    pub db: PathBuf,
+
+    /// SQLite read connections (each on its own thread).
+    #[arg(long, env = "KVSTORE_READERS", default_value_t = 2)]
+    pub readers: usize,
+
+    /// Largest value, in bytes (larger → 413).
+    #[arg(long, env = "KVSTORE_MAX_VALUE_BYTES", default_value_t = limits::DEFAULT_MAX_VALUE_BYTES)]
+    pub max_value_bytes: usize,
+}
+
+impl StorageArgs {
+    fn validate(&self) -> Result<(), ConfigError> {
+        check((2..=1000).contains(&self.pg_pool_size), "KVSTORE_PG_POOL_SIZE", "must be between 2 and 1000")?;
+        match self.backend.as_deref() {
+            None | Some("sqlite") => {}
+            Some(_) if self.postgres_url().is_some() => {}
+            Some(other) => {
+                return Err(invalid(
+                    "KVSTORE_BACKEND",
+                    format!("{:?} is neither `sqlite` nor a postgres://… URL", other.chars().take(60).collect::<String>()),
+                ));
+            }
+        }
+        check(
+            self.max_value_bytes > 0 && self.max_value_bytes <= limits::MAX_VALUE_BYTES_CEILING,
+            "KVSTORE_MAX_VALUE_BYTES",
+            &format!("must be between 1 and {}", limits::MAX_VALUE_BYTES_CEILING),
+        )?;
+        check((1..=64).contains(&self.readers), "KVSTORE_READERS", "must be between 1 and 64")
+    }
+
+    /// The PostgreSQL URL, when `KVSTORE_BACKEND` names one.
+    pub fn postgres_url(&self) -> Option<&str> {
+        self.backend.as_deref().filter(|b| b.starts_with("postgres://") || b.starts_with("postgresql://"))
+    }
+
+    /// The backend for logs, without credentials.
+    pub fn describe(&self) -> String {
+        match self.postgres_url() {
+            Some(url) => {
+                let host = url.split_once('@').map_or(url.split_once("://").map_or(url, |x| x.1), |x| x.1);
+                format!("postgres://…@{}", host.split('?').next().unwrap_or(host))
+            }
+            None => format!("sqlite {}", self.db.display()),
+        }
+    }
+}
+
+/// The SQLite backend's continuous backup.
+#[derive(Debug, Args, Clone)]
+#[command(next_help_heading = "Backup (SQLite)")]
+pub struct BackupArgs {
     /// Backup location: `s3://bucket/prefix`, or `file:///dir` for a directory
     /// (a mounted volume); unset keeps data local only.
     /// Endpoint and credentials come from AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID,
@@ -172,7 +354,7 @@ pub struct Config {
 
     /// When a write is acknowledged: `local` (after the local fsync; S3 lags
     /// by at most the sync interval) or `s3` (after its segment is in S3).
-    #[arg(long, env = "KVSTORE_DURABILITY", value_enum, default_value = "local")]
+    #[arg(long, env = "KVSTORE_DURABILITY", default_value = "local", value_parser = parse_durability)]
     pub durability: Durability,
 
     /// How often the outbox ships to S3 in `local` mode (e.g. 1s, 250ms).
@@ -191,26 +373,45 @@ pub struct Config {
     /// part go to S3 in parts of this size (5 MiB .. 5 GiB).
     #[arg(long, env = "KVSTORE_S3_PART_BYTES", default_value_t = limits::DEFAULT_S3_PART_BYTES)]
     pub s3_part_bytes: u64,
+}
 
-    /// Stop deadline: from SIGTERM to exit, finishing in-flight requests and
-    /// shipping every commit to S3 (a snapshot too, if the backup must
-    /// restart from one). Keep it below the platform's grace period
-    /// (Kubernetes: 30 s). Past it, or with S3 down, sidekv exits with
-    /// status 3 and says how many commits are only on the local disk.
-    #[arg(long, env = "KVSTORE_STOP_TIMEOUT", default_value = limits::DEFAULT_STOP_TIMEOUT, value_parser = parse_duration)]
-    pub stop_timeout: Duration,
+impl BackupArgs {
+    fn validate(&self) -> Result<(), ConfigError> {
+        check(!self.sync_interval.is_zero(), "KVSTORE_SYNC_INTERVAL", "must be more than 0")?;
+        check(
+            (limits::MIN_S3_PART_BYTES..=limits::MAX_S3_PART_BYTES).contains(&self.s3_part_bytes),
+            "KVSTORE_S3_PART_BYTES",
+            "must be between 5 MiB (5242880) and 5 GiB, as S3 requires",
+        )?;
+        check(self.snapshot_retention > 0, "KVSTORE_SNAPSHOT_RETENTION", "must be at least 1")?;
+        check(self.durability == Durability::Local || self.s3_url.is_some(), "KVSTORE_DURABILITY", "is `s3` but KVSTORE_S3_URL is not set")
+    }
 
+    /// The replica's options, when backup is on.
+    pub fn replica_options(&self) -> Option<ReplicaOptions> {
+        self.s3_url.as_ref().map(|url| ReplicaOptions {
+            url: url.clone(),
+            durability: self.durability,
+            sync_interval: self.sync_interval,
+            snapshot_bytes: self.snapshot_bytes,
+            retention: self.snapshot_retention,
+            part_bytes: self.s3_part_bytes,
+        })
+    }
+}
+
+/// Operations: the admin address and the logs.
+#[derive(Debug, Args, Clone)]
+#[command(next_help_heading = "Admin and logs")]
+pub struct AdminArgs {
     /// Address for /healthz, /readyz and /metrics (e.g. 127.0.0.1:9090);
     /// unset disables them. The main port belongs to the guest.
-    #[arg(long, env = "KVSTORE_ADMIN_ADDR")]
-    pub admin_addr: Option<SocketAddr>,
+    #[arg(long = "admin-addr", env = "KVSTORE_ADMIN_ADDR")]
+    pub addr: Option<SocketAddr>,
 
     /// Log format: `text` or `json`. Filter with RUST_LOG (default `info`).
     #[arg(long, env = "KVSTORE_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
-
-    #[command(subcommand)]
-    pub command: Option<Command>,
 }
 
 #[derive(Debug, Subcommand, Clone)]
@@ -240,106 +441,92 @@ pub enum Command {
     CheckConfig,
 }
 
+/// What the HTTP server and `App` take.
+#[derive(Clone, Debug)]
+pub struct HttpOptions {
+    pub max_connections: usize,
+    pub write_timeout: Duration,
+    pub stop_timeout: Duration,
+    pub inflight_body_bytes: usize,
+    pub body: crate::body::BodyLimits,
+}
+
 impl Config {
-    /// Checks that need more than one field or the environment.
-    /// The PostgreSQL URL, when `KVSTORE_BACKEND` names one.
-    pub fn postgres_url(&self) -> Option<&str> {
-        self.backend.as_deref().filter(|b| b.starts_with("postgres://") || b.starts_with("postgresql://"))
-    }
-
-    /// The backend for logs, without credentials.
-    pub fn backend_description(&self) -> String {
-        match self.postgres_url() {
-            Some(url) => {
-                let host = url.split_once('@').map_or(url.split_once("://").map_or(url, |x| x.1), |x| x.1);
-                format!("postgres://…@{}", host.split('?').next().unwrap_or(host))
-            }
-            None => format!("sqlite {}", self.db.display()),
-        }
-    }
-
+    /// Every group's own checks, then those across groups.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if !(2..=1000).contains(&self.pg_pool_size) {
-            return Err(invalid("KVSTORE_PG_POOL_SIZE", "must be between 2 and 1000"));
+        self.http.validate()?;
+        self.guest.validate()?;
+        self.storage.validate()?;
+        self.backup.validate()?;
+        if self.storage.postgres_url().is_some() && self.backup.s3_url.is_some() {
+            return Err(invalid(
+                "KVSTORE_S3_URL",
+                "S3 backup is for the SQLite backend; with KVSTORE_BACKEND=postgres://… the database's own backup keeps the data \
+                 (PostgreSQL: WAL archiving or pgBackRest; CockroachDB: BACKUP). Unset KVSTORE_S3_URL",
+            ));
         }
-        match self.backend.as_deref() {
-            None | Some("sqlite") => {}
-            Some(_) if self.postgres_url().is_some() => {
-                if self.s3_url.is_some() {
-                    return Err(invalid(
-                        "KVSTORE_S3_URL",
-                        "S3 backup is for the SQLite backend; with KVSTORE_BACKEND=postgres://… the database's own backup keeps the data \
-                         (PostgreSQL: WAL archiving or pgBackRest; CockroachDB: BACKUP). Unset KVSTORE_S3_URL",
-                    ));
-                }
-            }
-            Some(other) => {
-                return Err(invalid(
-                    "KVSTORE_BACKEND",
-                    format!("{:?} is neither `sqlite` nor a postgres://… URL", other.chars().take(60).collect::<String>()),
-                ));
-            }
-        }
-        if self.max_value_bytes == 0 || self.max_value_bytes > limits::MAX_VALUE_BYTES_CEILING {
-            return Err(invalid("KVSTORE_MAX_VALUE_BYTES", format!("must be between 1 and {}", limits::MAX_VALUE_BYTES_CEILING)));
-        }
-        if self.max_body_bytes < self.max_value_bytes {
-            return Err(invalid("KVSTORE_MAX_BODY_BYTES", "must be at least KVSTORE_MAX_VALUE_BYTES"));
-        }
-        if self.max_connections == 0 {
-            return Err(invalid("KVSTORE_MAX_CONNECTIONS", "must be at least 1"));
-        }
-        if self.body_timeout.is_zero() {
-            return Err(invalid("KVSTORE_BODY_TIMEOUT", "must be more than 0"));
-        }
-        if self.write_timeout.is_zero() {
-            return Err(invalid("KVSTORE_WRITE_TIMEOUT", "must be more than 0"));
-        }
-        if self.inflight_body_bytes() < self.max_body_bytes {
-            return Err(invalid("KVSTORE_MAX_INFLIGHT_BODY_BYTES", "must be at least KVSTORE_MAX_BODY_BYTES"));
-        }
-        if self.max_instances() == 0 {
-            return Err(invalid("KVSTORE_MAX_INSTANCES", "must be at least 1"));
-        }
-        if self.readers == 0 || self.readers > 64 {
-            return Err(invalid("KVSTORE_READERS", "must be between 1 and 64"));
-        }
-        if self.guest_timeout_ms == 0 {
-            return Err(invalid("KVSTORE_GUEST_TIMEOUT_MS", "must be at least 1"));
-        }
-        if self.guest_memory_budget_mb == 0 {
-            return Err(invalid("KVSTORE_GUEST_MEMORY_BUDGET_MB", "must be at least 1"));
-        }
-        if self.guest_memory_mb < 2 || self.guest_memory_mb > 4096 {
-            return Err(invalid("KVSTORE_GUEST_MEMORY_MB", "must be between 2 and 4096"));
-        }
-        if self.stop_timeout < Duration::from_secs(1) {
-            return Err(invalid("KVSTORE_STOP_TIMEOUT", "must be at least 1s"));
-        }
-        if self.sync_interval.is_zero() {
-            return Err(invalid("KVSTORE_SYNC_INTERVAL", "must be more than 0"));
-        }
-        if !(limits::MIN_S3_PART_BYTES..=limits::MAX_S3_PART_BYTES).contains(&self.s3_part_bytes) {
-            return Err(invalid("KVSTORE_S3_PART_BYTES", "must be between 5 MiB (5242880) and 5 GiB, as S3 requires"));
-        }
-        if self.snapshot_retention == 0 {
-            return Err(invalid("KVSTORE_SNAPSHOT_RETENTION", "must be at least 1"));
-        }
+        check(
+            self.http.max_body_bytes >= self.storage.max_value_bytes,
+            "KVSTORE_MAX_BODY_BYTES",
+            "must be at least KVSTORE_MAX_VALUE_BYTES",
+        )?;
         if let Some(s) = &self.secret
             && s.is_empty()
         {
             return Err(invalid("KVSTORE_SECRET", "is set but empty; unset it to get a generated one"));
         }
-        if let Some(g) = &self.guest
-            && !g.is_file()
-        {
-            return Err(invalid("KVSTORE_GUEST", format!("{} is not a file", g.display())));
-        }
-        if self.durability == Durability::S3 && self.s3_url.is_none() {
-            return Err(invalid("KVSTORE_DURABILITY", "is `s3` but KVSTORE_S3_URL is not set"));
-        }
         self.guest_settings()?;
         Ok(())
+    }
+
+    /// The storage backend these settings select.
+    pub fn backend_options(&self) -> BackendOptions {
+        let max_value_bytes = self.storage.max_value_bytes;
+        match self.storage.postgres_url() {
+            Some(url) => BackendOptions::Postgres { url: url.to_string(), pool_size: self.storage.pg_pool_size, max_value_bytes },
+            None => BackendOptions::Sqlite(self.sqlite_options()),
+        }
+    }
+
+    /// The SQLite file, its store and (with backup on) its replica.
+    pub fn sqlite_options(&self) -> SqliteOptions {
+        let backup = self.backup.replica_options();
+        SqliteOptions {
+            db: self.storage.db.clone(),
+            store: StoreOptions {
+                max_value_bytes: self.storage.max_value_bytes,
+                readers: self.storage.readers,
+                durability: self.backup.durability,
+                replicated: backup.is_some(),
+            },
+            backup,
+        }
+    }
+
+    pub fn guest_options(&self) -> Result<GuestOptions, ConfigError> {
+        let g = &self.guest;
+        Ok(GuestOptions {
+            instance_mode: g.instance_mode,
+            timeout: Duration::from_millis(g.timeout_ms),
+            memory_bytes: (g.memory_mb as usize) << 20,
+            max_response_bytes: g.max_response_bytes,
+            max_instances: g.max_instances(),
+            memory_budget_bytes: g.memory_budget_mb.saturating_mul(1 << 20),
+            cache_dir: g.cache_dir(),
+            config: self.guest_settings()?,
+            inherit_stderr: g.stderr,
+        })
+    }
+
+    pub fn http_options(&self) -> HttpOptions {
+        let h = &self.http;
+        HttpOptions {
+            max_connections: h.max_connections,
+            write_timeout: h.write_timeout,
+            stop_timeout: h.stop_timeout,
+            inflight_body_bytes: h.inflight_body_bytes(),
+            body: crate::body::BodyLimits { max_bytes: h.max_body_bytes, timeout: h.body_timeout, min_rate: h.body_min_rate },
+        }
     }
 
     /// The values the guest sees through `config.get`.
@@ -353,7 +540,7 @@ impl Config {
                 m.insert(name.to_ascii_lowercase().replace('_', "-"), v);
             }
         }
-        for kv in &self.guest_config {
+        for kv in &self.guest.config {
             if kv.is_empty() {
                 continue;
             }
@@ -363,34 +550,9 @@ impl Config {
         if let Some(s) = &self.secret {
             m.insert("secret".into(), s.clone());
         }
-        m.insert("public-reads".into(), self.public_reads.to_string());
-        m.insert("max-value-bytes".into(), self.max_value_bytes.to_string());
+        m.insert("public-reads".into(), self.guest.public_reads.to_string());
+        m.insert("max-value-bytes".into(), self.storage.max_value_bytes.to_string());
         Ok(m)
-    }
-
-    /// KVSTORE_MAX_INFLIGHT_BODY_BYTES, or its default tied to the body limit.
-    pub fn inflight_body_bytes(&self) -> usize {
-        self.max_inflight_body_bytes.unwrap_or(self.max_body_bytes.saturating_mul(limits::INFLIGHT_BODY_FACTOR))
-    }
-
-    /// KVSTORE_MAX_INSTANCES, or its default tied to the cores.
-    pub fn max_instances(&self) -> usize {
-        self.max_instances.unwrap_or_else(|| {
-            let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-            cores * limits::INSTANCES_PER_CORE
-        })
-    }
-
-    pub fn listen_addr(&self) -> String {
-        if self.host.contains(':') && !self.host.starts_with('[') {
-            format!("[{}]:{}", self.host, self.port)
-        } else {
-            format!("{}:{}", self.host, self.port)
-        }
-    }
-
-    pub fn cache_dir(&self) -> Option<PathBuf> {
-        if self.cache_dir.as_os_str().is_empty() { None } else { Some(self.cache_dir.clone()) }
     }
 }
 
@@ -423,8 +585,57 @@ mod tests {
             "KVSTORE_DURABILITY",
             "KVSTORE_SYNC_INTERVAL",
             "KVSTORE_ADMIN_ADDR",
+            "KVSTORE_STOP_TIMEOUT",
+            "KVSTORE_INSTANCE_MODE",
         ] {
             assert!(help.contains(&format!("[env: {v}")), "--help lacks {v}");
         }
+        for heading in ["HTTP:", "Guest:", "Storage:", "Backup (SQLite):", "Admin and logs:"] {
+            assert!(help.contains(heading), "--help lacks the {heading} group");
+        }
+    }
+
+    /// Every flag keeps its name across the regrouping (scripts and unit
+    /// files use them), and the groups turn into the options components take.
+    #[test]
+    fn flags_keep_their_names_and_become_options() {
+        let c = Config::try_parse_from([
+            "sidekv",
+            "--durability",
+            "s3",
+            "--sync-interval",
+            "250ms",
+            "--s3-url",
+            "s3://b/p",
+            "--db",
+            "/x/db.sqlite3",
+            "--readers",
+            "3",
+            "--instance-mode",
+            "fresh",
+            "--guest-timeout-ms",
+            "7",
+            "--guest-memory-mb",
+            "16",
+            "--admin-addr",
+            "127.0.0.1:9",
+            "--stop-timeout",
+            "3s",
+            "--max-value-bytes",
+            "100",
+        ])
+        .unwrap();
+        c.validate().unwrap();
+        let s = c.sqlite_options();
+        assert_eq!(s.db, PathBuf::from("/x/db.sqlite3"));
+        assert_eq!((s.store.readers, s.store.durability, s.store.replicated, s.store.max_value_bytes), (3, Durability::S3, true, 100));
+        let r = s.backup.unwrap();
+        assert_eq!((r.url.as_str(), r.sync_interval), ("s3://b/p", Duration::from_millis(250)));
+        let g = c.guest_options().unwrap();
+        assert_eq!((g.instance_mode, g.timeout, g.memory_bytes), (InstanceMode::Fresh, Duration::from_millis(7), 16 << 20));
+        assert_eq!(c.http_options().stop_timeout, Duration::from_secs(3));
+        assert!(Config::try_parse_from(["sidekv", "--durability", "sometimes"]).is_err());
+        let bad = Config::try_parse_from(["sidekv", "--durability", "s3"]).unwrap();
+        assert!(bad.validate().unwrap_err().to_string().starts_with("KVSTORE_DURABILITY"));
     }
 }

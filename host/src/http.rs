@@ -178,7 +178,7 @@ pub fn connection_builder() -> &'static auto::Builder<TokioExecutor> {
 /// Serve the main port until `shutdown` resolves, then stop accepting and
 /// wait (bounded) for in-flight requests.
 pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>) {
-    let conns = ConnTable::new(app.config.max_connections);
+    let conns = ConnTable::new(app.http.max_connections);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
@@ -200,14 +200,14 @@ pub async fn serve(listener: TcpListener, app: Arc<App>, shutdown: impl Future<O
         };
         let _ = stream.set_nodelay(true);
         let slot = Arc::new(slot);
-        let io = TokioIo::new(WriteDeadline::new(QuickAck::new(stream), app.config.write_timeout));
+        let io = TokioIo::new(WriteDeadline::new(QuickAck::new(stream), app.http.write_timeout));
         let conn = connection_builder().serve_connection(io, service(app.clone(), slot.clone()));
         tokio::spawn(run_connection(graceful.watch(conn), slot));
     }
     drop(listener);
     tokio::select! {
         _ = graceful.shutdown() => {}
-        _ = tokio::time::sleep(limits::SHUTDOWN_GRACE.min(app.config.stop_timeout / 2)) => {
+        _ = tokio::time::sleep(limits::SHUTDOWN_GRACE.min(app.http.stop_timeout / 2)) => {
             tracing::warn!("in-flight requests did not finish within the shutdown grace period");
         }
     }

@@ -9,7 +9,7 @@
 //!
 //! | module    | owns                                                      |
 //! |-----------|-----------------------------------------------------------|
-//! | `config`  | flags/env parsing and validation                          |
+//! | `config`  | settings by concern → plain options per component         |
 //! | `limits`  | every limit, as a named constant                          |
 //! | `http`    | hyper server, head limits, error → status, admin endpoints|
 //! | `conns`   | connection cap, idle eviction, response-write deadline    |
@@ -36,8 +36,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 use tokio::net::TcpListener;
 
 use crate::backend::Kv;
-use crate::config::Config;
-use crate::guest::{GuestOptions, GuestRuntime, GuestSource};
+use crate::config::{Config, HttpOptions};
+use crate::guest::{GuestRuntime, GuestSource};
 
 /// Where start-up is; `/readyz` and 503 answers say it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,7 +59,9 @@ impl std::fmt::Display for Phase {
 
 /// Shared state of a running server.
 pub struct App {
-    pub config: Config,
+    pub http: HttpOptions,
+    /// Where the guest comes from (read again at SIGHUP).
+    pub guest_source: GuestSource,
     kv: OnceLock<Kv>,
     guest: OnceLock<GuestRuntime>,
     phase: Mutex<Phase>,
@@ -68,13 +70,13 @@ pub struct App {
 }
 
 impl App {
-    pub fn new(config: Config) -> Self {
-        let body_budget = body::BodyBudget::new(config.inflight_body_bytes());
-        App { config, kv: OnceLock::new(), guest: OnceLock::new(), phase: Mutex::new(Phase::Starting), body_budget }
+    pub fn new(http: HttpOptions, guest_source: GuestSource) -> Self {
+        let body_budget = body::BodyBudget::new(http.inflight_body_bytes);
+        App { http, guest_source, kv: OnceLock::new(), guest: OnceLock::new(), phase: Mutex::new(Phase::Starting), body_budget }
     }
 
     pub fn body_limits(&self) -> body::BodyLimits {
-        body::BodyLimits { max_bytes: self.config.max_body_bytes, timeout: self.config.body_timeout, min_rate: self.config.body_min_rate }
+        self.http.body
     }
 
     pub fn kv(&self) -> Option<&Kv> {
@@ -114,27 +116,6 @@ impl App {
     }
 }
 
-pub fn guest_source(config: &Config) -> GuestSource {
-    match &config.guest {
-        Some(p) => GuestSource::File(p.clone()),
-        None => GuestSource::Embedded,
-    }
-}
-
-pub fn guest_options(config: &Config) -> anyhow::Result<GuestOptions> {
-    Ok(GuestOptions {
-        instance_mode: config.instance_mode,
-        timeout: std::time::Duration::from_millis(config.guest_timeout_ms),
-        memory_bytes: (config.guest_memory_mb as usize) << 20,
-        max_response_bytes: config.max_response_bytes,
-        max_instances: config.max_instances(),
-        memory_budget_bytes: config.guest_memory_budget_mb.saturating_mul(1 << 20),
-        cache_dir: config.cache_dir(),
-        config: config.guest_settings()?,
-        inherit_stderr: config.guest_stderr,
-    })
-}
-
 /// Run the server on `listener` (and the admin endpoints on `admin`) until
 /// `shutdown` resolves.
 pub async fn run(
@@ -147,7 +128,7 @@ pub async fn run(
     // the default action (terminate); it is handled once the guest is loaded.
     #[cfg(unix)]
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
-    let app = Arc::new(App::new(config.clone()));
+    let app = Arc::new(App::new(config.http_options(), config.guest.source()));
     let local = listener.local_addr()?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = {
@@ -178,10 +159,10 @@ pub async fn run(
 
     // Open the backend (restoring from S3 first if needed); requests get
     // 503 meanwhile, saying why.
-    let kv = backend::open(&config, || app.set_phase(Phase::Restoring)).await?;
+    let kv = backend::open(&config.backend_options(), || app.set_phase(Phase::Restoring)).await?;
     let _ = app.kv.set(kv.clone());
     let guest = {
-        let (src, opts, kv) = (guest_source(&config), guest_options(&config)?, kv.clone());
+        let (src, opts, kv) = (config.guest.source(), config.guest_options()?, kv.clone());
         tokio::task::spawn_blocking(move || GuestRuntime::new(&src, opts, kv)).await??
     };
     guest.warm_up().await?;
@@ -193,7 +174,7 @@ pub async fn run(
         let app = app.clone();
         tokio::spawn(async move {
             while hup.recv().await.is_some() {
-                let src = guest_source(&app.config);
+                let src = app.guest_source.clone();
                 if let Some(g) = app.guest() {
                     match g.reload(&src).await {
                         Ok(()) => tracing::info!(guest = %src.name(), "guest reloaded"),
@@ -206,7 +187,7 @@ pub async fn run(
 
     app.set_phase(Phase::Ready);
     println!("listening on http://{local}");
-    tracing::info!(addr = %local, backend = %config.backend_description(), guest = %guest_source(&config).name(), backup = config.s3_url.is_some(), "ready");
+    tracing::info!(addr = %local, backend = %config.storage.describe(), guest = %config.guest.source().name(), backup = config.backup.s3_url.is_some(), "ready");
 
     let _ = http_task.await;
     tracing::info!("stopped accepting; in-flight requests done");
@@ -217,7 +198,7 @@ pub async fn run(
     }
     // The stop deadline counts from the signal, in-flight requests included.
     let mut stop_at = stop_at;
-    let deadline = stop_at.try_recv().unwrap_or_else(|_| tokio::time::Instant::now()) + config.stop_timeout;
+    let deadline = stop_at.try_recv().unwrap_or_else(|_| tokio::time::Instant::now()) + config.http.stop_timeout;
     kv.shutdown(deadline).await?;
     Ok(())
 }

@@ -58,7 +58,7 @@ fn main() {
 
 fn real_main() -> anyhow::Result<()> {
     let mut config = Config::parse();
-    init_tracing(&config.log_format);
+    init_tracing(&config.admin.log_format);
     if let Err(e) = config.validate() {
         eprintln!("sidekv: invalid configuration: {e}");
         std::process::exit(2);
@@ -73,10 +73,10 @@ fn real_main() -> anyhow::Result<()> {
                     println!("generated KVSTORE_SECRET={secret} (set KVSTORE_SECRET to choose your own)");
                     config.secret = Some(secret);
                 }
-                let listener = tokio::net::TcpListener::bind(config.listen_addr())
+                let listener = tokio::net::TcpListener::bind(config.http.listen_addr())
                     .await
-                    .with_context(|| format!("binding {} (HOST/PORT)", config.listen_addr()))?;
-                let admin = match config.admin_addr {
+                    .with_context(|| format!("binding {} (HOST/PORT)", config.http.listen_addr()))?;
+                let admin = match config.admin.addr {
                     Some(a) => Some(tokio::net::TcpListener::bind(a).await.with_context(|| format!("binding KVSTORE_ADMIN_ADDR {a}"))?),
                     None => None,
                 };
@@ -87,17 +87,17 @@ fn real_main() -> anyhow::Result<()> {
             }
             Some(Command::Restore { to, at }) => {
                 let at = at.map(|s| s.parse()).transpose().context("--at")?;
-                let commit = commands::restore(&config, &to, at).await?;
+                let commit = commands::restore(config.backup.replica_options().as_ref(), &to, at).await?;
                 println!("restored {} at commit {commit}", to.display());
                 Ok(())
             }
             Some(Command::Snapshot) => {
-                commands::snapshot(&config).await?;
+                commands::snapshot(&config.sqlite_options()).await?;
                 println!("snapshot stored");
                 Ok(())
             }
             Some(Command::Health { addr }) => {
-                let addr = addr.or(config.admin_addr).context("health needs --addr or KVSTORE_ADMIN_ADDR")?;
+                let addr = addr.or(config.admin.addr).context("health needs --addr or KVSTORE_ADMIN_ADDR")?;
                 let ok = sidekv::http::probe_ready(addr).await;
                 match ok {
                     Ok(()) => {
@@ -112,8 +112,9 @@ fn real_main() -> anyhow::Result<()> {
             }
             Some(Command::CheckConfig) => {
                 let mut problems = 0;
-                if let Some(url) = &config.s3_url {
-                    match commands::check_s3(&config, url).await {
+                if let Some(backup) = config.backup.replica_options() {
+                    let url = &backup.url;
+                    match commands::check_s3(&backup).await {
                         Ok(()) => println!("ok   S3 {url}: reachable, writable, conditional writes honoured (fencing works)"),
                         Err(e) => {
                             problems += 1;
@@ -125,8 +126,8 @@ fn real_main() -> anyhow::Result<()> {
                 }
                 let store_dir = tempfile_dir()?;
                 let kv = sidekv::backend::sqlite::scratch(&store_dir.join("check.sqlite3"))?;
-                let src = sidekv::guest_source(&config);
-                let loaded = match sidekv::guest::GuestRuntime::new(&src, sidekv::guest_options(&config)?, kv.clone()) {
+                let src = config.guest.source();
+                let loaded = match sidekv::guest::GuestRuntime::new(&src, config.guest_options()?, kv.clone()) {
                     Ok(rt) => rt.warm_up().await,
                     Err(e) => Err(e),
                 };
@@ -139,18 +140,18 @@ fn real_main() -> anyhow::Result<()> {
                 }
                 let _ = kv.shutdown(tokio::time::Instant::now() + std::time::Duration::from_secs(5)).await;
                 let _ = std::fs::remove_dir_all(&store_dir);
-                if let Some(url) = config.postgres_url() {
+                if let Some(url) = config.storage.postgres_url() {
                     match sidekv::backend::postgres::check(url).await {
-                        Ok(what) => println!("ok   {}: {what}", config.backend_description()),
+                        Ok(what) => println!("ok   {}: {what}", config.storage.describe()),
                         Err(e) => {
                             problems += 1;
-                            println!("FAIL {}: {e}", config.backend_description())
+                            println!("FAIL {}: {e}", config.storage.describe())
                         }
                     }
-                } else if config.db.exists() {
-                    println!("ok   database {} exists", config.db.display());
+                } else if config.storage.db.exists() {
+                    println!("ok   database {} exists", config.storage.db.display());
                 } else {
-                    println!("ok   database {} will be created (or restored from S3)", config.db.display());
+                    println!("ok   database {} will be created (or restored from S3)", config.storage.db.display());
                 }
                 if problems > 0 {
                     std::process::exit(1);

@@ -243,12 +243,21 @@ impl Kv {
 
 pub use sidekv_core::now_ms;
 
-/// Open the backend `config` selects. `restoring` is called if the SQLite
+/// Which backend to open, with its own options (built by `config`).
+#[derive(Clone, Debug)]
+pub enum BackendOptions {
+    Sqlite(sqlite::SqliteOptions),
+    Postgres { url: String, pool_size: usize, max_value_bytes: usize },
+}
+
+/// Open the backend `opts` selects. `restoring` is called if the SQLite
 /// backend restores from S3 first (start-up answers then say so).
-pub async fn open(config: &crate::config::Config, restoring: impl FnOnce()) -> anyhow::Result<Kv> {
-    let kv = match config.postgres_url() {
-        Some(url) => Kv::new(postgres::PgBackend::open(url, config.pg_pool_size).await?, config.max_value_bytes),
-        None => Kv::new(sqlite::SqliteBackend::open(config, restoring).await?, config.max_value_bytes),
+pub async fn open(opts: &BackendOptions, restoring: impl FnOnce()) -> anyhow::Result<Kv> {
+    let kv = match opts {
+        BackendOptions::Postgres { url, pool_size, max_value_bytes } => {
+            Kv::new(postgres::PgBackend::open(url, *pool_size).await?, *max_value_bytes)
+        }
+        BackendOptions::Sqlite(o) => Kv::new(sqlite::SqliteBackend::open(o, restoring).await?, o.store.max_value_bytes),
     };
     Ok(kv)
 }

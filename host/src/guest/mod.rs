@@ -87,7 +87,7 @@ pub use exports::sidekv::store::handler::{BodyStream, Request, Response};
 /// The default guest, built from `guest/` and embedded at compile time.
 pub static DEFAULT_GUEST: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/default_guest.wasm"));
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum InstanceMode {
     /// Keep warm instances and reuse them (fast; guests must be stateless between requests).
     Reuse,

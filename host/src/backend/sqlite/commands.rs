@@ -5,10 +5,10 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use super::replica::{Replica, ReplicaError};
+use super::SqliteOptions;
+use super::replica::{Replica, ReplicaError, ReplicaOptions};
 use super::store::{Store, StoreOptions};
 use crate::backend::Versionstamp;
-use crate::config::Config;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CommandError {
@@ -25,24 +25,24 @@ pub enum CommandError {
 }
 
 /// `sidekv restore --to FILE [--at VS]`: rebuild a database file from S3.
-pub async fn restore(config: &Config, to: &Path, at: Option<Versionstamp>) -> Result<u64, CommandError> {
-    let url = config.s3_url.clone().ok_or(CommandError::NoS3("restore"))?;
+pub async fn restore(backup: Option<&ReplicaOptions>, to: &Path, at: Option<Versionstamp>) -> Result<u64, CommandError> {
+    let o = backup.ok_or(CommandError::NoS3("restore"))?;
     if to.exists() {
         return Err(CommandError::Exists(to.display().to_string()));
     }
-    let replica = Replica::new(&url, config).await?;
+    let replica = Replica::new(o).await?;
     let commit = replica.restore_to(to, at).await?;
     if !to.exists() {
-        return Err(CommandError::NoBackup(url));
+        return Err(CommandError::NoBackup(o.url.clone()));
     }
     Ok(commit)
 }
 
 /// `sidekv snapshot`: ship what is pending and store a snapshot now.
-pub async fn snapshot(config: &Config) -> Result<(), CommandError> {
-    let url = config.s3_url.clone().ok_or(CommandError::NoS3("snapshot"))?;
-    let replica = Arc::new(Replica::new(&url, config).await?);
-    let store = Store::open(&config.db, StoreOptions { replicated: true, ..Default::default() })?;
+pub async fn snapshot(o: &SqliteOptions) -> Result<(), CommandError> {
+    let backup = o.backup.as_ref().ok_or(CommandError::NoS3("snapshot"))?;
+    let replica = Arc::new(Replica::new(backup).await?);
+    let store = Store::open(&o.db, StoreOptions { replicated: true, ..Default::default() })?;
     let shipped = async {
         replica.ship_pending(&store, false).await?;
         replica.snapshot_now(&store).await
@@ -53,6 +53,6 @@ pub async fn snapshot(config: &Config) -> Result<(), CommandError> {
 }
 
 /// `check-config`: S3 reachable, writable, and honouring `If-None-Match`.
-pub async fn check_s3(config: &Config, url: &str) -> Result<(), CommandError> {
-    Ok(Replica::new(url, config).await?.remote.probe().await?)
+pub async fn check_s3(backup: &ReplicaOptions) -> Result<(), CommandError> {
+    Ok(Replica::new(backup).await?.remote.probe().await?)
 }

@@ -20,11 +20,10 @@ use std::sync::{Arc, Mutex};
 
 use tokio::task::JoinHandle;
 
-use self::replica::{Replica, ReplicaError};
+use self::replica::{Replica, ReplicaError, ReplicaOptions};
 use self::store::{Store, StoreOptions};
 use super::{Backend, BackendStatus, BoxFuture, NotBackedUp, StoreFuture};
 use super::{Change, ChangePos, Entry, Key, ListPage, ListQuery, StoreError, WriteOp, WriteResult};
-use crate::config::Config;
 use crate::limits;
 use crate::metrics::ReplicationGauges;
 
@@ -37,6 +36,15 @@ pub enum OpenError {
     Replica(#[from] ReplicaError),
     #[error("opening the store: {0}")]
     Join(#[from] tokio::task::JoinError),
+}
+
+/// The SQLite backend's settings: the file, the store, and the backup.
+#[derive(Clone, Debug)]
+pub struct SqliteOptions {
+    pub db: std::path::PathBuf,
+    pub store: StoreOptions,
+    /// `None`: no backup (the data stays on this disk only).
+    pub backup: Option<ReplicaOptions>,
 }
 
 struct Tasks {
@@ -54,24 +62,19 @@ impl SqliteBackend {
     /// Restore from S3 if configured and the file is missing (`restoring` is
     /// called first, so callers can say so), open the file, attach the
     /// replica and start the backup and the expiry sweeper.
-    pub async fn open(config: &Config, restoring: impl FnOnce()) -> Result<SqliteBackend, OpenError> {
-        if config.s3_url.is_some() && !config.db.exists() {
+    pub async fn open(o: &SqliteOptions, restoring: impl FnOnce()) -> Result<SqliteBackend, OpenError> {
+        if o.backup.is_some() && !o.db.exists() {
             restoring();
         }
-        let replica = match &config.s3_url {
-            Some(url) => Some(Arc::new(Replica::new(url, config).await?)),
+        let replica = match &o.backup {
+            Some(r) => Some(Arc::new(Replica::new(r).await?)),
             None => None,
         };
         if let Some(r) = &replica {
-            r.prepare_local(&config.db).await?;
+            r.prepare_local(&o.db).await?;
         }
-        let opts = StoreOptions {
-            max_value_bytes: config.max_value_bytes,
-            readers: config.readers,
-            durability: config.durability,
-            replicated: replica.is_some(),
-        };
-        let db = config.db.clone();
+        let opts = StoreOptions { replicated: replica.is_some(), ..o.store.clone() };
+        let db = o.db.clone();
         let store = tokio::task::spawn_blocking(move || Store::open(&db, opts)).await??;
         if let Some(r) = &replica {
             r.attach(&store).await?;

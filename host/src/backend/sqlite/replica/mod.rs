@@ -55,7 +55,6 @@ use crate::backend::NotBackedUp;
 use crate::backend::sqlite::store::outbox::{FilePositions, Next, RestoreFile, file_positions};
 use crate::backend::sqlite::store::versionstamp::{EPOCH_BITS, MAX_EPOCH, epoch_of, epoch_start};
 use crate::backend::sqlite::store::{Durability, Store, StoreError, Versionstamp};
-use crate::config::Config;
 use crate::limits;
 use crate::metrics::METRICS;
 use objects::ObjectStore;
@@ -279,19 +278,35 @@ pub fn remove_leftovers(db: &Path) {
     }
 }
 
+/// The backup's settings (`KVSTORE_S3_URL` and its companions).
+#[derive(Clone, Debug)]
+pub struct ReplicaOptions {
+    /// `s3://bucket/prefix` or `file:///dir`.
+    pub url: String,
+    pub durability: Durability,
+    /// `local` mode: at most one segment per interval.
+    pub sync_interval: Duration,
+    /// A snapshot after this many bytes of segments shipped.
+    pub snapshot_bytes: u64,
+    /// Snapshots kept.
+    pub retention: usize,
+    /// Multipart upload part size.
+    pub part_bytes: u64,
+}
+
 impl Replica {
-    pub async fn new(url: &str, config: &Config) -> Result<Replica, ReplicaError> {
-        Ok(Replica::with_objects(objects::open(url, config.s3_part_bytes).await?, config))
+    pub async fn new(o: &ReplicaOptions) -> Result<Replica, ReplicaError> {
+        Ok(Replica::with_objects(objects::open(&o.url, o.part_bytes).await?, o))
     }
 
-    /// A replica on any object store (tests use a directory).
-    pub fn with_objects(objects: Box<dyn ObjectStore>, config: &Config) -> Replica {
+    /// A replica on any object store (tests use a directory; `o.url` is not opened).
+    pub fn with_objects(objects: Box<dyn ObjectStore>, o: &ReplicaOptions) -> Replica {
         Replica {
             remote: Remote::new(objects),
-            durability: config.durability,
-            sync_interval: config.sync_interval,
-            snapshot_bytes: config.snapshot_bytes,
-            retention: config.snapshot_retention,
+            durability: o.durability,
+            sync_interval: o.sync_interval,
+            snapshot_bytes: o.snapshot_bytes,
+            retention: o.retention,
             state: Mutex::new(State { last_snapshot: Some(Instant::now()), ..State::default() }),
             stop: Notify::new(),
             stopping: AtomicBool::new(false),

@@ -5,15 +5,22 @@
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize};
 
-use clap::Parser;
 use futures::future::BoxFuture;
 
 use super::objects::DirStore;
 use super::*;
 use crate::backend::sqlite::store::{Condition, Encoding, ListQuery, Mutation, MutationKind, StoreOptions, Value, WriteOp, WriteResult};
 
-fn config(durability: &str, sync_ms: u64) -> Config {
-    Config::try_parse_from(["sidekv", "--durability", durability, "--sync-interval", &format!("{sync_ms}ms")]).unwrap()
+/// The options a test replica runs with (its object store is passed separately).
+fn config(durability: &str, sync_ms: u64) -> ReplicaOptions {
+    ReplicaOptions {
+        url: "file:///unused".into(),
+        durability: if durability == "s3" { Durability::S3 } else { Durability::Local },
+        sync_interval: Duration::from_millis(sync_ms),
+        snapshot_bytes: limits::SNAPSHOT_AFTER_BYTES,
+        retention: limits::DEFAULT_SNAPSHOT_RETENTION,
+        part_bytes: limits::DEFAULT_S3_PART_BYTES,
+    }
 }
 
 fn dir_store(d: &Path) -> Box<dyn ObjectStore> {

@@ -55,7 +55,7 @@ pub use sidekv_core::{
 use crate::limits;
 
 /// When a write counts as acknowledged.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Durability {
     /// After the commit is fsynced to the local disk.
     Local,
