@@ -736,7 +736,10 @@ async fn a_504_never_hides_a_committed_write() {
         }
     }
     let small_written = c.get("small").await.is_some();
-    assert!(!(del == 504 && left == Some(0)), "DELETE /?prefix=big/ answered 504 but deleted all 20000 keys");
-    assert!(!(small == 504 && small_written), "POST /small answered 504 but the value was written");
-    assert_eq!((del, small), (200, 200));
+    // No error status may hide a committed write (a loaded machine can
+    // still miss the 20 ms deadline in the guest's own work: then nothing
+    // may have been written).
+    assert!(!(del >= 500 && left == Some(0)), "DELETE /?prefix=big/ answered {del} but deleted all 20000 keys");
+    assert!(!(small >= 500 && small_written), "POST /small answered {small} but the value was written");
+    assert_eq!(del, 200, "{}", common::tail(&s.log(), 40));
 }

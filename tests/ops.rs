@@ -475,7 +475,7 @@ async fn wasi_keyvalue_guest_runs_on_the_same_store() {
 /// it at a new, empty prefix): the backup starts with a snapshot, so a
 /// restore rebuilds everything, not just the commits made afterwards.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn enabling_backup_on_an_existing_database_backs_up_all_of_it() {
+async fn sqlite_only_enabling_backup_on_an_existing_database_backs_up_all_of_it() {
     let s3 = S3::start();
     s3.create_bucket("late-backup").await;
     let dir = tempdir();

@@ -159,7 +159,7 @@ fn assert_has_all(restored: &State, acked: &State, what: &str) {
     assert!(missing.is_empty(), "{what}: {} acknowledged writes lost, e.g. {:?}", missing.len(), &missing[..missing.len().min(10)]);
 }
 
-// ---------------------------------------------------------------- 1 ----
+// ---------------------------------------------- SIGTERM, lost disk ----
 
 /// N acknowledged concurrent writes survive SIGTERM + losing the disk:
 /// identical values and versionstamps, and the counter continues past them.
@@ -227,7 +227,7 @@ async fn relaunch_after_sigterm_restores_every_acknowledged_write() {
     assert_eq!(vs_counter(&vs), next_epoch_start(vs_counter(&deleted_vs)) + 1, "the counter continues in a new epoch");
 }
 
-// ---------------------------------------------------------------- 2 ----
+// ------------------------------------------ kill -9, s3 durability ----
 
 /// `KVSTORE_DURABILITY=s3`: a 200 means the write is in S3. Concurrent
 /// writers, SIGKILL mid-load, the disk is lost: every acknowledged write is
@@ -295,7 +295,7 @@ async fn kill9_in_s3_mode_loses_no_acknowledged_write() {
     assert!(vs > max, "{vs} <= {max}");
 }
 
-// ---------------------------------------------------------------- 3 ----
+// --------------------------------------- kill -9, local durability ----
 
 /// `KVSTORE_DURABILITY=local`: after SIGKILL and a lost disk, the restored
 /// state is a prefix of the acknowledged history (no holes), and writes
@@ -351,7 +351,7 @@ async fn kill9_in_local_mode_restores_a_prefix() {
     }
 }
 
-// ---------------------------------------------------------------- 4 ----
+// ------------------------------------------------------ S3 outages ----
 
 /// An S3 outage: in local mode writes keep succeeding and everything ships
 /// once S3 is back; in s3 mode a write fails fast with 503 and writes
@@ -476,7 +476,7 @@ async fn s3_mode_outage_with_default_settings_answers_503() {
     terminate(&mut s);
 }
 
-// ---------------------------------------------------------------- 5 ----
+// --------------------------------------------------------- fencing ----
 
 /// Two instances on one S3 path: exactly one keeps writing, the other is
 /// fenced (503 naming another writer, FENCED in its log, not ready), and the
@@ -568,7 +568,7 @@ async fn fencing_two_writers_from_a_restored_state() {
     fencing("fencerestored", true).await;
 }
 
-// ---------------------------------------------------------------- 6 ----
+// -------------------------------------- corrupt or missing backups ----
 
 /// Start a server expected to fail at launch: it must exit non-zero without
 /// ever answering a read with 200. Returns its log.
@@ -654,7 +654,7 @@ async fn corrupt_or_missing_segment_fails_loudly() {
     assert!(log.contains(&gap), "expected {gap:?}:\n{log}");
 }
 
-// ---------------------------------------------------------------- 7 ----
+// ----------------------------------------- snapshots and retention ----
 
 /// key, value (None = delete), versionstamp: what was acknowledged, in any order.
 type History = Vec<(String, Option<Vec<u8>>, String)>;
@@ -804,7 +804,7 @@ fn which_zstd() -> bool {
     std::process::Command::new("zstd").arg("--version").output().is_ok_and(|o| o.status.success())
 }
 
-// ---------------------------------------------------------------- 8 ----
+// ------------------------------------------- point-in-time restore ----
 
 /// Concurrent writes until the newest commit holds at least two writes.
 /// Returns them (all acknowledged).
@@ -932,7 +932,7 @@ async fn point_in_time_inside_a_snapshotted_commit() {
     assert_eq!(got, want, "restore --at {at} holds writes after {at}: {extra:?}");
 }
 
-// ---------------------------------------------------------------- 9 ----
+// --------------------------------------------- the restore command ----
 
 /// `sidekv restore` reports progress and what it restored, refuses to
 /// overwrite an existing file, and fails when S3 holds nothing.
@@ -977,7 +977,7 @@ async fn restore_command_progress_and_refusals() {
     assert!(!out.status.success() && text(&out).contains("exists"), "{}", text(&out));
 }
 
-// --------------------------------------------------------------- 10 ----
+// ---------------------------------------------- kill -9, same disk ----
 
 /// SIGKILL mid-load in local mode, restart on the same disk: every
 /// acknowledged write is still there (local fsync), the outbox left behind
