@@ -19,11 +19,13 @@
 //! | `backend::sqlite` | SQLite file + S3 replica (backup, restore, fencing) |
 //! | `streams` | SSE watch and NDJSON export bodies                        |
 //! | `metrics` | Prometheus counters and histograms                        |
+//! | `console` | the web console on the admin address (sessions, guest calls) |
 
 pub mod backend;
 pub mod body;
 pub mod config;
 pub mod conns;
+pub mod console;
 pub mod guest;
 pub mod http;
 pub mod limits;
