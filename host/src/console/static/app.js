@@ -32,21 +32,23 @@ function utf8(b) { try { return new TextDecoder("utf-8", { fatal: true }).decode
 function fmtBytes(n) { if (n < 1024) return n + " B"; const u = ["KiB", "MiB", "GiB", "TiB"]; let i = -1; do { n /= 1024; i++; } while (n >= 1024 && i < u.length - 1); return n.toFixed(n < 10 ? 1 : 0) + " " + u[i]; }
 function fmtTime(ms) { if (!ms) return "—"; const d = new Date(ms); return d.toLocaleString(); }
 function ago(ms) { if (!ms) return "never"; const s = Math.max(0, (Date.now() - ms) / 1000); if (s < 60) return s.toFixed(0) + " s ago"; if (s < 3600) return (s / 60).toFixed(0) + " min ago"; if (s < 86400) return (s / 3600).toFixed(1) + " h ago"; return (s / 86400).toFixed(1) + " d ago"; }
-/// Text with control characters made visible (U+2400 pictures), as nodes.
+/// Text with control characters (other than newline and tab) shown as
+/// escapes (`\x07`, marked), as nodes.
+const escapeCtl = (c) => "\\x" + c.charCodeAt(0).toString(16).padStart(2, "0");
 function visible(text) {
   const frag = document.createDocumentFragment();
   let buf = "";
   for (const ch of text) {
     const c = ch.codePointAt(0);
-    if (c < 0x20 || c === 0x7f) {
+    if ((c < 0x20 && c !== 0x0a && c !== 0x09) || c === 0x7f) {
       if (buf) { frag.append(buf); buf = ""; }
-      frag.append(el("span", { class: "ctl", title: "control character U+" + c.toString(16).padStart(4, "0") }, c === 0x7f ? "\u2421" : String.fromCodePoint(0x2400 + c)));
+      frag.append(el("span", { class: "ctl", title: "control character U+" + c.toString(16).padStart(4, "0") }, escapeCtl(ch)));
     } else buf += ch;
   }
   if (buf) frag.append(buf);
   return frag;
 }
-function visibleText(text) { return text.replace(/[\u0000-\u001f\u007f]/g, (c) => (c === "\x7f" ? "\u2421" : String.fromCodePoint(0x2400 + c.charCodeAt(0)))); }
+function visibleText(text) { return text.replace(/[\u0000-\u001f\u007f]/g, escapeCtl); }
 let toastTimer = null;
 function toast(msg) { const t = $("toast"); t.textContent = msg; t.hidden = false; clearTimeout(toastTimer); toastTimer = setTimeout(() => (t.hidden = true), 3500); }
 function download(bytes, name, type) {
@@ -685,14 +687,17 @@ async function refreshBackup() {
   const r = b.report || {};
   const newest = r.segments && r.segments.newest;
   cards.append(
-    stat("mode", b.enabled ? "durability " + b.durability : "local only", b.enabled ? (r.store || "") + " · sync every " + b.sync_interval_ms + " ms" : "KVSTORE_S3_URL is not set"),
+    stat("mode", b.enabled ? "durability " + b.durability : "local only", b.enabled ? (b.store || "") + " · sync every " + b.sync_interval_ms + " ms" : "KVSTORE_S3_URL is not set"),
     el("div", { class: "card stat", id: "last-segment" }, el("div", { class: "k" }, "last segment shipped"), el("div", { class: "v", id: "shipped-commit" }, b.enabled ? "commit " + b.shipped : "—"),
       el("div", { class: "s" }, b.metrics.last_upload_ms ? ago(b.metrics.last_upload_ms) + (newest ? " · " + fmtBytes(newest.bytes) : "") : "none yet")),
-    stat("lag", b.lag_commits + " commits", b.lag_seconds.toFixed(1) + " s behind"),
+    stat("lag", b.lag_commits + (b.lag_commits === 1 ? " commit" : " commits"), b.lag_seconds.toFixed(1) + " s behind"),
     stat("uploads", String(b.metrics.uploads_ok), b.metrics.uploads_failed + " failed · " + fmtBytes(b.metrics.upload_bytes)),
     stat("segments in the store", r.segments ? String(r.segments.count) : "—", r.segments ? fmtBytes(r.segments.bytes) : b.report_error || ""),
   );
-  if (b.report_error) $("restore-range").textContent = "The store's listing is not available: " + b.report_error;
+  if (b.report_error) {
+    $("restore-range").textContent = "The store's listing is not available: " + b.report_error;
+    for (const id of ["snapshots", "restore-history"]) $(id).append(el("p", { class: "muted small" }, "Not available: " + b.report_error));
+  }
   if (!b.report) return;
   if (r.restore_range && r.restore_range.earliest) $("restore-range").textContent = "Any versionstamp from " + r.restore_range.earliest + " to " + (r.restore_range.latest || "—") + " can be restored (sidekv restore --at VS); these are the marked points:";
   $("restore-points").append(...r.points.slice().reverse().map((p) => {
@@ -721,22 +726,22 @@ function quantile(bounds, counts, q) {
   }
   return bounds[bounds.length - 1] * 1000;
 }
-function chart(svgId, legendId, series, unit) {
+function chart(svgId, legendId, series, unit, minMax) {
   const svg = $(svgId);
   const W = svg.clientWidth || 500, H = svg.clientHeight || 180, L = 44, R = 8, T = 8, B = 20;
   svg.setAttribute("viewBox", "0 0 " + W + " " + H);
   while (svg.firstChild) svg.removeChild(svg.firstChild);
   const ns = "http://www.w3.org/2000/svg";
   const mk = (tag, a) => { const e = document.createElementNS(ns, tag); for (const [k, v] of Object.entries(a)) e.setAttribute(k, v); return e; };
-  const n = Math.max(...series.map((s) => s.data.length), 2);
-  let max = Math.max(1e-9, ...series.flatMap((s) => s.data.filter((v) => v !== null)));
+  const n = 120;
+  let max = Math.max(minMax || 1, ...series.flatMap((s) => s.data.filter((v) => v !== null)));
   const mag = Math.pow(10, Math.floor(Math.log10(max))); max = Math.ceil(max / mag) * mag;
   for (let i = 0; i <= 4; i++) {
     const y = T + (H - T - B) * (1 - i / 4);
     svg.append(mk("line", { x1: L, x2: W - R, y1: y, y2: y, class: "grid-line" }));
     const t = mk("text", { x: L - 6, y: y + 3, "text-anchor": "end", class: "axis" }); t.textContent = +(max * i / 4).toPrecision(3); svg.append(t);
   }
-  const tl = mk("text", { x: L, y: H - 4, class: "axis" }); tl.textContent = "−" + n + " s"; svg.append(tl);
+  const tl = mk("text", { x: L, y: H - 4, class: "axis" }); tl.textContent = "−2 min"; svg.append(tl);
   const tr = mk("text", { x: W - R, y: H - 4, "text-anchor": "end", class: "axis" }); tr.textContent = "now"; svg.append(tr);
   for (const s of series) {
     let d = "";
