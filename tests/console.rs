@@ -701,3 +701,53 @@ async fn backup_panel_on_either_backend() {
         assert!(b.text_of("#backup-pill").await.contains("NOT BACKED UP"));
     }
 }
+
+/// A token the guest scopes to part of the keys (the scoped-tokens example
+/// guest): it signs in with its prefix, sees the keys under it, and the
+/// console cannot read anything else with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scoped_token_sees_only_its_keys() {
+    use sidekv_kvconnect::key::{KeyInt, KeyPart};
+    if common::skip_on_postgres("one SQLite file is served by two guests in turn") {
+        return;
+    }
+    let dir = tempdir();
+    let db = dir.path().join("db.sqlite3");
+    // Data first, through the default guest.
+    let mut s = Server::start_at(&db, Opts::default());
+    let seven = KeyPart::Int(KeyInt::from_sign_magnitude(false, &[7]).unwrap());
+    let mine = deno_key(&[KeyPart::String("users".into()), seven.clone(), KeyPart::String("name".into())]);
+    let theirs = deno_key(&[KeyPart::String("admins".into()), seven, KeyPart::String("name".into())]);
+    import(&s, &[deno_line(&mine, &v8_string("Ada"), "v8"), deno_line(&theirs, &v8_string("root secret"), "v8")]).await;
+    common::terminate(&mut s);
+    let opts = Opts::default()
+        .env("KVSTORE_ADMIN_ADDR", "127.0.0.1:0")
+        .env("KVSTORE_GUEST", common::guest_wasm("scoped_tokens_guest.wasm").to_str().unwrap())
+        .env("KVSTORE_GUEST_TOKENS", "deno-users-token=rw:kv:users");
+    let s = Server::start_at(&db, opts);
+    let b = Browser::start().await;
+    b.sign_in(&admin(&s), "not-a-token").await;
+    b.wait_text("not accepted", Duration::from_secs(10)).await;
+    b.type_into("#token", "deno-users-token").await;
+    b.js("document.querySelector('details.scope').open = true;", json!([])).await;
+    b.type_into("#scope", "[\"users\"]").await;
+    b.click("#signin-button").await;
+    b.wait("the console", "!document.getElementById('app').hidden", Duration::from_secs(10)).await;
+    b.open_node("7n").await;
+    b.open_node("\"name\"").await;
+    b.wait("its own value", "document.getElementById('value-text')?.textContent === '\"Ada\"'", Duration::from_secs(10)).await;
+    // Everything else is refused by the guest.
+    b.type_into("#search", "").await;
+    b.click("#search-form button").await;
+    b.wait("the refusal", "document.getElementById('tree-status').textContent.includes('not')", Duration::from_secs(10)).await;
+    b.type_into("#search", "[\"admins\"]").await;
+    b.click("#search-form button").await;
+    b.wait(
+        "the refusal",
+        "document.getElementById('tree-status').textContent.length > 0 && !document.getElementById('tree').innerText.includes('7n')",
+        Duration::from_secs(10),
+    )
+    .await;
+    let page = b.js("return document.body.innerText;", json!([])).await;
+    assert!(!page.as_str().unwrap().contains("root secret"), "a key outside the token's scope was shown");
+}

@@ -71,6 +71,8 @@ const API_CSP: &str = "default-src 'none'; frame-ancestors 'none'; sandbox";
 
 struct Session {
     auth: String,
+    /// The prefix given at sign-in (a scoped token's part of the keys).
+    scope: String,
     csrf: String,
     created: Instant,
     last_used: Instant,
@@ -87,6 +89,7 @@ static SIGN_IN_GATE: LazyLock<tokio::sync::Mutex<()>> = LazyLock::new(|| tokio::
 struct Signed {
     id_hash: [u8; 32],
     auth: String,
+    scope: String,
     csrf: String,
 }
 
@@ -149,6 +152,13 @@ async fn route(app: &Arc<App>, req: HttpRequest<Incoming>) -> Resp {
     }
 }
 
+/// A query value: every byte but the unreserved ones percent-encoded.
+fn percent_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| if b.is_ascii_alphanumeric() || b"-._~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+        .collect()
+}
+
 fn random_hex() -> String {
     hex::encode(rand::random::<[u8; 32]>())
 }
@@ -179,7 +189,7 @@ fn session<B>(req: &HttpRequest<B>) -> Option<Signed> {
         return None;
     }
     s.last_used = now;
-    Some(Signed { id_hash, auth: s.auth.clone(), csrf: s.csrf.clone() })
+    Some(Signed { id_hash, auth: s.auth.clone(), scope: s.scope.clone(), csrf: s.csrf.clone() })
 }
 
 /// A request that says it comes from another origin is refused (the
@@ -231,23 +241,36 @@ async fn sign_in(app: &Arc<App>, req: HttpRequest<Incoming>) -> Resp {
         Ok(b) => b.to_bytes(),
         Err(_) => return error_response(413, "the sign-in request is too large"),
     };
-    let token = serde_json::from_slice::<Value>(&body).ok().and_then(|v| v.get("token").and_then(Value::as_str).map(str::to_owned));
-    let token = token.map(|t| t.trim().to_owned()).unwrap_or_default();
+    let form = serde_json::from_slice::<Value>(&body).unwrap_or_default();
+    let field = |name: &str| form.get(name).and_then(Value::as_str).map(|t| t.trim().to_owned()).unwrap_or_default();
+    let (token, scope) = (field("token"), field("prefix"));
     // Checked one at a time: a refusal holds the gate for its delay.
     let _gate = SIGN_IN_GATE.lock().await;
     let refuse = |msg: String| async move {
         tokio::time::sleep(BAD_SIGN_IN_DELAY).await;
         error_response(401, &msg)
     };
-    if token.is_empty() || token.len() > 4096 || token.bytes().any(|b| b.is_ascii_control()) {
+    if token.is_empty() || token.len() > 4096 || token.bytes().any(|b| b.is_ascii_control()) || scope.len() > 4096 {
         return refuse("enter the secret (KVSTORE_SECRET) or a token the guest accepts".into()).await;
     }
     let auth = if token.starts_with("Bearer ") { token } else { format!("Bearer {token}") };
-    // The same check every request gets: the guest decides.
-    let r = match guest_call(app, "GET", "/?limit=1&keys_only=true".into(), vec![auth_header(&auth)], Vec::new()).await {
+    // The same check every request gets: the guest decides. A list of one
+    // key (within the prefix a scoped token is limited to), or else the KV
+    // Connect handshake (a token scoped to Deno keys only).
+    let rest_prefix = if scope.starts_with('[') { "" } else { scope.as_str() };
+    let list = format!("/?limit=1&keys_only=true&prefix={}", percent_encode(rest_prefix));
+    let mut r = match guest_call(app, "GET", list, vec![auth_header(&auth)], Vec::new()).await {
         Ok(r) => r,
         Err(e) => return e,
     };
+    if r.status == 403 || (r.status != 200 && scope.starts_with('[')) {
+        let headers = vec![auth_header(&auth), ("content-type".into(), b"application/json".to_vec())];
+        match guest_call(app, "POST", "/_kv".into(), headers, br#"{"supportedVersions":[3]}"#.to_vec()).await {
+            Ok(kv) if kv.status == 200 => r = kv,
+            Ok(_) => {}
+            Err(e) => return e,
+        }
+    }
     if r.status != 200 {
         let why = if matches!(r.status, 401 | 403) { "the secret or token was not accepted".to_string() } else { guest_message(&r) };
         return refuse(format!("sign-in failed: {why} (the guest answered {})", r.status)).await;
@@ -262,18 +285,22 @@ async fn sign_in(app: &Arc<App>, req: HttpRequest<Incoming>) -> Resp {
         {
             sessions.remove(&oldest);
         }
-        sessions.insert(hash_id(&id), Session { auth, csrf: csrf.clone(), created: now, last_used: now, database_id: None });
+        sessions.insert(
+            hash_id(&id),
+            Session { auth, scope: scope.clone(), csrf: csrf.clone(), created: now, last_used: now, database_id: None },
+        );
     }
-    let mut resp = json_resp(200, session_info(app, &csrf));
+    let mut resp = json_resp(200, session_info(app, &csrf, &scope));
     let cookie = format!("{COOKIE}={id}; Path=/console; HttpOnly; SameSite=Strict; Max-Age={}", MAX_AGE.as_secs());
     resp.headers_mut().insert(header::SET_COOKIE, HeaderValue::from_str(&cookie).expect("hex cookie is a valid header"));
     resp
 }
 
-fn session_info(app: &App, csrf: &str) -> Value {
+fn session_info(app: &App, csrf: &str, scope: &str) -> Value {
     let postgres = app.config.postgres_url().is_some();
     json!({
         "csrf": csrf,
+        "scope": scope,
         "backend": if postgres { "postgres" } else { "sqlite" },
         "backend_description": app.config.backend_description(),
         "backup": app.config.s3_url.is_some(),
@@ -295,7 +322,7 @@ async fn api(app: &Arc<App>, req: HttpRequest<Incoming>, path: &str) -> Result<R
     }
     let method = req.method().as_str().to_owned();
     match (method.as_str(), path) {
-        ("GET", "/console/api/session") => Ok(json_resp(200, session_info(app, &s.csrf))),
+        ("GET", "/console/api/session") => Ok(json_resp(200, session_info(app, &s.csrf, &s.scope))),
         ("POST", "/console/api/logout") => {
             SESSIONS.lock().unwrap().remove(&s.id_hash);
             let mut r = json_resp(200, json!({ "ok": true }));
@@ -557,6 +584,12 @@ async fn backup(app: &App) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn percent_encoding() {
+        assert_eq!(percent_encode("users/a b&c=1"), "users%2Fa%20b%26c%3D1");
+        assert_eq!(percent_encode("\u{2}x\0"), "%02x%00");
+    }
 
     #[test]
     fn constant_time_equality() {

@@ -376,10 +376,9 @@ function countLater(nodes) {
     countQueue = countQueue.then(async () => {
       try {
         const text = utf8(n.bytes);
-        if (text !== null) {
-          const r = await api("GET", restPath("/?" + new URLSearchParams({ prefix: text, count: "true" })));
-          n.count = r.count;
-        } else {
+        const r = text === null ? null : await api("GET", restPath("/?" + new URLSearchParams({ prefix: text, count: "true" }))).catch(() => null);
+        if (r && typeof r.count === "number") n.count = r.count;
+        else {
           const page = await scan(n.bytes, rangeEnd(n), 1000);
           n.count = page.length >= 1000 ? "1000+" : page.length;
         }
@@ -454,7 +453,8 @@ async function openRoot(text) {
   } catch (e) { toast(e.message); return; }
   state.root = root;
   $("tree-status").textContent = "Loading…";
-  try { await loadChildren(root); $("tree-status").textContent = ""; } catch (e) { $("tree-status").textContent = e.message; }
+  try { await loadChildren(root); $("tree-status").textContent = ""; }
+  catch (e) { $("tree-status").textContent = e.message + (e.status === 403 ? " (a token scoped to part of the keys: search for its prefix)" : ""); }
   renderTree();
 }
 
@@ -580,7 +580,9 @@ async function showPrefix(node) {
   $("prefix-watch").disabled = text === null;
   if (text === null) $("prefix-delete").title = "Prefixes that are not UTF-8 cannot be deleted through the REST API";
   try {
-    const n = text !== null ? (await api("GET", restPath("/?" + new URLSearchParams({ prefix: text, count: "true" })))).count : node.count;
+    const r = text !== null ? await api("GET", restPath("/?" + new URLSearchParams({ prefix: text, count: "true" }))).catch(() => null) : null;
+    let n = r && typeof r.count === "number" ? r.count : node.count;
+    if (n === undefined) { const page = await scan(node.bytes, rangeEnd(node), 1000); n = page.length >= 1000 ? "1000+" : page.length; }
     $("prefix-count").textContent = (typeof n === "number" ? n.toLocaleString() : n) + " keys under this prefix";
   } catch (e) { $("prefix-count").textContent = e.message; }
 }
@@ -798,7 +800,8 @@ async function enterApp(info) {
   $("backend-pill").textContent = info.backend === "postgres" ? "PostgreSQL" : "SQLite";
   $("backend-pill").title = info.backend_description + " · guest " + (info.guest || "?") + " · sidekv " + info.version;
   showTab("keys");
-  openRoot("");
+  $("search").value = info.scope || "";
+  openRoot(info.scope || "");
   refreshBackup();
 }
 async function signIn(ev) {
@@ -806,7 +809,7 @@ async function signIn(ev) {
   const btn = $("signin-button"); btn.disabled = true; btn.textContent = "Signing in…";
   $("signin-error").hidden = true;
   try {
-    const info = await api("POST", "/console/api/login", { token: $("token").value });
+    const info = await api("POST", "/console/api/login", { token: $("token").value, prefix: $("scope").value });
     $("token").value = "";
     await enterApp(info);
   } catch (e) { $("signin-error").hidden = false; $("signin-error").textContent = e.message; $("token").select(); }
