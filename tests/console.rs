@@ -295,6 +295,7 @@ async fn sign_in_and_a_bad_sign_in() {
     b.sign_in(&admin, "wrong-secret").await;
     let started = Instant::now();
     b.wait_text("not accepted", Duration::from_secs(10)).await;
+    b.screenshot("sign-in-refused").await;
     assert!(started.elapsed() >= Duration::from_millis(800), "a refused sign-in answers after a delay");
     assert!(!b.text_of("#signin-error").await.is_empty());
     assert!(b.js("return document.getElementById('app').hidden;", json!([])).await.as_bool().unwrap());
@@ -433,8 +434,21 @@ async fn rest_and_deno_key_trees_with_decoded_values() {
     b.click("#search-form button").await;
     b.wait("the Deno search result", "document.getElementById('tree').innerText.includes('\"nick\"')", Duration::from_secs(10)).await;
 
-    // The load charts draw from the live metrics.
+    // The load charts draw from the live metrics: some traffic first
+    // (bounded: at most 3 s, at most 3000 requests; a few 404s too).
     b.click("#tab-load").await;
+    let c = s.client();
+    let until = Instant::now() + Duration::from_secs(3);
+    for i in 0..3000u32 {
+        if Instant::now() > until {
+            break;
+        }
+        let key = if i % 10 == 0 { format!("missing/{i}") } else { "users/1/name".to_string() };
+        let _ = c.req(reqwest::Method::GET, &format!("/{key}")).send().await;
+        if i % 4 == 0 {
+            put(&s, &format!("load/{}", i % 50), "x").await;
+        }
+    }
     b.wait("the request chart", "document.querySelectorAll('#chart-requests path').length > 0", Duration::from_secs(10)).await;
     b.wait("the latency chart", "document.getElementById('legend-latency').textContent.includes('p99')", Duration::from_secs(10)).await;
     b.screenshot("load").await;

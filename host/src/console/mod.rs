@@ -351,9 +351,9 @@ fn query_param(query: &str, name: &str) -> Option<String> {
     })
 }
 
-fn b64url_param(query: &str, name: &str) -> Result<Vec<u8>, Resp> {
+fn b64url_param(query: &str, name: &str) -> Result<Vec<u8>, String> {
     let v = query_param(query, name).unwrap_or_default();
-    B64URL.decode(v.trim_end_matches('=')).map_err(|_| error_response(400, &format!("`{name}` must be base64url")))
+    B64URL.decode(v.trim_end_matches('=')).map_err(|_| format!("`{name}` must be base64url"))
 }
 
 /// The KV Connect database id for this session (one metadata exchange).
@@ -412,8 +412,9 @@ fn encoding_of(name: &str) -> Option<dp::ValueEncoding> {
 /// `GET /console/api/scan?start=&end=&limit=&reverse=` (bounds base64url):
 /// exact keys and typed values, through the guest's KV Connect.
 async fn scan(app: &App, s: &Signed, query: &str) -> Result<Resp, Resp> {
-    let start = b64url_param(query, "start")?;
-    let mut end = b64url_param(query, "end")?;
+    let bad = |m: String| error_response(400, &m);
+    let start = b64url_param(query, "start").map_err(bad)?;
+    let mut end = b64url_param(query, "end").map_err(bad)?;
     if end.is_empty() {
         end = vec![0xff];
     }
@@ -444,9 +445,11 @@ async fn scan(app: &App, s: &Signed, query: &str) -> Result<Resp, Resp> {
 async fn write(app: &App, s: &Signed, body: &[u8]) -> Result<Resp, Resp> {
     let bad = |m: &str| error_response(400, m);
     let v: Value = serde_json::from_slice(body).map_err(|e| bad(&format!("not JSON: {e}")))?;
-    let b64 = |v: &Value, what: &str| -> Result<Vec<u8>, Resp> {
-        B64.decode(v.as_str().ok_or_else(|| bad(&format!("{what} must be a base64 string")))?)
-            .map_err(|_| bad(&format!("{what} is not base64")))
+    let b64 = |v: &Value, what: &str| -> Result<Vec<u8>, String> {
+        match v.as_str() {
+            Some(t) => B64.decode(t).map_err(|_| format!("{what} is not base64")),
+            None => Err(format!("{what} must be a base64 string")),
+        }
     };
     let mut checks = Vec::new();
     for c in v.get("checks").and_then(Value::as_array).into_iter().flatten() {
@@ -455,17 +458,20 @@ async fn write(app: &App, s: &Signed, body: &[u8]) -> Result<Resp, Resp> {
             Some(Value::String(h)) => hex::decode(h).map_err(|_| bad("a check's versionstamp must be 20 hex digits"))?,
             Some(_) => return Err(bad("a check's versionstamp must be a string or null")),
         };
-        checks.push(dp::Check { key: b64(&c["key"], "a check's key")?, versionstamp });
+        checks.push(dp::Check { key: b64(&c["key"], "a check's key").map_err(|m| bad(&m))?, versionstamp });
     }
     let mut mutations = Vec::new();
     for m in v.get("mutations").and_then(Value::as_array).into_iter().flatten() {
-        let key = b64(&m["key"], "a mutation's key")?;
+        let key = b64(&m["key"], "a mutation's key").map_err(|m| bad(&m))?;
         let expire_at_ms = m.get("expire_at_ms").and_then(Value::as_i64).unwrap_or(0);
         let (mutation_type, value) = match m.get("type").and_then(Value::as_str) {
             Some("set") => {
                 let enc =
                     encoding_of(m.get("encoding").and_then(Value::as_str).unwrap_or("bytes")).ok_or_else(|| bad("unknown encoding"))?;
-                (dp::MutationType::MSet, Some(dp::KvValue { data: b64(&m["value"], "a mutation's value")?, encoding: enc.into() }))
+                (
+                    dp::MutationType::MSet,
+                    Some(dp::KvValue { data: b64(&m["value"], "a mutation's value").map_err(|m| bad(&m))?, encoding: enc.into() }),
+                )
             }
             Some("delete") => (dp::MutationType::MDelete, None),
             _ => return Err(bad("a mutation's type must be \"set\" or \"delete\"")),
