@@ -352,9 +352,23 @@ async fn rest_and_deno_key_trees_with_decoded_values() {
         ],
     )
     .await;
+    // A prefix with more children than one page.
+    let many: Vec<Value> = (0..250).map(|i| json!({ "key": format!("many/{i:05}"), "value": B64.encode("v") })).collect();
+    import(&s, &many).await;
     let admin = admin(&s);
     let b = Browser::start().await;
     b.sign_in(&admin, SECRET).await;
+
+    // Paging: 100 children at a time.
+    b.open_node("many/").await;
+    b.wait_text("250 keys under this prefix", Duration::from_secs(10)).await;
+    let shown = "[...document.querySelectorAll('#tree .node .label')].filter(e => e.textContent.startsWith('00')).length";
+    b.wait("the first page", &format!("{shown} === 100"), Duration::from_secs(10)).await;
+    b.click("#tree .more").await;
+    b.wait("the second page", &format!("{shown} === 200"), Duration::from_secs(10)).await;
+    b.click("#tree .more").await;
+    b.wait("the last page", &format!("{shown} === 250 && !document.querySelector('#tree .more')"), Duration::from_secs(10)).await;
+    b.open_node("many/").await; // close it again
 
     // REST: users/ → 1/ → name, profile (JSON), photo (bytes).
     b.open_node("users/").await;

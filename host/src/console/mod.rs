@@ -273,7 +273,7 @@ async fn sign_in(app: &Arc<App>, req: HttpRequest<Incoming>) -> Resp {
     }
     if r.status != 200 {
         let why = if matches!(r.status, 401 | 403) { "the secret or token was not accepted".to_string() } else { guest_message(&r) };
-        return refuse(format!("sign-in failed: {why} (the guest answered {})", r.status)).await;
+        return refuse(format!("Sign-in failed: {why} (the guest answered {}).", r.status)).await;
     }
     let (id, csrf) = (random_hex(), random_hex());
     {

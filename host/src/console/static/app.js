@@ -665,7 +665,7 @@ function table(head, rows) {
 }
 function setPill(b) {
   const p = $("backup-pill");
-  if (b.backend === "postgres") { p.className = "pill neutral"; p.textContent = "PostgreSQL"; return; }
+  if (b.backend === "postgres") { p.className = "pill neutral"; p.textContent = "backups: the database's own"; return; }
   p.className = b.backed_up ? "pill" : "pill bad";
   p.textContent = b.backed_up ? "backed up" : "NOT BACKED UP";
 }
