@@ -120,6 +120,16 @@ impl Browser {
         self.cmd(reqwest::Method::POST, &format!("/element/{id}/value"), json!({ "text": text })).await;
     }
 
+    /// Press keys (WebDriver key codes for special keys: `\u{E015}` ↓,
+    /// `\u{E014}` →, `\u{E007}` Enter) on whatever has the focus.
+    async fn keys(&self, text: &str) {
+        let actions: Vec<Value> = text
+            .chars()
+            .flat_map(|c| [json!({ "type": "keyDown", "value": c.to_string() }), json!({ "type": "keyUp", "value": c.to_string() })])
+            .collect();
+        self.cmd(reqwest::Method::POST, "/actions", json!({ "actions": [{ "type": "key", "id": "keyboard", "actions": actions }] })).await;
+    }
+
     /// Poll `predicate` (a JS expression) until it is truthy.
     async fn wait(&self, what: &str, predicate: &str, within: Duration) {
         let deadline = Instant::now() + within;
@@ -778,4 +788,31 @@ async fn a_scoped_token_sees_only_its_keys() {
     .await;
     let page = b.js("return document.body.innerText;", json!([])).await;
     assert!(!page.as_str().unwrap().contains("root secret"), "a key outside the token's scope was shown");
+}
+
+/// The console works from the keyboard: `/` to search, arrows in the tree,
+/// Enter to open a key, digits for the sections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyboard_navigation() {
+    let s = console_server();
+    put(&s, "users/1/name", "Ada Lovelace").await;
+    put(&s, "users/2/name", "Grace Hopper").await;
+    let b = Browser::start().await;
+    b.sign_in(&admin(&s), SECRET).await;
+    b.wait("the tree", "document.getElementById('tree').innerText.includes('users/')", Duration::from_secs(10)).await;
+    b.js("document.activeElement.blur();", json!([])).await;
+    b.keys("/").await;
+    b.wait("the search box focused", "document.activeElement.id === 'search'", Duration::from_secs(5)).await;
+    b.keys("users/\u{E007}").await;
+    b.wait("the search result", "document.getElementById('tree-root-label').textContent.includes('users/')", Duration::from_secs(10)).await;
+    b.wait("its folders", "document.querySelectorAll('#tree .node').length === 2", Duration::from_secs(10)).await;
+    b.js("document.querySelector('#tree .node').focus();", json!([])).await;
+    b.keys("\u{E014}").await; // → opens 1/
+    b.wait("1/ opened", "document.querySelectorAll('#tree .node').length === 3", Duration::from_secs(10)).await;
+    b.keys("\u{E015}\u{E007}").await; // ↓ to name, Enter
+    b.wait("the value", "document.getElementById('value-text')?.textContent === 'Ada Lovelace'", Duration::from_secs(10)).await;
+    b.keys("3").await;
+    b.wait("the backup section", "!document.getElementById('panel-backup').hidden", Duration::from_secs(5)).await;
+    b.keys("1").await;
+    b.wait("the keys section", "!document.getElementById('panel-keys').hidden", Duration::from_secs(5)).await;
 }
