@@ -522,6 +522,25 @@ async fn edit_a_value_and_read_it_back_over_rest() {
     b.wait_text("Deleted 2 keys", Duration::from_secs(10)).await;
     assert_eq!(s.client().get("tmp/a").await, None);
     assert_eq!(s.client().get("notes/today").await.unwrap(), "final text, edited".as_bytes());
+
+    // Export (the link the page offers, fetched with the session) and import.
+    b.type_into("#search", "notes/").await;
+    b.click("#search-form button").await;
+    b.wait("the notes/ root", "document.getElementById('tree-root-label').textContent.includes('notes/')", Duration::from_secs(10)).await;
+    let href = b.js("return document.getElementById('export').getAttribute('href');", json!([])).await;
+    assert_eq!(href, json!("/console/api/rest/_export?prefix=notes%2F"));
+    let ndjson = b.js("return fetch(arguments[0]).then(r => r.text());", json!([href])).await;
+    let ndjson = ndjson.as_str().unwrap().to_string();
+    assert_eq!(ndjson.lines().count(), 2, "{ndjson}");
+    assert!(ndjson.contains("\"key\":\"notes/today\""), "{ndjson}");
+    let dir = tempdir();
+    let file = dir.path().join("import.ndjson");
+    let moved = ndjson.replace("notes/", "imported/");
+    std::fs::write(&file, &moved).unwrap();
+    let input = b.find("#import").await;
+    b.cmd(reqwest::Method::POST, &format!("/element/{input}/value"), json!({ "text": file.to_str().unwrap() })).await;
+    b.wait_text("Imported 2 entries", Duration::from_secs(10)).await;
+    assert_eq!(s.client().get("imported/today").await.unwrap(), "final text, edited".as_bytes());
 }
 
 /// The watch panel shows a write made over REST, live.
