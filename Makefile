@@ -7,7 +7,7 @@ BIN := target/release/sidekv
 
 .PHONY: run build guest examples setup setup-wasm setup-py setup-pg setup-deno test lint bench soak clean
 
-## run: set up what is missing, build, serve on 127.0.0.1:8000 (prints a generated secret unless KVSTORE_SECRET is set)
+## run: set up what is missing, build, serve on 127.0.0.1:8000 (prints a generated secret unless KVSTORE_SECRET is set; with KVSTORE_ADMIN_ADDR, also the console's URL)
 run: build
 	$(BIN)
 
@@ -46,6 +46,11 @@ setup-pg:
 setup-deno:
 	@scripts/setup-deno.sh
 
+# Headless Chromium + chromedriver (Debian's packages) for the console's browser tests (tests/console.rs).
+.PHONY: setup-browser
+setup-browser:
+	@scripts/setup-browser.sh
+
 ## lint: formatting and clippy (warnings are errors) on every crate; needs no guest built
 lint:
 	@rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt
@@ -64,10 +69,10 @@ setup-container:
 # server's store at a path is a database of its own). A test about SQLite
 # itself has `sqlite_only` in its name and is filtered out by name there,
 # so cargo counts it as filtered, never as passed.
-PG_SUITES := --test api --test e2e --test guests --test ops --test hostile --test pg_harness
+PG_SUITES := --test api --test e2e --test guests --test ops --test hostile --test pg_harness --test console
 
 ## test: lint, unit tests, then integration tests against the real binary, a real S3 server and a real PostgreSQL
-test: lint setup setup-pg setup-deno build examples examples-polyglot image
+test: lint setup setup-pg setup-deno setup-browser build examples examples-polyglot image
 	$(CARGO) test --release --workspace --exclude sidekv-guest --exclude scoped-tokens-guest --exclude chaos-guest --exclude kv-only-guest -- --test-threads=4
 	SIDEKV_TEST_BACKEND=postgres $(CARGO) test --release -p sidekv $(PG_SUITES) -- --test-threads=4 --skip sqlite_only
 	$(CARGO) test --release -p sidekv-guest --lib

@@ -441,6 +441,16 @@ pub enum Command {
     CheckConfig,
 }
 
+/// What the server says about itself (the console, logs): no secrets.
+#[derive(Clone, Debug)]
+pub struct ServerInfo {
+    pub postgres: bool,
+    /// The backend without credentials (`StorageArgs::describe`).
+    pub backend_description: String,
+    /// The backup's settings, when it is on (the URL holds no credentials).
+    pub backup: Option<ReplicaOptions>,
+}
+
 /// What the HTTP server and `App` take.
 #[derive(Clone, Debug)]
 pub struct HttpOptions {
@@ -526,6 +536,14 @@ impl Config {
             stop_timeout: h.stop_timeout,
             inflight_body_bytes: h.inflight_body_bytes(),
             body: crate::body::BodyLimits { max_bytes: h.max_body_bytes, timeout: h.body_timeout, min_rate: h.body_min_rate },
+        }
+    }
+
+    pub fn server_info(&self) -> ServerInfo {
+        ServerInfo {
+            postgres: self.storage.postgres_url().is_some(),
+            backend_description: self.storage.describe(),
+            backup: self.backup.replica_options(),
         }
     }
 

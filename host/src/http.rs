@@ -323,7 +323,7 @@ async fn handle_inner(app: &Arc<App>, req: HttpRequest<Incoming>) -> HttpRespons
     }
 }
 
-async fn to_http(app: &Arc<App>, resp: GuestResponse) -> Result<HttpResponse<Body>, String> {
+pub(crate) async fn to_http(app: &Arc<App>, resp: GuestResponse) -> Result<HttpResponse<Body>, String> {
     let status = StatusCode::from_u16(resp.status)
         .ok()
         .filter(|s| s.as_u16() >= 200)
@@ -384,7 +384,8 @@ fn tokio_stream_from<T: Send + 'static>(mut rx: tokio::sync::mpsc::Receiver<T>) 
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
-/// The admin address: liveness, readiness and metrics, served by the host.
+/// The admin address: liveness, readiness and metrics, served by the host,
+/// and the console (`console`, under `/console/`).
 pub async fn serve_admin(listener: TcpListener, app: Arc<App>, shutdown: impl Future<Output = ()>) {
     tokio::pin!(shutdown);
     loop {
@@ -396,7 +397,12 @@ pub async fn serve_admin(listener: TcpListener, app: Arc<App>, shutdown: impl Fu
         tokio::spawn(async move {
             let svc = service_fn(move |req: HttpRequest<Incoming>| {
                 let app = app.clone();
-                async move { Ok::<_, Infallible>(admin(&app, req.uri().path())) }
+                async move {
+                    if crate::console::handles(req.uri().path()) {
+                        return Ok::<_, Infallible>(crate::console::handle(&app, req).await);
+                    }
+                    Ok::<_, Infallible>(admin(&app, req.uri().path()))
+                }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -421,7 +427,7 @@ fn admin(app: &App, path: &str) -> HttpResponse<Body> {
             .header("content-type", "text/plain; version=0.0.4")
             .body(full(METRICS.render(&app.replication_gauges())))
             .expect("static response parts are valid"),
-        _ => error_response(404, "admin endpoints: /healthz, /readyz, /metrics"),
+        _ => error_response(404, "admin endpoints: /healthz, /readyz, /metrics, /console/"),
     }
 }
 

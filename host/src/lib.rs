@@ -19,11 +19,13 @@
 //! | `backend::sqlite` | SQLite file + S3 replica (backup, restore, fencing) |
 //! | `streams` | SSE watch and NDJSON export bodies                        |
 //! | `metrics` | Prometheus counters and histograms                        |
+//! | `console` | the web console on the admin address (sessions, guest calls) |
 
 pub mod backend;
 pub mod body;
 pub mod config;
 pub mod conns;
+pub mod console;
 pub mod guest;
 pub mod http;
 pub mod limits;
@@ -36,7 +38,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use tokio::net::TcpListener;
 
 use crate::backend::Kv;
-use crate::config::{Config, HttpOptions};
+use crate::config::{Config, HttpOptions, ServerInfo};
 use crate::guest::{GuestRuntime, GuestSource};
 
 /// Where start-up is; `/readyz` and 503 answers say it.
@@ -60,6 +62,7 @@ impl std::fmt::Display for Phase {
 /// Shared state of a running server.
 pub struct App {
     pub http: HttpOptions,
+    pub info: ServerInfo,
     /// Where the guest comes from (read again at SIGHUP).
     pub guest_source: GuestSource,
     kv: OnceLock<Kv>,
@@ -70,9 +73,9 @@ pub struct App {
 }
 
 impl App {
-    pub fn new(http: HttpOptions, guest_source: GuestSource) -> Self {
+    pub fn new(http: HttpOptions, info: ServerInfo, guest_source: GuestSource) -> Self {
         let body_budget = body::BodyBudget::new(http.inflight_body_bytes);
-        App { http, guest_source, kv: OnceLock::new(), guest: OnceLock::new(), phase: Mutex::new(Phase::Starting), body_budget }
+        App { http, info, guest_source, kv: OnceLock::new(), guest: OnceLock::new(), phase: Mutex::new(Phase::Starting), body_budget }
     }
 
     pub fn body_limits(&self) -> body::BodyLimits {
@@ -128,7 +131,7 @@ pub async fn run(
     // the default action (terminate); it is handled once the guest is loaded.
     #[cfg(unix)]
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
-    let app = Arc::new(App::new(config.http_options(), config.guest.source()));
+    let app = Arc::new(App::new(config.http_options(), config.server_info(), config.guest.source()));
     let local = listener.local_addr()?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let stopped = {

@@ -82,6 +82,7 @@ fn real_main() -> anyhow::Result<()> {
                 };
                 if let Some(a) = &admin {
                     println!("admin on http://{}", a.local_addr()?);
+                    println!("console on http://{}/console/", a.local_addr()?);
                 }
                 sidekv::run(config, listener, admin, shutdown_signal()).await
             }

@@ -275,3 +275,33 @@ impl Metrics {
         out
     }
 }
+
+impl Metrics {
+    /// The figures the console's load charts draw (cumulative; the page
+    /// takes differences between polls): main-port requests by status
+    /// class, the latency histogram, guest instances and memory, uploads.
+    pub fn console_json(&self) -> serde_json::Value {
+        let mut classes = [0u64; 6];
+        for row in &self.requests {
+            for (s, c) in row.iter().enumerate() {
+                classes[(s / 100).min(5)] += c.load(Relaxed);
+            }
+        }
+        let h = &self.request_seconds;
+        let counts: Vec<u64> = h.counts.iter().map(|c| c.load(Relaxed)).chain([h.inf.load(Relaxed)]).collect();
+        serde_json::json!({
+            "requests": { "2xx": classes[2], "3xx": classes[3], "4xx": classes[4], "5xx": classes[5] },
+            "latency": { "bounds": h.bounds, "counts": counts },
+            "guest_instances": self.guest_instances.load(Relaxed),
+            "guest_instances_busy": self.guest_instances_busy.load(Relaxed),
+            "guest_memory_bytes": self.guest_memory_bytes.load(Relaxed),
+            "connections_open": self.connections_open.load(Relaxed),
+            "uploads_ok": self.uploads_ok.load(Relaxed),
+            "uploads_failed": self.uploads_failed.load(Relaxed),
+            "upload_bytes": self.upload_bytes.load(Relaxed),
+            "last_upload_ms": self.last_upload_ms.load(Relaxed),
+            "snapshots_ok": self.snapshots_ok.load(Relaxed),
+            "restore_seconds": self.restore_seconds_micros.load(Relaxed) as f64 / 1e6,
+        })
+    }
+}

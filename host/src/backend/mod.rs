@@ -81,6 +81,11 @@ pub trait Backend: Send + Sync + 'static {
     /// including commits made by other processes sharing the store.
     fn subscribe_commits(&self) -> watch::Receiver<u64>;
     fn status(&self) -> BackendStatus;
+    /// What the backup holds, for the console (`None`: no backup of sidekv's
+    /// own; a PostgreSQL database is backed up by its own tooling).
+    fn backup_report(&self) -> BoxFuture<'_, Option<Result<serde_json::Value, String>>> {
+        Box::pin(async { None })
+    }
     /// Finish queued work (drain the backup) and close, by `deadline`.
     /// Called once. `Err` says which committed writes are not in the backup.
     fn shutdown(&self, deadline: tokio::time::Instant) -> BoxFuture<'_, Result<(), NotBackedUp>>;

@@ -164,6 +164,13 @@ impl Backend for SqliteBackend {
         }
     }
 
+    fn backup_report(&self) -> BoxFuture<'_, Option<Result<serde_json::Value, String>>> {
+        Box::pin(async move {
+            let r = self.replica.as_ref()?;
+            Some(r.report(self.store.shipped()).await.map_err(|e| e.to_string()))
+        })
+    }
+
     fn shutdown(&self, deadline: tokio::time::Instant) -> BoxFuture<'_, Result<(), NotBackedUp>> {
         Box::pin(async move {
             let Some(tasks) = self.tasks.lock().unwrap().take() else { return Ok(()) };

@@ -238,5 +238,59 @@ impl Replica {
     }
 }
 
+// ------------------------------------------------------------- console ----
+
+impl Replica {
+    /// What the console's backup panel shows: the snapshots, segments and
+    /// epochs in the store (each epoch was reserved by a database that
+    /// started a backup here or was restored: the restore history), and the
+    /// points in time a restore can reach, as `sidekv restore --at` values.
+    pub async fn report(&self, shipped: u64) -> Result<serde_json::Value, ReplicaError> {
+        use serde_json::json;
+        let counter_of = |key: &str| key.rsplit('/').next().and_then(|n| n.get(..20)).and_then(|n| n.parse::<u64>().ok());
+        let at = |c: u64| format!("{c:016x}ffff");
+        let snapshots = self.remote.objects.list_meta("snapshots").await?;
+        let segments = self.remote.objects.list_meta("segments").await?;
+        let epochs = self.remote.objects.list_meta("epochs").await?;
+        let snaps: Vec<_> = snapshots
+            .iter()
+            .filter_map(|o| {
+                let c = counter_of(&o.key)?;
+                Some(json!({ "commit": c, "key": self.remote.name(&o.key), "bytes": o.bytes, "time_ms": o.modified_ms, "at": at(c) }))
+            })
+            .collect();
+        let seg_first: Vec<u64> = segments.iter().filter_map(|o| counter_of(&o.key)).collect();
+        let newest = segments.last().map(
+            |o| json!({ "first_commit": counter_of(&o.key), "key": self.remote.name(&o.key), "bytes": o.bytes, "time_ms": o.modified_ms }),
+        );
+        let history: Vec<_> = epochs
+            .iter()
+            .filter_map(|o| {
+                let e = counter_of(&o.key)?;
+                Some(json!({ "epoch": e, "first_commit": epoch_start(e) + 1, "time_ms": o.modified_ms }))
+            })
+            .collect();
+        // The oldest reachable state: commit 1 when the segments start there,
+        // else the oldest snapshot.
+        let earliest = if seg_first.first().is_some_and(|f| *f <= 1) { Some(1) } else { snaps.first().and_then(|s| s["commit"].as_u64()) };
+        let mut points: Vec<serde_json::Value> =
+            snaps.iter().map(|s| json!({ "commit": s["commit"], "at": s["at"], "time_ms": s["time_ms"], "what": "snapshot" })).collect();
+        if shipped > 0 {
+            let t = METRICS.last_upload_ms.load(Relaxed);
+            points.push(json!({ "commit": shipped, "at": at(shipped), "time_ms": t, "what": "newest shipped commit" }));
+        }
+        Ok(json!({
+            "store": self.remote.describe(),
+            "durability": format!("{:?}", self.durability).to_lowercase(),
+            "sync_interval_ms": self.sync_interval.as_millis() as u64,
+            "snapshots": snaps,
+            "segments": { "count": segments.len(), "bytes": segments.iter().map(|o| o.bytes).sum::<u64>(), "newest": newest },
+            "restore_history": history,
+            "restore_range": { "earliest": earliest.map(at), "latest": (shipped > 0).then(|| at(shipped)) },
+            "points": points,
+        }))
+    }
+}
+
 #[cfg(test)]
 mod tests;

@@ -47,6 +47,21 @@ pub trait ObjectStore: Send + Sync {
     fn name(&self, key: &str) -> String {
         format!("{}/{key}", self.describe().trim_end_matches('/'))
     }
+    /// `list` with each object's size and time (the console's backup panel);
+    /// a store that cannot say reports 0 for both.
+    fn list_meta<'a>(&'a self, dir: &'a str) -> BoxFuture<'a, Result<Vec<ObjectMeta>, ReplicaError>> {
+        Box::pin(async move { Ok(self.list(dir).await?.into_iter().map(|key| ObjectMeta { key, bytes: 0, modified_ms: 0 }).collect()) })
+    }
+}
+
+/// An object as `list_meta` reports it.
+#[derive(Clone, Debug)]
+pub struct ObjectMeta {
+    /// Relative key, as `list` gives it.
+    pub key: String,
+    pub bytes: u64,
+    /// Last modified, unix ms (0 = unknown).
+    pub modified_ms: u64,
 }
 
 /// Open the store a `KVSTORE_S3_URL` names: `s3://bucket/prefix` or
@@ -235,6 +250,38 @@ impl S3Store {
 }
 
 impl ObjectStore for S3Store {
+    fn list_meta<'a>(&'a self, dir: &'a str) -> BoxFuture<'a, Result<Vec<ObjectMeta>, ReplicaError>> {
+        Box::pin(async move {
+            let prefix = self.full(&format!("{dir}/"));
+            let base = if self.prefix.is_empty() { 0 } else { self.prefix.len() + 1 };
+            let mut out = Vec::new();
+            let mut token = None;
+            loop {
+                let r = self
+                    .client
+                    .list_objects_v2()
+                    .bucket(&self.bucket)
+                    .prefix(&prefix)
+                    .set_continuation_token(token.take())
+                    .send()
+                    .await
+                    .map_err(|e| Self::err("LIST", &prefix, sdk_msg(&e)))?;
+                for o in r.contents() {
+                    if let Some(k) = o.key() {
+                        let modified_ms = o.last_modified().and_then(|t| t.to_millis().ok()).unwrap_or(0).max(0) as u64;
+                        out.push(ObjectMeta { key: k[base..].to_string(), bytes: o.size().unwrap_or(0).max(0) as u64, modified_ms });
+                    }
+                }
+                match r.next_continuation_token() {
+                    Some(t) if r.is_truncated() == Some(true) => token = Some(t.to_string()),
+                    _ => break,
+                }
+            }
+            out.sort_by(|a, b| a.key.cmp(&b.key));
+            Ok(out)
+        })
+    }
+
     fn list<'a>(&'a self, dir: &'a str) -> BoxFuture<'a, Result<Vec<String>, ReplicaError>> {
         Box::pin(async move {
             let prefix = self.full(&format!("{dir}/"));
@@ -416,6 +463,29 @@ fn create_if_absent(p: &Path, fill: impl FnOnce(&mut std::fs::File) -> std::io::
 }
 
 impl ObjectStore for DirStore {
+    fn list_meta<'a>(&'a self, dir: &'a str) -> BoxFuture<'a, Result<Vec<ObjectMeta>, ReplicaError>> {
+        Box::pin(async move {
+            let keys = self.list(dir).await?;
+            let paths = keys.iter().map(|k| self.path(k)).collect::<Result<Vec<_>, _>>()?;
+            blocking(move || {
+                Ok(keys
+                    .into_iter()
+                    .zip(paths)
+                    .map(|(key, p)| {
+                        let m = std::fs::metadata(&p).ok();
+                        let modified_ms = m
+                            .as_ref()
+                            .and_then(|m| m.modified().ok())
+                            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                            .map_or(0, |d| d.as_millis() as u64);
+                        ObjectMeta { key, bytes: m.map_or(0, |m| m.len()), modified_ms }
+                    })
+                    .collect())
+            })
+            .await
+        })
+    }
+
     fn list<'a>(&'a self, dir: &'a str) -> BoxFuture<'a, Result<Vec<String>, ReplicaError>> {
         Box::pin(async move {
             let d = self.path(dir)?;
