@@ -192,6 +192,21 @@ pub struct Config {
     #[arg(long, env = "KVSTORE_S3_PART_BYTES", default_value_t = limits::DEFAULT_S3_PART_BYTES)]
     pub s3_part_bytes: u64,
 
+    /// Deliver queue messages by POSTing each to this URL (`http://…`; e.g.
+    /// http://127.0.0.1:3000/queue). A 2xx answer acknowledges it; anything
+    /// else, a timeout or a refused connection is a failed attempt. Unset:
+    /// messages are only delivered to pull consumers (`POST /_queue/take`).
+    #[arg(long, env = "KVSTORE_QUEUE_URL")]
+    pub queue_url: Option<String>,
+
+    /// Push deliveries in flight at once.
+    #[arg(long, env = "KVSTORE_QUEUE_CONCURRENCY", default_value_t = limits::DEFAULT_QUEUE_CONCURRENCY)]
+    pub queue_concurrency: usize,
+
+    /// Time the application gets to answer one push delivery.
+    #[arg(long, env = "KVSTORE_QUEUE_TIMEOUT", default_value = limits::DEFAULT_QUEUE_TIMEOUT, value_parser = parse_duration)]
+    pub queue_timeout: Duration,
+
     /// Address for /healthz, /readyz and /metrics (e.g. 127.0.0.1:9090);
     /// unset disables them. The main port belongs to the guest.
     #[arg(long, env = "KVSTORE_ADMIN_ADDR")]
@@ -313,6 +328,15 @@ impl Config {
         }
         if self.snapshot_retention == 0 {
             return Err(invalid("KVSTORE_SNAPSHOT_RETENTION", "must be at least 1"));
+        }
+        if let Some(u) = &self.queue_url {
+            crate::queue::PushTarget::parse(u).map_err(|e| invalid("KVSTORE_QUEUE_URL", e))?;
+        }
+        if !(1..=1024).contains(&self.queue_concurrency) {
+            return Err(invalid("KVSTORE_QUEUE_CONCURRENCY", "must be between 1 and 1024"));
+        }
+        if self.queue_timeout.is_zero() {
+            return Err(invalid("KVSTORE_QUEUE_TIMEOUT", "must be more than 0"));
         }
         if let Some(s) = &self.secret
             && s.is_empty()

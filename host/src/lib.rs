@@ -19,6 +19,7 @@
 //! | `backend::sqlite` | SQLite file + S3 replica (backup, restore, fencing) |
 //! | `streams` | SSE watch and NDJSON export bodies                        |
 //! | `metrics` | Prometheus counters and histograms                        |
+//! | `queue`   | queue delivery: lease expiry, push to KVSTORE_QUEUE_URL   |
 
 pub mod backend;
 pub mod body;
@@ -28,6 +29,7 @@ pub mod guest;
 pub mod http;
 pub mod limits;
 pub mod metrics;
+pub mod queue;
 pub mod streams;
 
 use std::future::Future;
@@ -202,6 +204,17 @@ pub async fn run(
         })
     };
 
+    // Queue delivery (lease expiry, push) runs until the store closes.
+    let push = match &config.queue_url {
+        Some(u) => Some(queue::Push {
+            target: queue::PushTarget::parse(u).map_err(|e| anyhow::anyhow!("KVSTORE_QUEUE_URL: {e}"))?,
+            concurrency: config.queue_concurrency,
+            timeout: config.queue_timeout,
+        }),
+        None => None,
+    };
+    let queue_task = tokio::spawn(queue::run(kv.clone(), push));
+
     app.set_phase(Phase::Ready);
     println!("listening on http://{local}");
     tracing::info!(addr = %local, backend = %config.backend_description(), guest = %guest_source(&config).name(), backup = config.s3_url.is_some(), "ready");
@@ -213,6 +226,7 @@ pub async fn run(
     if let Some(t) = admin_task {
         t.abort();
     }
+    queue_task.abort();
     kv.shutdown().await;
     Ok(())
 }

@@ -212,3 +212,27 @@ pub const MAX_S3_PART_BYTES: u64 = 5 << 30;
 pub const UPLOAD_BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// How long SIGTERM waits for the outbox to drain to S3.
 pub const SHUTDOWN_DRAIN_TIMEOUT: Duration = Duration::from_secs(15);
+
+// ---- queues (`queue`; data limits are in sidekv_core::limits) ----
+
+/// Most expired leases turned into failed attempts in one commit.
+pub const QUEUE_EXPIRE_BATCH: usize = 1000;
+/// Default deliveries in flight at once to `KVSTORE_QUEUE_URL`
+/// (`KVSTORE_QUEUE_CONCURRENCY`).
+pub const DEFAULT_QUEUE_CONCURRENCY: usize = 8;
+/// Default time the application gets to answer one push delivery
+/// (`KVSTORE_QUEUE_TIMEOUT`); past it the attempt has failed.
+pub const DEFAULT_QUEUE_TIMEOUT: &str = "30s";
+/// A pushed message's lease outlasts the delivery timeout by this much, so
+/// an attempt still in flight is never handed out twice.
+pub const QUEUE_PUSH_LEASE_MARGIN: Duration = Duration::from_secs(5);
+/// The queue task wakes at least this often (lease expiry, gauges), even
+/// with nothing due.
+pub const QUEUE_TICK: Duration = Duration::from_secs(1);
+/// The queue task never sleeps less than this between rounds (a message
+/// due now whose delivery slots are full must not make it spin).
+pub const QUEUE_MIN_SLEEP: Duration = Duration::from_millis(5);
+/// After a failed store call, the queue task waits this long before trying again.
+pub const QUEUE_ERROR_BACKOFF: Duration = Duration::from_secs(1);
+/// Default `?wait=` of a pull (`POST /_queue/take`).
+pub const DEFAULT_QUEUE_WAIT_MS: u32 = 30_000;

@@ -43,7 +43,10 @@ use plan::Row;
 use writer::{WriterMsg, unreachable};
 
 use super::{Backend, BackendStatus, BoxFuture, StoreFuture};
-use super::{Change, ChangePos, Encoding, Entry, Key, ListPage, ListQuery, StoreError, Value, Versionstamp, WriteOp, WriteResult};
+use super::{
+    Change, ChangePos, Encoding, Entry, Key, ListPage, ListQuery, PendingMessage, QueueMessage, QueueStats, StoreError, Value, Versionstamp,
+    WriteOp, WriteResult,
+};
 use crate::limits;
 use crate::metrics::ReplicationGauges;
 
@@ -412,6 +415,9 @@ impl Backend for PgBackend {
 
     fn write(&self, op: WriteOp) -> StoreFuture<'_, WriteResult> {
         Box::pin(async move {
+            if matches!(op, WriteOp::Enqueue { .. } | WriteOp::Queue(_)) {
+                return Err(queues_unavailable());
+            }
             let (tx, rx) = oneshot::channel();
             let closed = || StoreError::Unavailable("the store is shutting down".into());
             let writer = self.writer.lock().unwrap().clone().ok_or_else(closed)?;
@@ -422,6 +428,22 @@ impl Backend for PgBackend {
 
     fn changes(&self, prefix: Key, after: ChangePos, limit: u32) -> StoreFuture<'_, Vec<Change>> {
         Box::pin(self.read_changes(prefix, after, limit))
+    }
+
+    fn queue_take(&self, _visibility_ms: u64) -> StoreFuture<'_, Option<QueueMessage>> {
+        Box::pin(async { Err(queues_unavailable()) })
+    }
+
+    fn queue_next_event(&self) -> StoreFuture<'_, super::QueueTimes> {
+        Box::pin(async { Ok(super::QueueTimes::default()) })
+    }
+
+    fn queue_stats(&self) -> StoreFuture<'_, QueueStats> {
+        Box::pin(async { Ok(QueueStats::default()) })
+    }
+
+    fn queue_list(&self, _after: String, _limit: u32) -> StoreFuture<'_, Vec<PendingMessage>> {
+        Box::pin(async { Ok(Vec::new()) })
     }
 
     fn committed(&self) -> u64 {
@@ -457,4 +479,9 @@ impl Backend for PgBackend {
             self.shared.pool.close();
         })
     }
+}
+
+/// Queues are implemented on the SQLite backend only in this version.
+pub(crate) fn queues_unavailable() -> StoreError {
+    StoreError::Unavailable("queues need the SQLite backend in this version".into())
 }

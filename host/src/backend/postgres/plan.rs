@@ -52,7 +52,7 @@ pub fn keys_read(ops: &[&WriteOp]) -> Vec<Key> {
     for op in ops {
         match op {
             WriteOp::Set { key, .. } | WriteOp::Delete { key, .. } => keys.push(key.clone()),
-            WriteOp::DeletePrefix { .. } => {}
+            WriteOp::DeletePrefix { .. } | WriteOp::Enqueue { .. } | WriteOp::Queue(_) => {}
             WriteOp::Atomic { checks, mutations } => {
                 keys.extend(checks.iter().map(|c| c.key.clone()));
                 // A versionstamp-suffixed key cannot exist yet: nothing to read.
@@ -153,6 +153,7 @@ fn apply(v: &mut View, op: &WriteOp, vs: Versionstamp, now: i64) -> Result<Write
             }
             Ok(WriteResult::Committed { versionstamp: vs, deleted: live.len() as u64 })
         }
+        WriteOp::Enqueue { .. } | WriteOp::Queue(_) => Err(super::queues_unavailable()),
         WriteOp::Atomic { checks, mutations } => {
             for (i, c) in checks.iter().enumerate() {
                 if v.current(&c.key).map(|r| r.version) != c.versionstamp {
