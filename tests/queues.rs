@@ -377,7 +377,8 @@ async fn a_refused_connection_is_a_failed_attempt() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_app_endpoint_does_not_slow_reads_and_writes() {
     let app = App::start(Answer::Hang).await;
-    let s = start_temp(admin().env("KVSTORE_QUEUE_URL", &app.url()).env("KVSTORE_QUEUE_TIMEOUT", "60s").env("KVSTORE_QUEUE_CONCURRENCY", "4"));
+    let s =
+        start_temp(admin().env("KVSTORE_QUEUE_URL", &app.url()).env("KVSTORE_QUEUE_TIMEOUT", "60s").env("KVSTORE_QUEUE_CONCURRENCY", "4"));
     let c = s.client();
     for i in 0..50 {
         enqueue(&c, "", format!("m{i}").as_bytes()).await;
@@ -585,8 +586,12 @@ fn deno(script: &str, args: &[&str]) -> Command {
 fn must_pass(mut cmd: Command, what: &str, s: &Server) -> String {
     tokio::task::block_in_place(|| {
         let t0 = Instant::now();
-        let mut child =
-            cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap_or_else(|e| panic!("starting {what}: {e}"));
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {what}: {e}"));
         let (mut out, mut err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
         let o = std::thread::spawn(move || {
             let mut s = String::new();

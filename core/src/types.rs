@@ -151,14 +151,31 @@ pub struct Mutation {
 /// A write, as every backend takes it.
 #[derive(Clone, Debug)]
 pub enum WriteOp {
-    Set { key: Key, value: Value, ttl_ms: Option<u64>, cond: Condition },
-    Delete { key: Key, cond: Condition },
-    DeletePrefix { prefix: Key },
-    Atomic { checks: Vec<Check>, mutations: Vec<Mutation> },
+    Set {
+        key: Key,
+        value: Value,
+        ttl_ms: Option<u64>,
+        cond: Condition,
+    },
+    Delete {
+        key: Key,
+        cond: Condition,
+    },
+    DeletePrefix {
+        prefix: Key,
+    },
+    Atomic {
+        checks: Vec<Check>,
+        mutations: Vec<Mutation>,
+    },
     /// An atomic batch that also enqueues messages: all or nothing (a
     /// failed check enqueues nothing). Message `i` gets the id
     /// [`message_id`]`(versionstamp, i)`.
-    Enqueue { checks: Vec<Check>, mutations: Vec<Mutation>, enqueues: Vec<Enqueue> },
+    Enqueue {
+        checks: Vec<Check>,
+        mutations: Vec<Mutation>,
+        enqueues: Vec<Enqueue>,
+    },
     /// A change to a queued message's state (settling a delivery attempt).
     Queue(QueueOp),
 }

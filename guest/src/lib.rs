@@ -324,7 +324,9 @@ fn route(req: &Request) -> Result<Resp, Resp> {
             _ if matches!(req.method.as_str(), "GET" | "HEAD") => {
                 Err(error(404, format!("no endpoint /{raw}; keys starting with _ are reserved")))
             }
-            _ => Err(error(400, "keys starting with _ are reserved for sidekv's endpoints (/_atomic, /_watch, /_export, /_import, /_queue)")),
+            _ => {
+                Err(error(400, "keys starting with _ are reserved for sidekv's endpoints (/_atomic, /_watch, /_export, /_import, /_queue)"))
+            }
         };
     }
     let key = percent_decode(raw, false).map_err(|e| error(400, format!("invalid key: {e}")))?;
@@ -937,10 +939,15 @@ mod tests {
         assert_eq!(status(atomic_body(b"[]")), 400);
         assert_eq!(status(atomic_body(b"null")), 400);
         assert_eq!(status(atomic_body(br#"{"checks": [], "extra": 1}"#)), 400);
-        let (c, m) =
+        let (c, m, e) =
             atomic_body(br#"{"checks": [{"key": "a", "versionstamp": null}], "mutations": [{"type": "sum", "key": "n", "value": "2"}]}"#)
                 .unwrap_or_else(|_| panic!("valid"));
-        assert_eq!((c.len(), m.len()), (1, 1));
+        assert_eq!((c.len(), m.len(), e.len()), (1, 1, 0));
+        let (_, m, e) = atomic_body(br#"{"mutations": [{"type": "enqueue", "value": "aGk=", "delay": 5, "backoff_schedule": [1]}]}"#)
+            .unwrap_or_else(|_| panic!("valid"));
+        assert_eq!((m.len(), e.len(), e[0].delay_ms, e[0].value.data.as_slice()), (0, 1, 5, b"hi".as_slice()));
+        assert_eq!(status(atomic_body(br#"{"mutations": [{"type": "enqueue", "value": "!"}]}"#)), 400);
+        assert_eq!(status(atomic_body(br#"{"mutations": [{"type": "enqueue", "value": "aGk=", "keys_if_undelivered": [1]}]}"#)), 400);
         assert!(atomic_body(b"{}").is_ok());
     }
 

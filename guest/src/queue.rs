@@ -62,12 +62,7 @@ fn enqueue(req: &Request, q: &Query) -> Result<Resp, Resp> {
         "v8" => ValueEncoding::V8,
         e => return Err(error(400, format!("encoding must be bytes or v8, got {e:?}"))),
     };
-    let msg = NewMessage {
-        value: TypedValue { data: req.body.clone(), encoding },
-        delay_ms,
-        keys_if_undelivered: keys,
-        backoff_schedule,
-    };
+    let msg = NewMessage { value: TypedValue { data: req.body.clone(), encoding }, delay_ms, keys_if_undelivered: keys, backoff_schedule };
     match queue::atomic(&[], &[], std::slice::from_ref(&msg)).map_err(kv_error)? {
         crate::kv::AtomicOutcome::Committed(vs) => {
             let id = format!("{vs}0000");
@@ -187,15 +182,16 @@ pub fn import_line(line: &str, now: u64) -> Result<NewMessage, String> {
     let due = m.get("due_at").and_then(Value::as_u64).unwrap_or(now);
     let attempts = m.get("attempts").and_then(Value::as_u64).unwrap_or(0) as usize;
     let schedule: Vec<u32> = match m.get("backoff_schedule") {
-        Some(Value::Array(a)) => a.iter().map(|s| s.as_u64().and_then(|s| u32::try_from(s).ok()).ok_or("bad backoff_schedule")).collect::<Result<_, _>>()?,
+        Some(Value::Array(a)) => {
+            a.iter().map(|s| s.as_u64().and_then(|s| u32::try_from(s).ok()).ok_or("bad backoff_schedule")).collect::<Result<_, _>>()?
+        }
         _ => return Err("needs \"backoff_schedule\"".into()),
     };
     let keys = match m.get("keys_if_undelivered_b64") {
         None => Vec::new(),
-        Some(Value::Array(a)) => a
-            .iter()
-            .map(|k| k.as_str().and_then(|k| b64.decode(k).ok()).ok_or("bad keys_if_undelivered_b64"))
-            .collect::<Result<_, _>>()?,
+        Some(Value::Array(a)) => {
+            a.iter().map(|k| k.as_str().and_then(|k| b64.decode(k).ok()).ok_or("bad keys_if_undelivered_b64")).collect::<Result<_, _>>()?
+        }
         Some(_) => return Err("\"keys_if_undelivered_b64\" must be an array".into()),
     };
     Ok(NewMessage {

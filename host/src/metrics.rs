@@ -247,9 +247,19 @@ impl Metrics {
             self.connections_rejected.load(Relaxed),
         );
         self.render_limits(&mut out);
-        gauge(&mut out, "sidekv_queue_pending", "Queue messages not yet delivered or dead-lettered.", self.queue_pending.load(Relaxed) as f64);
+        gauge(
+            &mut out,
+            "sidekv_queue_pending",
+            "Queue messages not yet delivered or dead-lettered.",
+            self.queue_pending.load(Relaxed) as f64,
+        );
         gauge(&mut out, "sidekv_queue_due", "Queue messages due now and not leased.", self.queue_due.load(Relaxed) as f64);
-        gauge(&mut out, "sidekv_queue_leased", "Queue messages leased to a consumer (push or pull).", self.queue_leased.load(Relaxed) as f64);
+        gauge(
+            &mut out,
+            "sidekv_queue_leased",
+            "Queue messages leased to a consumer (push or pull).",
+            self.queue_leased.load(Relaxed) as f64,
+        );
         gauge(
             &mut out,
             "sidekv_queue_oldest_due_seconds",

@@ -168,9 +168,8 @@ async fn deliver(p: &Push, m: &QueueMessage) -> Result<(), String> {
     let attempt = async {
         let stream = tokio::net::TcpStream::connect((p.target.host.as_str(), p.target.port)).await.map_err(|e| format!("connect: {e}"))?;
         let _ = stream.set_nodelay(true);
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
-            .await
-            .map_err(|e| format!("handshake: {e}"))?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.map_err(|e| format!("handshake: {e}"))?;
         let conn = tokio::spawn(conn);
         let req = hyper::Request::post(p.target.path.as_str())
             .header("host", p.target.authority.as_str())

@@ -271,7 +271,10 @@ fn enqueue(i: usize, e: dp::Enqueue, now_ms: u64) -> Result<EnqueueReq, Answer> 
     if delay_ms > sidekv_core::limits::MAX_QUEUE_DELAY_MS {
         return Err(Answer::text(
             400,
-            format!("enqueues[{i}]: a delay of {delay_ms} ms is over MAX_QUEUE_DELAY_MS ({} ms, 30 days)", sidekv_core::limits::MAX_QUEUE_DELAY_MS),
+            format!(
+                "enqueues[{i}]: a delay of {delay_ms} ms is over MAX_QUEUE_DELAY_MS ({} ms, 30 days)",
+                sidekv_core::limits::MAX_QUEUE_DELAY_MS
+            ),
         ));
     }
     Ok(EnqueueReq {

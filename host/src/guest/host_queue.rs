@@ -66,12 +66,12 @@ impl queue::Host for HostState {
 
     async fn ack(&mut self, lease: String) -> Result<bool, KvError> {
         let (id, lease) = parse_lease(&lease)?;
-        Ok(store_call_off_deadline!(self, self.store.queue_settle(QueueOp::Ack { id, lease })).map_err(kv_error)?)
+        store_call_off_deadline!(self, self.store.queue_settle(QueueOp::Ack { id, lease })).map_err(kv_error)
     }
 
     async fn retry(&mut self, lease: String) -> Result<bool, KvError> {
         let (id, lease) = parse_lease(&lease)?;
-        Ok(store_call_off_deadline!(self, self.store.queue_settle(QueueOp::Retry { id, lease })).map_err(kv_error)?)
+        store_call_off_deadline!(self, self.store.queue_settle(QueueOp::Retry { id, lease })).map_err(kv_error)
     }
 }
 

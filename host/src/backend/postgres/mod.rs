@@ -44,8 +44,8 @@ use writer::{WriterMsg, unreachable};
 
 use super::{Backend, BackendStatus, BoxFuture, StoreFuture};
 use super::{
-    Change, ChangePos, Encoding, Entry, Key, ListPage, ListQuery, PendingMessage, QueueMessage, QueueStats, StoreError, Value, Versionstamp,
-    WriteOp, WriteResult,
+    Change, ChangePos, Encoding, Entry, Key, ListPage, ListQuery, PendingMessage, QueueMessage, QueueStats, StoreError, Value,
+    Versionstamp, WriteOp, WriteResult,
 };
 use crate::limits;
 use crate::metrics::ReplicationGauges;

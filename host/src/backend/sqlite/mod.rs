@@ -23,7 +23,9 @@ use tokio::task::JoinHandle;
 use self::replica::{Replica, ReplicaError};
 use self::store::{Store, StoreOptions};
 use super::{Backend, BackendStatus, BoxFuture, StoreFuture};
-use super::{Change, ChangePos, Entry, Key, ListPage, ListQuery, PendingMessage, QueueMessage, QueueStats, StoreError, WriteOp, WriteResult};
+use super::{
+    Change, ChangePos, Entry, Key, ListPage, ListQuery, PendingMessage, QueueMessage, QueueStats, StoreError, WriteOp, WriteResult,
+};
 use crate::config::Config;
 use crate::limits;
 use crate::metrics::ReplicationGauges;

@@ -264,7 +264,14 @@ mod tests {
             first: 9,
             last: 9,
             records: vec![
-                Record { version: 9 << 16, index: 0, key: key.clone(), value: Some(vec![7; 20]), expires_at: None, encoding: Encoding::Bytes },
+                Record {
+                    version: 9 << 16,
+                    index: 0,
+                    key: key.clone(),
+                    value: Some(vec![7; 20]),
+                    expires_at: None,
+                    encoding: Encoding::Bytes,
+                },
                 Record { version: 9 << 16, index: 1, key, value: None, expires_at: None, encoding: Encoding::Bytes },
             ],
             flags: 0,

@@ -126,8 +126,7 @@ pub fn parse_logged(v: &[u8]) -> Option<(u64, u32, &[u8])> {
     Some((due, attempts, state))
 }
 
-const INSERT: &str =
-    "INSERT OR REPLACE INTO queue (id, due_at, attempts, lease, lease_until, state) VALUES (?1, ?2, ?3, NULL, NULL, ?4)";
+const INSERT: &str = "INSERT OR REPLACE INTO queue (id, due_at, attempts, lease, lease_until, state) VALUES (?1, ?2, ?3, NULL, NULL, ?4)";
 const DELETE: &str = "DELETE FROM queue WHERE id = ?1";
 
 fn log_put(tx: &Transaction<'_>, vs: Versionstamp, n: u32, id: &str, due_at: u64, attempts: u32, state: &[u8]) -> rusqlite::Result<()> {
@@ -173,6 +172,10 @@ pub fn ack(tx: &Transaction<'_>, id: &str, vs: Versionstamp) -> rusqlite::Result
     log_delete(tx, vs, 0, id)
 }
 
+/// Writes one `kv` entry (and logs it) at a change index: how a dead
+/// letter reaches its keys.
+pub type PutEntry<'a> = dyn Fn(&Transaction<'_>, &[u8], &Value, u32) -> rusqlite::Result<()> + 'a;
+
 /// What a failed attempt led to.
 pub enum Failed {
     /// Another attempt is scheduled.
@@ -187,14 +190,7 @@ pub enum Failed {
 /// A delivery attempt of `id` failed: schedule the next attempt after the
 /// backoff step, or write the payload to its undelivered keys and drop it.
 /// Uses change indexes from `*n` on. `put` writes one `kv` entry (and logs it).
-pub fn fail(
-    tx: &Transaction<'_>,
-    id: &str,
-    vs: Versionstamp,
-    n: &mut u32,
-    now: u64,
-    put: &dyn Fn(&Transaction<'_>, &[u8], &Value, u32) -> rusqlite::Result<()>,
-) -> rusqlite::Result<Failed> {
+pub fn fail(tx: &Transaction<'_>, id: &str, vs: Versionstamp, n: &mut u32, now: u64, put: &PutEntry<'_>) -> rusqlite::Result<Failed> {
     let row: Option<(i64, Vec<u8>)> =
         tx.prepare_cached("SELECT attempts, state FROM queue WHERE id = ?1")?.query_row([id], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
     let Some((attempts, state)) = row else { return Ok(Failed::Gone) };
@@ -209,9 +205,8 @@ pub fn fail(
     };
     if let Some(step) = body.backoff.get(attempts as usize - 1) {
         let due = now + *step as u64;
-        tx.prepare_cached("UPDATE queue SET due_at = ?2, attempts = ?3, lease = NULL, lease_until = NULL WHERE id = ?1")?.execute(
-            params![id, due as i64, attempts as i64],
-        )?;
+        tx.prepare_cached("UPDATE queue SET due_at = ?2, attempts = ?3, lease = NULL, lease_until = NULL WHERE id = ?1")?
+            .execute(params![id, due as i64, attempts as i64])?;
         log_put(tx, vs, *n, id, due, attempts, &state)?;
         *n += 1;
         return Ok(Failed::Retry);

@@ -13,13 +13,13 @@ use std::collections::HashMap;
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use tokio::sync::watch;
 
+use super::queue;
 use super::schema::{DELETE_ENTRY, LOG_CHANGE, PUT_ENTRY};
 use super::versionstamp::MAX_COUNTER;
-use super::queue;
 use super::{Check, Condition, StoreError, Value, Versionstamp, WriteOp, WriteResult, WriterMsg, now_ms};
-use sidekv_core::{Enqueue, QueueOp};
 use crate::limits;
 use sidekv_core::validate::prefix_upper_bound;
+use sidekv_core::{Enqueue, QueueOp};
 
 /// What the writer knows about the database between commits.
 pub struct WriterState {
