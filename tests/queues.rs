@@ -4,7 +4,8 @@
 //! with the disk wiped in `s3` mode, export/import and point-in-time
 //! restore, and the real clients: npm `@deno/kv` enqueueing (Node), the
 //! `clients/js/queue.mjs` listener under Node and Deno, and Deno's client
-//! reading a dead-lettered value.
+//! reading a dead-lettered value. On PostgreSQL (the tests' private server):
+//! two sidecars share one queue, and a killed sidecar's leases expire.
 //!
 //! The JS clients come from `make setup-deno`; `SIDEKV_SKIP_KVCONNECT=1`
 //! skips the tests that need them (with a printed reason).
@@ -688,4 +689,68 @@ async fn dead_letter_is_read_back_with_denos_client() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     must_pass(deno("deno_read_dead.ts", &[&format!("{}/_kv", s.url)]), "deno deno_read_dead.ts", &s);
+}
+
+// --------------------------------------------------------- PostgreSQL ----
+
+/// Two sidecars on one PostgreSQL database push one shared queue to one
+/// application: every message is delivered exactly once when every
+/// attempt succeeds (`FOR UPDATE SKIP LOCKED`: one sidecar per attempt),
+/// whichever sidecar it was enqueued through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_two_sidecars_deliver_each_attempt_once() {
+    let app = App::start(Answer::Ok).await;
+    let db = fresh_database();
+    let opts = || Opts::default().env("KVSTORE_QUEUE_URL", &app.url()).env("KVSTORE_QUEUE_CONCURRENCY", "4").env("RUST_LOG", "warn");
+    let a = tokio::task::block_in_place(|| start_on(&db, opts()));
+    let b = tokio::task::block_in_place(|| start_on(&db, opts()));
+    let (ca, cb) = (a.client(), b.client());
+    let mut ids = BTreeSet::new();
+    for i in 0..100 {
+        let c = if i % 2 == 0 { &ca } else { &cb };
+        ids.insert(enqueue(c, "", format!("m{i}").as_bytes()).await);
+    }
+    app.wait_for(Duration::from_secs(20), "100 deliveries", |d| d.len() >= 100).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let d = app.deliveries();
+    let got: BTreeSet<String> = d.iter().map(|d| d.id.clone()).collect();
+    assert_eq!(got, ids);
+    assert_eq!(d.len(), 100, "a message was delivered twice");
+    assert!(d.iter().all(|d| d.attempt == 1));
+    assert_eq!(take(&ca, "?wait=0").await, None);
+}
+
+/// A sidecar killed with messages leased: their leases expire and another
+/// sidecar delivers them again (attempt 2); a failed last attempt writes the
+/// undelivered key, readable through any sidecar.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_killed_sidecars_leases_are_delivered_by_another() {
+    let db = fresh_database();
+    let mut a = tokio::task::block_in_place(|| start_on(&db, Opts::default()));
+    let b = tokio::task::block_in_place(|| start_on(&db, Opts::default()));
+    let (ca, cb) = (a.client(), b.client());
+    let mut ids = BTreeSet::new();
+    for i in 0..3 {
+        ids.insert(enqueue(&ca, &format!("?backoff=100&undelivered=dl/{i}"), format!("m{i}").as_bytes()).await);
+    }
+    for _ in 0..3 {
+        take(&ca, "?wait=1s&visibility=1s").await.expect("leased by a");
+    }
+    assert_eq!(take(&cb, "?wait=0").await, None, "leased by a: not handed to b");
+    tokio::task::block_in_place(|| a.kill9());
+    let mut again = BTreeSet::new();
+    let t0 = Instant::now();
+    while again.len() < 3 {
+        assert!(t0.elapsed() < Duration::from_secs(15), "redelivered only {again:?}:\n{}", tail(&b.log(), 30));
+        if let Some((id, attempt, lease, _)) = take(&cb, "?wait=1s&visibility=10s").await {
+            assert_eq!(attempt, 2, "{id}");
+            assert_eq!(settle(&cb, "retry", &lease).await, 200);
+            again.insert(id);
+        }
+    }
+    assert_eq!(again, ids);
+    for i in 0..3 {
+        assert_eq!(cb.get(&format!("dl/{i}")).await, Some(format!("m{i}").into_bytes()), "dead-lettered after its last attempt");
+    }
+    assert_eq!(take(&cb, "?wait=300ms").await, None);
 }

@@ -27,6 +27,7 @@
 //! - **Expired entries are never returned** by any read.
 
 pub mod postgres;
+pub mod queue_body;
 pub mod sqlite;
 
 use std::future::Future;

@@ -26,6 +26,7 @@
 mod connect;
 mod pipeline;
 mod plan;
+mod queue;
 mod sql;
 mod sweep;
 mod writer;
@@ -415,8 +416,8 @@ impl Backend for PgBackend {
 
     fn write(&self, op: WriteOp) -> StoreFuture<'_, WriteResult> {
         Box::pin(async move {
-            if matches!(op, WriteOp::Enqueue { .. } | WriteOp::Queue(_)) {
-                return Err(queues_unavailable());
+            if let WriteOp::Queue(q) = op {
+                return queue::settle(&self.shared.pool, q).await;
             }
             let (tx, rx) = oneshot::channel();
             let closed = || StoreError::Unavailable("the store is shutting down".into());
@@ -430,20 +431,20 @@ impl Backend for PgBackend {
         Box::pin(self.read_changes(prefix, after, limit))
     }
 
-    fn queue_take(&self, _visibility_ms: u64) -> StoreFuture<'_, Option<QueueMessage>> {
-        Box::pin(async { Err(queues_unavailable()) })
+    fn queue_take(&self, visibility_ms: u64) -> StoreFuture<'_, Option<QueueMessage>> {
+        Box::pin(queue::take(&self.shared.pool, visibility_ms))
     }
 
     fn queue_next_event(&self) -> StoreFuture<'_, super::QueueTimes> {
-        Box::pin(async { Ok(super::QueueTimes::default()) })
+        Box::pin(queue::times(&self.shared.pool))
     }
 
     fn queue_stats(&self) -> StoreFuture<'_, QueueStats> {
-        Box::pin(async { Ok(QueueStats::default()) })
+        Box::pin(queue::stats(&self.shared.pool))
     }
 
-    fn queue_list(&self, _after: String, _limit: u32) -> StoreFuture<'_, Vec<PendingMessage>> {
-        Box::pin(async { Ok(Vec::new()) })
+    fn queue_list(&self, after: String, limit: u32) -> StoreFuture<'_, Vec<PendingMessage>> {
+        Box::pin(queue::list(&self.shared.pool, after, limit))
     }
 
     fn committed(&self) -> u64 {
@@ -479,9 +480,4 @@ impl Backend for PgBackend {
             self.shared.pool.close();
         })
     }
-}
-
-/// Queues are implemented on the SQLite backend only in this version.
-pub(crate) fn queues_unavailable() -> StoreError {
-    StoreError::Unavailable("queues need the SQLite backend in this version".into())
 }

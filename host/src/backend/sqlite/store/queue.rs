@@ -22,10 +22,10 @@
 //! (big-endian). The `queue.state` column holds the part after `attempts`.
 
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
-use sidekv_core::{Encoding, Enqueue, Key, QueueMessage, QueueStats, Value, Versionstamp, message_id};
+use sidekv_core::{Encoding, Enqueue, QueueMessage, QueueStats, Value, Versionstamp, message_id};
 
 use super::schema::LOG_CHANGE;
-use crate::limits;
+pub use crate::backend::queue_body::{Body, Step};
 
 /// Change-log keys of queue messages: reserved (`limits::RESERVED_KEY_BYTE`),
 /// never a key of the `kv` table.
@@ -39,74 +39,6 @@ fn log_key(id: &str) -> Vec<u8> {
     [QUEUE_LOG_PREFIX, id.as_bytes()].concat()
 }
 
-/// The immutable part of a message: payload, schedule, undelivered keys.
-pub struct Body {
-    pub payload: Value,
-    pub backoff: Vec<u32>,
-    pub keys: Vec<Key>,
-}
-
-impl Body {
-    pub fn encode(&self) -> Vec<u8> {
-        let mut b = Vec::with_capacity(16 + self.payload.len());
-        b.push(self.payload.encoding.code());
-        b.extend_from_slice(&(self.payload.len() as u32).to_be_bytes());
-        b.extend_from_slice(&self.payload.bytes);
-        b.push(self.backoff.len() as u8);
-        for s in &self.backoff {
-            b.extend_from_slice(&s.to_be_bytes());
-        }
-        b.push(self.keys.len() as u8);
-        for k in &self.keys {
-            b.extend_from_slice(&(k.len() as u16).to_be_bytes());
-            b.extend_from_slice(k);
-        }
-        b
-    }
-
-    pub fn decode(b: &[u8]) -> Option<Body> {
-        let mut r = Cursor { b, pos: 0 };
-        let encoding = Encoding::from_code(r.u8()?)?;
-        let n = r.u32()? as usize;
-        let payload = Value { bytes: r.take(n)?.to_vec(), encoding };
-        let steps = r.u8()? as usize;
-        let backoff = (0..steps).map(|_| r.u32()).collect::<Option<Vec<_>>>()?;
-        let nkeys = r.u8()? as usize;
-        let keys = (0..nkeys)
-            .map(|_| {
-                let l = r.u16()? as usize;
-                Some(r.take(l)?.to_vec())
-            })
-            .collect::<Option<Vec<_>>>()?;
-        (r.pos == b.len()).then_some(Body { payload, backoff, keys })
-    }
-}
-
-struct Cursor<'a> {
-    b: &'a [u8],
-    pos: usize,
-}
-
-impl<'a> Cursor<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        let s = self.b.get(self.pos..self.pos.checked_add(n)?)?;
-        self.pos += n;
-        Some(s)
-    }
-    fn u8(&mut self) -> Option<u8> {
-        Some(self.take(1)?[0])
-    }
-    fn u16(&mut self) -> Option<u16> {
-        Some(u16::from_be_bytes(self.take(2)?.try_into().ok()?))
-    }
-    fn u32(&mut self) -> Option<u32> {
-        Some(u32::from_be_bytes(self.take(4)?.try_into().ok()?))
-    }
-    fn u64(&mut self) -> Option<u64> {
-        Some(u64::from_be_bytes(self.take(8)?.try_into().ok()?))
-    }
-}
-
 /// The logged value of a message in state (`due_at`, `attempts`).
 fn logged(due_at: u64, attempts: u32, state: &[u8]) -> Vec<u8> {
     let mut v = Vec::with_capacity(12 + state.len());
@@ -118,10 +50,9 @@ fn logged(due_at: u64, attempts: u32, state: &[u8]) -> Vec<u8> {
 
 /// A logged value back into (`due_at`, `attempts`, state); `None` if malformed.
 pub fn parse_logged(v: &[u8]) -> Option<(u64, u32, &[u8])> {
-    let mut r = Cursor { b: v, pos: 0 };
-    let due = r.u64()?;
-    let attempts = r.u32()?;
-    let state = &v[r.pos..];
+    let due = u64::from_be_bytes(v.get(..8)?.try_into().ok()?);
+    let attempts = u32::from_be_bytes(v.get(8..12)?.try_into().ok()?);
+    let state = &v[12..];
     Body::decode(state)?;
     Some((due, attempts, state))
 }
@@ -145,12 +76,7 @@ pub fn enqueue(tx: &Transaction<'_>, msgs: &[Enqueue], vs: Versionstamp, first_n
     for (i, m) in msgs.iter().enumerate() {
         let id = message_id(vs, i);
         let due = now.saturating_add(m.delay_ms);
-        let body = Body {
-            payload: m.payload.clone(),
-            backoff: m.backoff_schedule.clone().unwrap_or_else(|| limits::DEFAULT_BACKOFF_SCHEDULE.to_vec()),
-            keys: m.keys_if_undelivered.clone(),
-        };
-        let state = body.encode();
+        let state = Body::of(m).encode();
         tx.prepare_cached(INSERT)?.execute(params![id, due as i64, 0i64, state])?;
         log_put(tx, vs, first_n + i as u32, &id, due, 0, &state)?;
     }
@@ -203,8 +129,7 @@ pub fn fail(tx: &Transaction<'_>, id: &str, vs: Versionstamp, n: &mut u32, now: 
             .execute(params![id, due as i64])?;
         return Ok(Failed::Retry);
     };
-    if let Some(step) = body.backoff.get(attempts as usize - 1) {
-        let due = now + *step as u64;
+    if let Step::Retry(due) = body.after_failure(attempts, now) {
         tx.prepare_cached("UPDATE queue SET due_at = ?2, attempts = ?3, lease = NULL, lease_until = NULL WHERE id = ?1")?
             .execute(params![id, due as i64, attempts as i64])?;
         log_put(tx, vs, *n, id, due, attempts, &state)?;
