@@ -754,3 +754,29 @@ async fn postgres_a_killed_sidecars_leases_are_delivered_by_another() {
     }
     assert_eq!(take(&cb, "?wait=300ms").await, None);
 }
+
+/// The scoped-tokens example guest: `queue:send` may enqueue (REST and KV
+/// Connect) but not consume, `queue:receive` may consume but not enqueue,
+/// a token without a queue scope may do neither.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scoped_tokens_have_queue_scopes() {
+    let s = start_temp(
+        Opts::default()
+            .env("KVSTORE_GUEST", guest_wasm("scoped_tokens_guest.wasm").to_str().unwrap())
+            .env("KVSTORE_GUEST_TOKENS", "producer=rw:jobs/,queue:send;worker=rw:jobs/,queue:receive;plain=rw:jobs/"),
+    );
+    let post = |tok: &'static str, path: &str, body: &'static str| {
+        reqwest::Client::new().post(format!("{}{path}", s.url)).header("authorization", format!("Bearer {tok}")).body(body)
+    };
+    assert_eq!(status_of(post("worker", "/_queue", "x")).await.0, 403);
+    assert_eq!(status_of(post("plain", "/_queue", "x")).await.0, 403);
+    let (st, body) = status_of(post("producer", "/_queue", "job-1")).await;
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(status_of(post("producer", "/_queue/take", "")).await.0, 403);
+    let r = post("worker", "/_queue/take?wait=1000", "").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let lease = r.headers()["x-sidekv-lease"].to_str().unwrap().to_string();
+    assert_eq!(r.bytes().await.unwrap().as_ref(), b"job-1");
+    assert_eq!(status_of(post("plain", &format!("/_queue/ack?lease={lease}"), "")).await.0, 403);
+    assert_eq!(status_of(post("worker", &format!("/_queue/ack?lease={lease}"), "")).await.0, 200);
+}
