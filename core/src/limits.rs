@@ -69,9 +69,9 @@ pub const MAX_BACKOFF_STEP_MS: u32 = 3_600_000;
 pub const DEFAULT_BACKOFF_SCHEDULE: [u32; 5] = [100, 1_000, 5_000, 30_000, 60_000];
 /// Most keys a message is written to when it is finally undelivered (as Deno KV).
 pub const MAX_KEYS_IF_UNDELIVERED: usize = 10;
-/// Most messages enqueued by one atomic write (mutations and enqueues
-/// together also stay within `MAX_ATOMIC_MUTATIONS`).
-pub const MAX_ATOMIC_ENQUEUES: usize = 100;
+/// Most messages enqueued by one atomic write (as Deno KV, they count
+/// with its mutations: mutations + enqueues ≤ `MAX_ATOMIC_MUTATIONS`).
+pub const MAX_ATOMIC_ENQUEUES: usize = MAX_ATOMIC_MUTATIONS;
 /// Default lease (visibility timeout) of a pulled message: unacknowledged
 /// after this, the attempt counts as failed and the message is delivered again.
 pub const DEFAULT_QUEUE_VISIBILITY_MS: u32 = 30_000;

@@ -48,7 +48,11 @@ fn backoff(s: &str) -> Result<Vec<u32>, Resp> {
         return Ok(Vec::new());
     }
     s.split(',')
-        .map(|p| p.trim().parse::<u32>().map_err(|_| error(400, format!("backoff must be comma-separated milliseconds, got {s:?}"))))
+        .map(|p| {
+            crate::decimal(p)
+                .and_then(|v| u32::try_from(v).ok())
+                .ok_or_else(|| error(400, format!("backoff must be comma-separated milliseconds, got {s:?}")))
+        })
         .collect()
 }
 
@@ -209,7 +213,9 @@ mod tests {
     #[test]
     fn backoff_and_visibility() {
         assert_eq!(backoff("").unwrap(), Vec::<u32>::new());
-        assert_eq!(backoff("100, 2000").unwrap(), vec![100, 2000]);
+        assert_eq!(backoff("100,2000").unwrap(), vec![100, 2000]);
+        assert!(backoff("100, 2000").is_err());
+        assert!(backoff("+5").is_err());
         assert!(backoff("1,x").is_err());
         assert_eq!(visibility_ms("30s").unwrap(), 30_000);
         assert_eq!(visibility_ms("2h").unwrap(), 7_200_000);
