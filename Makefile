@@ -61,7 +61,7 @@ setup-container:
 	@scripts/setup-container.sh
 
 # The suites that run a second time with every server on PostgreSQL.
-PG_SUITES := --test api --test e2e --test guests --test ops --test hostile
+PG_SUITES := --test api --test e2e --test guests --test ops --test hostile --test queues
 
 ## test: lint, unit tests, then integration tests against the real binary, a real S3 server and a real PostgreSQL
 test: lint setup setup-pg setup-deno build examples examples-polyglot image
