@@ -230,7 +230,9 @@ pub const QUEUE_PUSH_LEASE_MARGIN: Duration = Duration::from_secs(5);
 /// with nothing due.
 pub const QUEUE_TICK: Duration = Duration::from_secs(1);
 /// The queue task never sleeps less than this between rounds (a message
-/// due now whose delivery slots are full must not make it spin).
+/// due now whose delivery slots are full must not make it spin), and it and
+/// waiting pull consumers look at the queue at most this often when woken
+/// by commits (a write load must not cost a queue read per commit).
 pub const QUEUE_MIN_SLEEP: Duration = Duration::from_millis(5);
 /// After a failed store call, the queue task waits this long before trying again.
 pub const QUEUE_ERROR_BACKOFF: Duration = Duration::from_secs(1);

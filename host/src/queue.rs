@@ -121,7 +121,13 @@ pub async fn run(kv: Kv, push: Option<Push>) {
             Duration::from_millis(at.saturating_sub(now_ms()) + 1).clamp(limits::QUEUE_MIN_SLEEP, limits::QUEUE_TICK)
         });
         tokio::select! {
-            r = commits.changed() => { if r.is_err() { return; } }
+            r = commits.changed() => {
+                if r.is_err() { return; }
+                // Under a write load every commit wakes this loop: take
+                // them in rounds of at least QUEUE_MIN_SLEEP (one indexed
+                // read each), not one read per commit.
+                tokio::time::sleep(limits::QUEUE_MIN_SLEEP).await;
+            }
             _ = tokio::time::sleep(wait) => {}
             _ = kv.closing() => return,
         }

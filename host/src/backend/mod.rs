@@ -202,7 +202,12 @@ impl Kv {
                 return Ok(None);
             }
             tokio::select! {
-                r = commits.changed() => { if r.is_err() { return Ok(None); } }
+                r = commits.changed() => {
+                    if r.is_err() { return Ok(None); }
+                    // Every commit wakes a waiting consumer: look again in
+                    // rounds, not once per commit of a write load.
+                    tokio::time::sleep(crate::limits::QUEUE_MIN_SLEEP).await;
+                }
                 _ = self.closing() => return Ok(None),
                 _ = tokio::time::sleep_until(wake) => {}
             }
