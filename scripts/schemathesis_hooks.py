@@ -15,7 +15,8 @@ document states in words:
 - An imported `expires_at` must be at most 100 years from now, a bound
   that moves with the clock: a valid request gets one inside it.
 - A long-poll (`GET /{key}?watch=`) waits up to `timeout` (default 30 s)
-  for a change no generated request makes: it gets a short timeout.
+  for a change no generated request makes: it gets a short timeout; a
+  queue take (`POST /_queue/take`) likewise gets a short `wait`.
 - An SSE resume position (`after`, `Last-Event-ID`) must be one the store
   issued, at or below its newest commit (beyond it: 400): a valid request
   resumes from the beginning of history instead of a random position.
@@ -104,11 +105,16 @@ def filter_case(ctx, case):
         strings.append(case.path_parameters.get("key"))
     if isinstance(case.query, dict):
         strings.append(case.query.get("prefix"))
+        undelivered = case.query.get("undelivered")  # /_queue
+        strings.extend(undelivered if isinstance(undelivered, list) else [undelivered])
     body = case.body
     if isinstance(body, dict):  # /_atomic
         for item in (body.get("checks") or []) + (body.get("mutations") or []):
             if isinstance(item, dict):
                 strings.append(item.get("key"))
+                keys = item.get("keys_if_undelivered")  # an enqueue
+                if isinstance(keys, list):
+                    strings.extend(keys)
     elif isinstance(body, list):  # /_import
         strings.extend(line.get("key") for line in body if isinstance(line, dict))
     return not any(_too_long(s) for s in strings)
@@ -131,6 +137,11 @@ def map_case(ctx, case):
         timeout = query.get("timeout")
         if timeout is None or (isinstance(timeout, str) and VALID_TIMEOUT.match(timeout)):
             query["timeout"] = "50ms"
+
+    if method == "POST" and path == "/_queue/take" and query is not None:
+        wait = query.get("wait")
+        if wait is None or (isinstance(wait, str) and VALID_TIMEOUT.match(wait)):
+            query["wait"] = "50ms"
 
     if not _positive(case):
         return case

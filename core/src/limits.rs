@@ -53,3 +53,33 @@ pub const WATCH_HISTORY_COMMITS: u64 = 10_000;
 /// Changes read per step of a prefix watch stream (and at most
 /// `MAX_READ_BYTES` of them).
 pub const WATCH_STREAM_BATCH: u32 = 500;
+
+// ---- queues (StoreError::InvalidArgument / ValueTooLarge) ----
+
+/// Largest queue message payload (as Deno KV: 64 KiB). `ValueTooLarge`.
+pub const MAX_QUEUE_PAYLOAD_BYTES: usize = 64 << 10;
+/// Longest delay before a message's first delivery (as Deno KV: 30 days).
+pub const MAX_QUEUE_DELAY_MS: u64 = 30 * 24 * 3600 * 1000;
+/// Most retry steps in a backoff schedule (as Deno KV).
+pub const MAX_BACKOFF_STEPS: usize = 10;
+/// Longest single retry step (as Deno KV: 1 hour).
+pub const MAX_BACKOFF_STEP_MS: u32 = 3_600_000;
+/// Deno KV's schedule when the client gives none: a message is tried at
+/// most 1 + 5 times before it is dead-lettered.
+pub const DEFAULT_BACKOFF_SCHEDULE: [u32; 5] = [100, 1_000, 5_000, 30_000, 60_000];
+/// Most keys a message is written to when it is finally undelivered (as Deno KV).
+pub const MAX_KEYS_IF_UNDELIVERED: usize = 10;
+/// Most messages enqueued by one atomic write (as Deno KV, they count
+/// with its mutations: mutations + enqueues ≤ `MAX_ATOMIC_MUTATIONS`).
+pub const MAX_ATOMIC_ENQUEUES: usize = MAX_ATOMIC_MUTATIONS;
+/// Default lease (visibility timeout) of a pulled message: unacknowledged
+/// after this, the attempt counts as failed and the message is delivered again.
+pub const DEFAULT_QUEUE_VISIBILITY_MS: u32 = 30_000;
+/// Longest lease a consumer may ask for (12 hours).
+pub const MAX_QUEUE_VISIBILITY_MS: u32 = 12 * 3600 * 1000;
+/// Shortest lease a consumer may ask for.
+pub const MIN_QUEUE_VISIBILITY_MS: u32 = 100;
+/// Keys starting with this byte are reserved: queue messages travel
+/// through the change log (and the S3 segments) under them. Neither a REST
+/// key (UTF-8) nor a Deno KV key (tuple encoding) can start with it.
+pub const RESERVED_KEY_BYTE: u8 = 0xff;

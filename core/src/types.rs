@@ -151,10 +151,106 @@ pub struct Mutation {
 /// A write, as every backend takes it.
 #[derive(Clone, Debug)]
 pub enum WriteOp {
-    Set { key: Key, value: Value, ttl_ms: Option<u64>, cond: Condition },
-    Delete { key: Key, cond: Condition },
-    DeletePrefix { prefix: Key },
-    Atomic { checks: Vec<Check>, mutations: Vec<Mutation> },
+    Set {
+        key: Key,
+        value: Value,
+        ttl_ms: Option<u64>,
+        cond: Condition,
+    },
+    Delete {
+        key: Key,
+        cond: Condition,
+    },
+    DeletePrefix {
+        prefix: Key,
+    },
+    Atomic {
+        checks: Vec<Check>,
+        mutations: Vec<Mutation>,
+    },
+    /// An atomic batch that also enqueues messages: all or nothing (a
+    /// failed check enqueues nothing). Message `i` gets the id
+    /// [`message_id`]`(versionstamp, i)`.
+    Enqueue {
+        checks: Vec<Check>,
+        mutations: Vec<Mutation>,
+        enqueues: Vec<Enqueue>,
+    },
+    /// A change to a queued message's state (settling a delivery attempt).
+    Queue(QueueOp),
+}
+
+/// A message to enqueue.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Enqueue {
+    pub payload: Value,
+    /// First delivery no earlier than this many ms after the commit.
+    pub delay_ms: u64,
+    /// Written with the payload, in one commit, when the last attempt fails.
+    pub keys_if_undelivered: Vec<Key>,
+    /// Wait before each retry (ms); `None`: `limits::DEFAULT_BACKOFF_SCHEDULE`.
+    /// Attempts = 1 + its length.
+    pub backoff_schedule: Option<Vec<u32>>,
+}
+
+/// Settling a leased delivery attempt, or expiring leases.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum QueueOp {
+    /// Delivered: remove the message. `PreconditionFailed` when `lease` is
+    /// not the message's current, unexpired lease.
+    Ack { id: String, lease: u64 },
+    /// The attempt failed: schedule the next one (backoff) or dead-letter.
+    /// `PreconditionFailed` as for `Ack`.
+    Retry { id: String, lease: u64 },
+    /// Every lease that has expired counts as a failed attempt.
+    /// `PreconditionFailed` when there was none (nothing committed).
+    ExpireLeases,
+}
+
+/// A leased message, as a consumer receives it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueueMessage {
+    pub id: String,
+    pub payload: Value,
+    /// 1 for the first delivery attempt.
+    pub attempt: u32,
+    /// Present it to ack or retry.
+    pub lease: u64,
+    /// Unix ms when the lease expires.
+    pub lease_until: u64,
+    /// Unix ms when the message became due.
+    pub due_at: u64,
+}
+
+/// A message waiting for delivery, as `/_export` shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PendingMessage {
+    pub id: String,
+    pub due_at: u64,
+    /// Failed attempts so far.
+    pub attempts: u32,
+    pub payload: Value,
+    pub backoff_schedule: Vec<u32>,
+    pub keys_if_undelivered: Vec<Key>,
+}
+
+/// How many messages are in which state (for `/metrics`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct QueueStats {
+    /// Every message not yet delivered or dead-lettered.
+    pub pending: u64,
+    /// Due now and not leased.
+    pub due: u64,
+    /// Leased to a consumer (push or pull) right now.
+    pub leased: u64,
+    /// Age (ms) of the oldest due, unleased message; 0 when none.
+    pub oldest_due_ms: u64,
+}
+
+/// The id of the `index`-th message enqueued by the write committed as
+/// `vs`: 24 lowercase hex characters that sort in enqueue order.
+pub fn message_id(vs: Versionstamp, index: usize) -> String {
+    format!("{vs}{:04x}", index)
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

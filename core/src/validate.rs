@@ -6,7 +6,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 use crate::limits;
-use crate::types::{Key, ListQuery, MutationKind, WriteOp, WriteResult};
+use crate::types::{Check, Enqueue, Key, ListQuery, Mutation, MutationKind, QueueOp, WriteOp, WriteResult};
 use crate::{StoreError, Versionstamp};
 
 pub fn validate_key(key: &[u8]) -> Result<(), StoreError> {
@@ -15,6 +15,57 @@ pub fn validate_key(key: &[u8]) -> Result<(), StoreError> {
     }
     if key.len() > limits::MAX_KEY_BYTES {
         return Err(StoreError::InvalidKey(format!("the key is {} bytes, over the {}-byte limit", key.len(), limits::MAX_KEY_BYTES)));
+    }
+    Ok(())
+}
+
+/// A key a write may change: valid, and not in the reserved range
+/// (`limits::RESERVED_KEY_BYTE`, where queue messages are logged).
+pub fn validate_write_key(key: &[u8]) -> Result<(), StoreError> {
+    validate_key(key)?;
+    if key[0] == limits::RESERVED_KEY_BYTE {
+        return Err(StoreError::InvalidKey(format!("keys starting with byte 0x{:02x} are reserved for sidekv", limits::RESERVED_KEY_BYTE)));
+    }
+    Ok(())
+}
+
+/// Deno KV's rules for a message: payload size, delay, backoff schedule,
+/// undelivered keys.
+pub fn validate_enqueue(e: &Enqueue) -> Result<(), StoreError> {
+    if e.payload.len() > limits::MAX_QUEUE_PAYLOAD_BYTES {
+        return Err(StoreError::ValueTooLarge { size: e.payload.len(), limit: limits::MAX_QUEUE_PAYLOAD_BYTES });
+    }
+    if e.delay_ms > limits::MAX_QUEUE_DELAY_MS {
+        return Err(StoreError::InvalidArgument(format!(
+            "delay {} ms is over the {} ms (30 days) limit",
+            e.delay_ms,
+            limits::MAX_QUEUE_DELAY_MS
+        )));
+    }
+    if let Some(b) = &e.backoff_schedule {
+        if b.len() > limits::MAX_BACKOFF_STEPS {
+            return Err(StoreError::InvalidArgument(format!(
+                "a backoff schedule has at most {} steps, got {}",
+                limits::MAX_BACKOFF_STEPS,
+                b.len()
+            )));
+        }
+        if let Some((i, s)) = b.iter().enumerate().find(|(_, s)| **s > limits::MAX_BACKOFF_STEP_MS) {
+            return Err(StoreError::InvalidArgument(format!(
+                "backoff step {i} is {s} ms, over the {} ms (1 hour) limit",
+                limits::MAX_BACKOFF_STEP_MS
+            )));
+        }
+    }
+    if e.keys_if_undelivered.len() > limits::MAX_KEYS_IF_UNDELIVERED {
+        return Err(StoreError::InvalidArgument(format!(
+            "at most {} keys if undelivered, got {}",
+            limits::MAX_KEYS_IF_UNDELIVERED,
+            e.keys_if_undelivered.len()
+        )));
+    }
+    for (i, k) in e.keys_if_undelivered.iter().enumerate() {
+        validate_write_key(k).map_err(|err| StoreError::InvalidArgument(format!("keys_if_undelivered[{i}]: {err}")))?;
     }
     Ok(())
 }
@@ -61,59 +112,43 @@ fn check_value(len: usize, max: usize) -> Result<(), StoreError> {
 pub fn validate_write(op: &WriteOp, max_value_bytes: usize) -> Result<(), StoreError> {
     match op {
         WriteOp::Set { key, value, ttl_ms, .. } => {
-            validate_key(key)?;
+            validate_write_key(key)?;
             check_value(value.len(), max_value_bytes)?;
             check_ttl(*ttl_ms)
         }
-        WriteOp::Delete { key, .. } => validate_key(key),
+        WriteOp::Delete { key, .. } => validate_write_key(key),
         WriteOp::DeletePrefix { prefix } => {
             if prefix.is_empty() {
                 return Err(StoreError::InvalidArgument("delete-prefix needs a non-empty prefix".into()));
             }
-            validate_key(prefix)
+            validate_write_key(prefix)
         }
-        WriteOp::Atomic { checks, mutations } => {
-            if checks.len() > limits::MAX_ATOMIC_CHECKS {
+        WriteOp::Atomic { checks, mutations } => validate_batch(checks, mutations, max_value_bytes),
+        WriteOp::Enqueue { checks, mutations, enqueues } => {
+            if enqueues.len() > limits::MAX_ATOMIC_ENQUEUES {
                 return Err(StoreError::InvalidArgument(format!(
-                    "an atomic batch takes at most {} checks, got {}",
-                    limits::MAX_ATOMIC_CHECKS,
-                    checks.len()
+                    "an atomic batch enqueues at most {} messages, got {}",
+                    limits::MAX_ATOMIC_ENQUEUES,
+                    enqueues.len()
                 )));
             }
-            if mutations.len() > limits::MAX_ATOMIC_MUTATIONS {
+            if mutations.len() + enqueues.len() > limits::MAX_ATOMIC_MUTATIONS {
                 return Err(StoreError::InvalidArgument(format!(
-                    "an atomic batch takes at most {} mutations, got {}",
+                    "an atomic batch takes at most {} mutations and enqueues, got {}",
                     limits::MAX_ATOMIC_MUTATIONS,
-                    mutations.len()
+                    mutations.len() + enqueues.len()
                 )));
             }
-            for (i, c) in checks.iter().enumerate() {
-                validate_key(&c.key).map_err(|e| StoreError::InvalidArgument(format!("checks[{i}]: {e}")))?;
-            }
-            for (i, m) in mutations.iter().enumerate() {
-                let ctx = |e: StoreError| match e {
+            for (i, e) in enqueues.iter().enumerate() {
+                validate_enqueue(e).map_err(|err| match err {
                     e @ StoreError::ValueTooLarge { .. } => e,
-                    e => StoreError::InvalidArgument(format!("mutations[{i}]: {e}")),
-                };
-                validate_key(&m.key).map_err(ctx)?;
-                match &m.kind {
-                    MutationKind::Set(v) => check_value(v.len(), max_value_bytes).map_err(ctx)?,
-                    MutationKind::SetSuffixVersionstamped(v) => {
-                        check_value(v.len(), max_value_bytes).map_err(ctx)?;
-                        if m.key.len() + crate::types::VERSIONSTAMP_SUFFIX_BYTES > limits::MAX_KEY_BYTES {
-                            return Err(ctx(StoreError::InvalidKey(format!(
-                                "the key with its versionstamp suffix would be {} bytes, over the {}-byte limit",
-                                m.key.len() + crate::types::VERSIONSTAMP_SUFFIX_BYTES,
-                                limits::MAX_KEY_BYTES
-                            ))));
-                        }
-                    }
-                    _ => {}
-                }
-                check_ttl(m.ttl_ms).map_err(ctx)?;
+                    e => StoreError::InvalidArgument(format!("enqueues[{i}]: {e}")),
+                })?;
             }
-            Ok(())
+            validate_batch(checks, mutations, max_value_bytes)
         }
+        WriteOp::Queue(QueueOp::Ack { id, .. } | QueueOp::Retry { id, .. }) => validate_message_id(id),
+        WriteOp::Queue(QueueOp::ExpireLeases) => Ok(()),
     }
 }
 
@@ -128,6 +163,57 @@ pub fn never_issued_condition(op: &WriteOp) -> Option<WriteResult> {
         WriteOp::Atomic { checks, .. } => checks.iter().position(|c| never(&c.versionstamp)).map(WriteResult::CheckFailed),
         _ => None,
     }
+}
+
+/// A message id as `types::message_id` makes it: 24 lowercase hex characters.
+pub fn validate_message_id(id: &str) -> Result<(), StoreError> {
+    if id.len() != 24 || !id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        return Err(StoreError::InvalidArgument(format!("{id:?} is not a message id (24 lowercase hex characters)")));
+    }
+    Ok(())
+}
+
+fn validate_batch(checks: &[Check], mutations: &[Mutation], max_value_bytes: usize) -> Result<(), StoreError> {
+    if checks.len() > limits::MAX_ATOMIC_CHECKS {
+        return Err(StoreError::InvalidArgument(format!(
+            "an atomic batch takes at most {} checks, got {}",
+            limits::MAX_ATOMIC_CHECKS,
+            checks.len()
+        )));
+    }
+    if mutations.len() > limits::MAX_ATOMIC_MUTATIONS {
+        return Err(StoreError::InvalidArgument(format!(
+            "an atomic batch takes at most {} mutations, got {}",
+            limits::MAX_ATOMIC_MUTATIONS,
+            mutations.len()
+        )));
+    }
+    for (i, c) in checks.iter().enumerate() {
+        validate_key(&c.key).map_err(|e| StoreError::InvalidArgument(format!("checks[{i}]: {e}")))?;
+    }
+    for (i, m) in mutations.iter().enumerate() {
+        let ctx = |e: StoreError| match e {
+            e @ StoreError::ValueTooLarge { .. } => e,
+            e => StoreError::InvalidArgument(format!("mutations[{i}]: {e}")),
+        };
+        validate_write_key(&m.key).map_err(ctx)?;
+        match &m.kind {
+            MutationKind::Set(v) => check_value(v.len(), max_value_bytes).map_err(ctx)?,
+            MutationKind::SetSuffixVersionstamped(v) => {
+                check_value(v.len(), max_value_bytes).map_err(ctx)?;
+                if m.key.len() + crate::types::VERSIONSTAMP_SUFFIX_BYTES > limits::MAX_KEY_BYTES {
+                    return Err(ctx(StoreError::InvalidKey(format!(
+                        "the key with its versionstamp suffix would be {} bytes, over the {}-byte limit",
+                        m.key.len() + crate::types::VERSIONSTAMP_SUFFIX_BYTES,
+                        limits::MAX_KEY_BYTES
+                    ))));
+                }
+            }
+            _ => {}
+        }
+        check_ttl(m.ttl_ms).map_err(ctx)?;
+    }
+    Ok(())
 }
 
 /// The smallest byte string greater than every string starting with `prefix`;

@@ -10,10 +10,10 @@
 
 use sidekv_kvconnect::server::{self, Access as KvAccess, Answer};
 
-use crate::sidekv::store::{kv, typed_kv, types};
+use crate::sidekv::store::{kv, queue, typed_kv, types};
 use crate::{Access, BodyStream, Request, Resp, Response, auth_config, authorize};
 
-sidekv_kvconnect::typed_kv_store!(TypedKv);
+sidekv_kvconnect::typed_kv_store!(TypedKv, queue);
 
 /// An answer of the protocol code as a guest response.
 fn response(a: Answer) -> Resp {
@@ -32,7 +32,7 @@ pub fn route(req: &Request, sub: &str) -> Resp {
     let allow = |_: Option<&str>, what: KvAccess<'_>| {
         let access = match what {
             KvAccess::Connect | KvAccess::Read(_) => Access::Read,
-            KvAccess::Write(..) => Access::Write,
+            KvAccess::Write(..) | KvAccess::Enqueue(_) => Access::Write,
         };
         authorize(req, access).map_err(|r| server::refusal(r.status, &r.body))
     };

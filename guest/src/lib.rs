@@ -18,6 +18,7 @@
 //! | `GET /_export?prefix=P`                   | NDJSON of every entry                 | read   |
 //! | `POST /_import`                           | load NDJSON                           | write  |
 //! | `POST /_kv`, `/_kv/…`                     | KV Connect: Deno KV clients (`kvconnect`) | read / write |
+//! | `POST /_queue`, `/_queue/take`, `/_queue/ack`, `/_queue/retry` | queues (`queue`)   | write  |
 //!
 //! (*) public when the operator sets `KVSTORE_PUBLIC_READS=true`.
 //! Top-level keys starting with `_` are reserved for these endpoints.
@@ -114,6 +115,7 @@ fn auth_config() -> &'static AuthConfig {
 
 mod auth;
 mod kvconnect;
+mod queue;
 pub use auth::secret_matches;
 
 /// The one function that decides who may do what.
@@ -311,6 +313,9 @@ fn route(req: &Request) -> Result<Resp, Resp> {
     if raw == "_kv" || raw.starts_with("_kv/") {
         return Ok(kvconnect::route(req, &raw[3..]));
     }
+    if raw == "_queue" || raw.starts_with("_queue/") {
+        return queue::route(req, &q, &raw[6..]);
+    }
     if raw.starts_with('_') {
         return match raw {
             "_atomic" => endpoint(req, "POST", || atomic(req)),
@@ -320,7 +325,9 @@ fn route(req: &Request) -> Result<Resp, Resp> {
             _ if matches!(req.method.as_str(), "GET" | "HEAD") => {
                 Err(error(404, format!("no endpoint /{raw}; keys starting with _ are reserved")))
             }
-            _ => Err(error(400, "keys starting with _ are reserved for sidekv's endpoints (/_atomic, /_watch, /_export, /_import)")),
+            _ => {
+                Err(error(400, "keys starting with _ are reserved for sidekv's endpoints (/_atomic, /_watch, /_export, /_import, /_queue)"))
+            }
         };
     }
     let key = percent_decode(raw, false).map_err(|e| error(400, format!("invalid key: {e}")))?;
@@ -567,7 +574,7 @@ fn parse_mutation(i: usize, v: &Value) -> Result<kv::Mutation, Resp> {
         Some("sum") => kv::MutationKind::Sum(counter()?),
         Some("min") => kv::MutationKind::Min(counter()?),
         Some("max") => kv::MutationKind::Max(counter()?),
-        Some(t) => return Err(bad(&format!("unknown type {t:?} (set, delete, sum, min, max)"))),
+        Some(t) => return Err(bad(&format!("unknown type {t:?} (set, delete, sum, min, max, enqueue)"))),
         None => return Err(bad("needs a \"type\"")),
     };
     Ok(kv::Mutation { key: key.to_string(), kind, ttl_ms })
@@ -575,7 +582,9 @@ fn parse_mutation(i: usize, v: &Value) -> Result<kv::Mutation, Resp> {
 
 /// The body of `/_atomic`: a JSON object (serde alone would also take the
 /// array `[checks, mutations]`).
-fn atomic_body(body: &[u8]) -> Result<(Vec<kv::Check>, Vec<kv::Mutation>), Resp> {
+type AtomicBatch = (Vec<kv::Check>, Vec<kv::Mutation>, Vec<sidekv::store::queue::NewMessage>);
+
+fn atomic_body(body: &[u8]) -> Result<AtomicBatch, Resp> {
     let bad = |e: &dyn std::fmt::Display| error(400, format!("the body is not a valid atomic batch: {e}"));
     let v: Value = serde_json::from_slice(body).map_err(|e| bad(&e))?;
     if !v.is_object() {
@@ -583,14 +592,46 @@ fn atomic_body(body: &[u8]) -> Result<(Vec<kv::Check>, Vec<kv::Mutation>), Resp>
     }
     let body: AtomicBody = serde_json::from_value(v).map_err(|e| bad(&e))?;
     let checks = body.checks.iter().enumerate().map(|(i, c)| parse_check(i, c)).collect::<Result<Vec<_>, _>>()?;
-    let mutations = body.mutations.iter().enumerate().map(|(i, m)| parse_mutation(i, m)).collect::<Result<Vec<_>, _>>()?;
-    Ok((checks, mutations))
+    let (mut mutations, mut enqueues) = (Vec::new(), Vec::new());
+    for (i, m) in body.mutations.iter().enumerate() {
+        match m.as_object() {
+            Some(o) if o.get("type").and_then(Value::as_str) == Some("enqueue") => enqueues.push(queue::parse_enqueue(i, o)?),
+            _ => mutations.push(parse_mutation(i, m)?),
+        }
+    }
+    Ok((checks, mutations, enqueues))
+}
+
+/// `/_atomic` with enqueues goes through `queue.atomic`, with typed keys and values.
+fn atomic_with_enqueues(
+    checks: Vec<kv::Check>,
+    mutations: Vec<kv::Mutation>,
+    enqueues: Vec<sidekv::store::queue::NewMessage>,
+) -> Result<kv::AtomicOutcome, KvError> {
+    let checks: Vec<typed_kv::TypedCheck> =
+        checks.into_iter().map(|c| typed_kv::TypedCheck { key: c.key.into_bytes(), versionstamp: c.versionstamp }).collect();
+    let mutations: Vec<TypedMutation> = mutations
+        .into_iter()
+        .map(|m| TypedMutation {
+            key: m.key.into_bytes(),
+            ttl_ms: m.ttl_ms,
+            kind: match m.kind {
+                kv::MutationKind::Set(v) => TypedMutationKind::Set(TypedValue { data: v, encoding: ValueEncoding::Bytes }),
+                kv::MutationKind::Delete => TypedMutationKind::Delete,
+                kv::MutationKind::Sum(x) => TypedMutationKind::Sum(x),
+                kv::MutationKind::Min(x) => TypedMutationKind::Min(x),
+                kv::MutationKind::Max(x) => TypedMutationKind::Max(x),
+            },
+        })
+        .collect();
+    sidekv::store::queue::atomic(&checks, &mutations, &enqueues)
 }
 
 fn atomic(req: &Request) -> Result<Resp, Resp> {
     authorize(req, Access::Write)?;
-    let (checks, mutations) = atomic_body(&req.body)?;
-    match kv::atomic(&checks, &mutations).map_err(kv_error)? {
+    let (checks, mutations, enqueues) = atomic_body(&req.body)?;
+    let outcome = if enqueues.is_empty() { kv::atomic(&checks, &mutations) } else { atomic_with_enqueues(checks, mutations, enqueues) };
+    match outcome.map_err(kv_error)? {
         kv::AtomicOutcome::Committed(vs) => Ok(with_vs(json_resp(200, json!({ "ok": true, "versionstamp": vs })), &vs)),
         kv::AtomicOutcome::CheckFailed(i) => Ok(json_resp(409, json!({ "ok": false, "failed_check": i }))),
     }
@@ -673,6 +714,18 @@ fn import(req: &Request) -> Result<Resp, Resp> {
     for (i, line) in text.lines().enumerate() {
         let n = i + 1;
         if line.trim().is_empty() {
+            continue;
+        }
+        // A pending queue message (a whole-store export ends with them).
+        if line.contains("\"queue_message\"") {
+            let r = queue::import_line(line, now).and_then(|m| {
+                sidekv::store::queue::atomic(&[], &[], std::slice::from_ref(&m)).map_err(&describe)?;
+                Ok(())
+            });
+            match r {
+                Ok(()) => imported += 1,
+                Err(e) => errors.push(json!({ "line": n, "error": e })),
+            }
             continue;
         }
         match import_line(line, now, max_value) {
@@ -885,10 +938,15 @@ mod tests {
         assert_eq!(status(atomic_body(b"[]")), 400);
         assert_eq!(status(atomic_body(b"null")), 400);
         assert_eq!(status(atomic_body(br#"{"checks": [], "extra": 1}"#)), 400);
-        let (c, m) =
+        let (c, m, e) =
             atomic_body(br#"{"checks": [{"key": "a", "versionstamp": null}], "mutations": [{"type": "sum", "key": "n", "value": "2"}]}"#)
                 .unwrap_or_else(|_| panic!("valid"));
-        assert_eq!((c.len(), m.len()), (1, 1));
+        assert_eq!((c.len(), m.len(), e.len()), (1, 1, 0));
+        let (_, m, e) = atomic_body(br#"{"mutations": [{"type": "enqueue", "value": "aGk=", "delay": 5, "backoff_schedule": [1]}]}"#)
+            .unwrap_or_else(|_| panic!("valid"));
+        assert_eq!((m.len(), e.len(), e[0].delay_ms, e[0].value.data.as_slice()), (0, 1, 5, b"hi".as_slice()));
+        assert_eq!(status(atomic_body(br#"{"mutations": [{"type": "enqueue", "value": "!"}]}"#)), 400);
+        assert_eq!(status(atomic_body(br#"{"mutations": [{"type": "enqueue", "value": "aGk=", "keys_if_undelivered": [1]}]}"#)), 400);
         assert!(atomic_body(b"{}").is_ok());
     }
 

@@ -100,6 +100,9 @@ pub struct Config {
     pub backup: BackupArgs,
 
     #[command(flatten)]
+    pub queue: QueueArgs,
+
+    #[command(flatten)]
     pub admin: AdminArgs,
 
     #[command(subcommand)]
@@ -400,6 +403,45 @@ impl BackupArgs {
     }
 }
 
+/// Queue delivery: push to the application (pull needs no settings).
+#[derive(Debug, Args, Clone)]
+#[command(next_help_heading = "Queues")]
+pub struct QueueArgs {
+    /// Deliver queue messages by POSTing each to this URL (`http://…`; e.g.
+    /// http://127.0.0.1:3000/queue). A 2xx answer acknowledges it; anything
+    /// else, a timeout or a refused connection is a failed attempt. Unset:
+    /// messages are only delivered to pull consumers (`POST /_queue/take`).
+    #[arg(long = "queue-url", env = "KVSTORE_QUEUE_URL")]
+    pub url: Option<String>,
+
+    /// Push deliveries in flight at once.
+    #[arg(long = "queue-concurrency", env = "KVSTORE_QUEUE_CONCURRENCY", default_value_t = limits::DEFAULT_QUEUE_CONCURRENCY)]
+    pub concurrency: usize,
+
+    /// Time the application gets to answer one push delivery; past it the
+    /// attempt has failed.
+    #[arg(long = "queue-timeout", env = "KVSTORE_QUEUE_TIMEOUT", default_value = limits::DEFAULT_QUEUE_TIMEOUT, value_parser = parse_duration)]
+    pub timeout: Duration,
+}
+
+impl QueueArgs {
+    fn validate(&self) -> Result<(), ConfigError> {
+        self.push()?;
+        check((1..=1024).contains(&self.concurrency), "KVSTORE_QUEUE_CONCURRENCY", "must be between 1 and 1024")?;
+        check(!self.timeout.is_zero(), "KVSTORE_QUEUE_TIMEOUT", "must be more than 0")
+    }
+
+    /// The push delivery these settings ask for (`None`: pull only).
+    pub fn push(&self) -> Result<Option<crate::queue::Push>, ConfigError> {
+        let Some(u) = &self.url else { return Ok(None) };
+        Ok(Some(crate::queue::Push {
+            target: crate::queue::PushTarget::parse(u).map_err(|e| invalid("KVSTORE_QUEUE_URL", e))?,
+            concurrency: self.concurrency,
+            timeout: self.timeout,
+        }))
+    }
+}
+
 /// Operations: the admin address and the logs.
 #[derive(Debug, Args, Clone)]
 #[command(next_help_heading = "Admin and logs")]
@@ -468,6 +510,7 @@ impl Config {
         self.guest.validate()?;
         self.storage.validate()?;
         self.backup.validate()?;
+        self.queue.validate()?;
         if self.storage.postgres_url().is_some() && self.backup.s3_url.is_some() {
             return Err(invalid(
                 "KVSTORE_S3_URL",

@@ -20,6 +20,7 @@
 //! | `streams` | SSE watch and NDJSON export bodies                        |
 //! | `metrics` | Prometheus counters and histograms                        |
 //! | `console` | the web console on the admin address (sessions, guest calls) |
+//! | `queue`   | queue delivery: lease expiry, push to KVSTORE_QUEUE_URL   |
 
 pub mod backend;
 pub mod body;
@@ -30,6 +31,7 @@ pub mod guest;
 pub mod http;
 pub mod limits;
 pub mod metrics;
+pub mod queue;
 pub mod streams;
 
 use std::future::Future;
@@ -188,6 +190,10 @@ pub async fn run(
         })
     };
 
+    // Queue delivery (lease expiry, push) runs until the store closes.
+    let push = config.queue.push()?;
+    let queue_task = tokio::spawn(queue::run(kv.clone(), push));
+
     app.set_phase(Phase::Ready);
     println!("listening on http://{local}");
     tracing::info!(addr = %local, backend = %config.storage.describe(), guest = %config.guest.source().name(), backup = config.backup.s3_url.is_some(), "ready");
@@ -199,6 +205,7 @@ pub async fn run(
     if let Some(t) = admin_task {
         t.abort();
     }
+    queue_task.abort();
     // The stop deadline counts from the signal, in-flight requests included.
     let mut stop_at = stop_at;
     let deadline = stop_at.try_recv().unwrap_or_else(|_| tokio::time::Instant::now()) + config.http.stop_timeout;

@@ -222,3 +222,29 @@ pub const DEFAULT_STOP_TIMEOUT: &str = "25s";
 /// At a stop, how long the uploader may finish its current step before it
 /// is cancelled and the drain takes over.
 pub const UPLOADER_STOP_WAIT: Duration = Duration::from_secs(2);
+
+// ---- queues (`queue`; data limits are in sidekv_core::limits) ----
+
+/// Most expired leases turned into failed attempts in one commit.
+pub const QUEUE_EXPIRE_BATCH: usize = 1000;
+/// Default deliveries in flight at once to `KVSTORE_QUEUE_URL`
+/// (`KVSTORE_QUEUE_CONCURRENCY`).
+pub const DEFAULT_QUEUE_CONCURRENCY: usize = 8;
+/// Default time the application gets to answer one push delivery
+/// (`KVSTORE_QUEUE_TIMEOUT`); past it the attempt has failed.
+pub const DEFAULT_QUEUE_TIMEOUT: &str = "30s";
+/// A pushed message's lease outlasts the delivery timeout by this much, so
+/// an attempt still in flight is never handed out twice.
+pub const QUEUE_PUSH_LEASE_MARGIN: Duration = Duration::from_secs(5);
+/// The queue task wakes at least this often (lease expiry, gauges), even
+/// with nothing due.
+pub const QUEUE_TICK: Duration = Duration::from_secs(1);
+/// The queue task never sleeps less than this between rounds (a message
+/// due now whose delivery slots are full must not make it spin), and it and
+/// waiting pull consumers look at the queue at most this often when woken
+/// by commits (a write load must not cost a queue read per commit).
+pub const QUEUE_MIN_SLEEP: Duration = Duration::from_millis(5);
+/// After a failed store call, the queue task waits this long before trying again.
+pub const QUEUE_ERROR_BACKOFF: Duration = Duration::from_secs(1);
+/// Default `?wait=` of a pull (`POST /_queue/take`).
+pub const DEFAULT_QUEUE_WAIT_MS: u32 = 30_000;

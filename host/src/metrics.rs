@@ -85,6 +85,16 @@ pub struct Metrics {
     pub guest_memory_bytes: AtomicU64,
     pub guest_busy_rejections: AtomicU64,
     pub read_byte_caps: AtomicU64,
+    /// Queue gauges, refreshed by the queue task (`queue::run`).
+    pub queue_pending: AtomicU64,
+    pub queue_due: AtomicU64,
+    pub queue_leased: AtomicU64,
+    pub queue_oldest_due_ms: AtomicU64,
+    pub queue_dead_lettered: AtomicU64,
+    pub queue_delivered: AtomicU64,
+    pub queue_failed_attempts: AtomicU64,
+    /// Time from a message falling due to its being leased to a consumer.
+    pub queue_delivery_seconds: Histogram<16>,
 }
 
 pub static METRICS: Metrics = Metrics {
@@ -115,7 +125,18 @@ pub static METRICS: Metrics = Metrics {
     guest_memory_bytes: AtomicU64::new(0),
     guest_busy_rejections: AtomicU64::new(0),
     read_byte_caps: AtomicU64::new(0),
+    queue_pending: AtomicU64::new(0),
+    queue_due: AtomicU64::new(0),
+    queue_leased: AtomicU64::new(0),
+    queue_oldest_due_ms: AtomicU64::new(0),
+    queue_dead_lettered: AtomicU64::new(0),
+    queue_delivered: AtomicU64::new(0),
+    queue_failed_attempts: AtomicU64::new(0),
+    queue_delivery_seconds: Histogram::new(QUEUE_LATENCY_BOUNDS),
 };
+
+/// Upper bounds of the queue delivery-latency buckets, in seconds.
+const QUEUE_LATENCY_BOUNDS: [f64; 16] = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 3600.0];
 
 /// Replication figures read at scrape time.
 #[derive(Clone, Debug, Default)]
@@ -226,6 +247,43 @@ impl Metrics {
             self.connections_rejected.load(Relaxed),
         );
         self.render_limits(&mut out);
+        gauge(
+            &mut out,
+            "sidekv_queue_pending",
+            "Queue messages not yet delivered or dead-lettered.",
+            self.queue_pending.load(Relaxed) as f64,
+        );
+        gauge(&mut out, "sidekv_queue_due", "Queue messages due now and not leased.", self.queue_due.load(Relaxed) as f64);
+        gauge(
+            &mut out,
+            "sidekv_queue_leased",
+            "Queue messages leased to a consumer (push or pull).",
+            self.queue_leased.load(Relaxed) as f64,
+        );
+        gauge(
+            &mut out,
+            "sidekv_queue_oldest_due_seconds",
+            "Age of the oldest due, unleased queue message (0 when none).",
+            self.queue_oldest_due_ms.load(Relaxed) as f64 / 1e3,
+        );
+        counter(
+            &mut out,
+            "sidekv_queue_dead_lettered_total",
+            "Queue messages whose last attempt failed (written to keysIfUndelivered, then dropped).",
+            self.queue_dead_lettered.load(Relaxed),
+        );
+        counter(&mut out, "sidekv_queue_delivered_total", "Queue messages acknowledged.", self.queue_delivered.load(Relaxed));
+        counter(
+            &mut out,
+            "sidekv_queue_failed_attempts_total",
+            "Delivery attempts that failed (error answer, timeout, refused connection, retry, expired lease).",
+            self.queue_failed_attempts.load(Relaxed),
+        );
+        self.queue_delivery_seconds.render(
+            &mut out,
+            "sidekv_queue_delivery_seconds",
+            "Time from a queue message falling due to its being handed to a consumer (push or pull).",
+        );
         gauge(&mut out, "sidekv_commit_counter", "Last committed commit counter.", repl.committed as f64);
         gauge(&mut out, "sidekv_replication_enabled", "1 when S3 backup is configured.", repl.enabled as u8 as f64);
         if repl.enabled {

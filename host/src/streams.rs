@@ -147,7 +147,52 @@ pub async fn export(store: Kv, prefix: Vec<u8>, tx: Tx) {
                 }
                 match page.cursor {
                     Some(c) => cursor = Some(c),
+                    None if prefix.is_empty() => return export_queue(&store, &tx).await,
                     None => return,
+                }
+            }
+            Err(e) => {
+                let _ = tx.send(Err(std::io::Error::other(e.to_string()))).await;
+                return;
+            }
+        }
+    }
+}
+
+/// One JSON line for a pending queue message (a whole-store export ends
+/// with them); `/_import` enqueues it again (a new id, the same due time,
+/// the backoff steps it has left).
+pub fn queue_json(m: &crate::backend::PendingMessage) -> String {
+    let encoding = crate::queue::encoding_name(m.payload.encoding);
+    serde_json::json!({
+        "queue_message": {
+            "id": m.id,
+            "value": STANDARD.encode(&m.payload.bytes),
+            "encoding": encoding,
+            "due_at": m.due_at,
+            "attempts": m.attempts,
+            "backoff_schedule": m.backoff_schedule,
+            "keys_if_undelivered_b64": m.keys_if_undelivered.iter().map(|k| STANDARD.encode(k)).collect::<Vec<_>>(),
+        }
+    })
+    .to_string()
+}
+
+/// The pending queue messages of a whole-store export, in id order.
+async fn export_queue(store: &Kv, tx: &Tx) {
+    let mut after = String::new();
+    loop {
+        match store.backend().queue_list(after.clone(), limits::MAX_LIST_LIMIT).await {
+            Ok(page) => {
+                let Some(last) = page.last() else { return };
+                after = last.id.clone();
+                let mut chunk = String::new();
+                for m in &page {
+                    chunk.push_str(&queue_json(m));
+                    chunk.push('\n');
+                }
+                if !send(tx, chunk).await {
+                    return;
                 }
             }
             Err(e) => {

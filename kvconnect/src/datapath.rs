@@ -99,8 +99,8 @@ pub struct AtomicWrite {
     /// The mutations, applied in order.
     #[prost(message, repeated, tag = "2")]
     pub mutations: Vec<Mutation>,
-    /// Queue messages. Decoded only: sidekv rejects queues (Deno's CLI never
-    /// sends them over KV Connect; it fails `enqueue` locally).
+    /// Queue messages, enqueued in the same transaction (npm `@deno/kv`
+    /// sends them; Deno's CLI fails `enqueue` on a remote database locally).
     #[prost(message, repeated, tag = "3")]
     pub enqueues: Vec<Enqueue>,
 }
@@ -234,7 +234,7 @@ pub enum AtomicWriteStatus {
     AwWriteDisabled = 5,
 }
 
-/// A queue message (decode only; see [`AtomicWrite::enqueues`]).
+/// A queue message (see [`AtomicWrite::enqueues`]).
 #[derive(Clone, PartialEq, Message)]
 pub struct Enqueue {
     /// V8-encoded payload.

@@ -6,10 +6,37 @@
 
 /// Defines `pub struct $name;` implementing `server::Store` with the WIT
 /// `typed-kv` functions. Needs `kv`, `typed_kv` and `types` (the modules
-/// wit-bindgen generates for `sidekv:store`) in scope at the call site.
+/// wit-bindgen generates for `sidekv:store`) in scope at the call site;
+/// `typed_kv_store!(Name, queue)` also needs `queue` and serves enqueues.
 #[macro_export]
 macro_rules! typed_kv_store {
     ($name:ident) => {
+        $crate::typed_kv_store!(@store $name, {});
+    };
+    // With the WIT `queue` import in scope too: enqueues over KV Connect.
+    ($name:ident, queue) => {
+        $crate::typed_kv_store!(@store $name, {
+            fn atomic_enqueue(
+                &self,
+                checks: &[$crate::server::CheckReq],
+                mutations: &[$crate::server::MutationReq],
+                enqueues: &[$crate::server::EnqueueReq],
+            ) -> Result<$crate::server::AtomicResult, $crate::server::Failure> {
+                let (checks, mutations) = Self::batch(checks, mutations);
+                let messages: Vec<queue::NewMessage> = enqueues
+                    .iter()
+                    .map(|e| queue::NewMessage {
+                        value: Self::value(&e.payload),
+                        delay_ms: e.delay_ms,
+                        keys_if_undelivered: e.keys_if_undelivered.clone(),
+                        backoff_schedule: e.backoff_schedule.clone(),
+                    })
+                    .collect();
+                Self::outcome(queue::atomic(&checks, &mutations, &messages))
+            }
+        });
+    };
+    (@store $name:ident, { $($queue:tt)* }) => {
         /// The host's `typed-kv`, as the KV Connect protocol code sees a store.
         pub struct $name;
 
@@ -47,6 +74,42 @@ macro_rules! typed_kv_store {
                 }
             }
 
+            fn batch(
+                checks: &[$crate::server::CheckReq],
+                mutations: &[$crate::server::MutationReq],
+            ) -> (Vec<typed_kv::TypedCheck>, Vec<typed_kv::TypedMutation>) {
+                use $crate::server::MutationOp;
+                let checks: Vec<typed_kv::TypedCheck> = checks
+                    .iter()
+                    .map(|c| typed_kv::TypedCheck {
+                        key: c.key.clone(),
+                        versionstamp: c.versionstamp.as_ref().map($crate::server::versionstamp_hex),
+                    })
+                    .collect();
+                let mutations: Vec<typed_kv::TypedMutation> = mutations
+                    .iter()
+                    .map(|m| {
+                        let kind = match &m.op {
+                            MutationOp::Set(v) => typed_kv::TypedMutationKind::Set(Self::value(v)),
+                            MutationOp::Delete => typed_kv::TypedMutationKind::Delete,
+                            MutationOp::Sum(x) => typed_kv::TypedMutationKind::Sum(*x),
+                            MutationOp::Min(x) => typed_kv::TypedMutationKind::Min(*x),
+                            MutationOp::Max(x) => typed_kv::TypedMutationKind::Max(*x),
+                            MutationOp::SetSuffixVersionstamped(v) => typed_kv::TypedMutationKind::SetSuffixVersionstamped(Self::value(v)),
+                        };
+                        typed_kv::TypedMutation { key: m.key.clone(), kind, ttl_ms: m.ttl_ms }
+                    })
+                    .collect();
+                (checks, mutations)
+            }
+
+            fn outcome(r: Result<kv::AtomicOutcome, types::KvError>) -> Result<$crate::server::AtomicResult, $crate::server::Failure> {
+                match r.map_err(Self::failure)? {
+                    kv::AtomicOutcome::Committed(vs) => Ok($crate::server::AtomicResult::Committed(Self::versionstamp(&vs)?)),
+                    kv::AtomicOutcome::CheckFailed(i) => Ok($crate::server::AtomicResult::CheckFailed(i)),
+                }
+            }
+
             fn entry(e: types::TypedEntry) -> Result<$crate::server::Entry, $crate::server::Failure> {
                 use $crate::datapath::Value;
                 let value = match e.value.encoding {
@@ -76,33 +139,11 @@ macro_rules! typed_kv_store {
                 checks: &[$crate::server::CheckReq],
                 mutations: &[$crate::server::MutationReq],
             ) -> Result<$crate::server::AtomicResult, $crate::server::Failure> {
-                use $crate::server::{AtomicResult, MutationOp};
-                let checks: Vec<typed_kv::TypedCheck> = checks
-                    .iter()
-                    .map(|c| typed_kv::TypedCheck {
-                        key: c.key.clone(),
-                        versionstamp: c.versionstamp.as_ref().map($crate::server::versionstamp_hex),
-                    })
-                    .collect();
-                let mutations: Vec<typed_kv::TypedMutation> = mutations
-                    .iter()
-                    .map(|m| {
-                        let kind = match &m.op {
-                            MutationOp::Set(v) => typed_kv::TypedMutationKind::Set(Self::value(v)),
-                            MutationOp::Delete => typed_kv::TypedMutationKind::Delete,
-                            MutationOp::Sum(x) => typed_kv::TypedMutationKind::Sum(*x),
-                            MutationOp::Min(x) => typed_kv::TypedMutationKind::Min(*x),
-                            MutationOp::Max(x) => typed_kv::TypedMutationKind::Max(*x),
-                            MutationOp::SetSuffixVersionstamped(v) => typed_kv::TypedMutationKind::SetSuffixVersionstamped(Self::value(v)),
-                        };
-                        typed_kv::TypedMutation { key: m.key.clone(), kind, ttl_ms: m.ttl_ms }
-                    })
-                    .collect();
-                match typed_kv::atomic(&checks, &mutations).map_err(Self::failure)? {
-                    kv::AtomicOutcome::Committed(vs) => Ok(AtomicResult::Committed(Self::versionstamp(&vs)?)),
-                    kv::AtomicOutcome::CheckFailed(i) => Ok(AtomicResult::CheckFailed(i)),
-                }
+                let (checks, mutations) = Self::batch(checks, mutations);
+                Self::outcome(typed_kv::atomic(&checks, &mutations))
             }
+
+            $($queue)*
         }
     };
 }

@@ -152,12 +152,42 @@ pub fn validate_snapshot_read(req: &SnapshotRead, limits: &Limits) -> Result<(),
 ///   deserializer, which the server does not have (Deno's public API only
 ///   sums `Deno.KvU64`);
 /// - `expire_at_ms` is ≥ -1 (0 and -1 mean "never");
-/// - there are no enqueues: queues are not supported over KV Connect here.
+/// - enqueues keep Deno's queue limits (`sidekv_core::limits`: payload
+///   64 KiB, ≤ 10 non-empty undelivered keys, ≤ 10 backoff steps of ≤ 1 h;
+///   the delay is checked against the clock by the server).
 pub fn validate_atomic_write(req: &AtomicWrite, limits: &Limits) -> Result<(), ValidationError> {
     over("checks", "MAX_CHECKS", "checks", limits.max_checks, req.checks.len())?;
     over("mutations", "MAX_MUTATIONS", "mutations and enqueues", limits.max_mutations, req.mutations.len() + req.enqueues.len())?;
-    if !req.enqueues.is_empty() {
-        return Err(invalid("enqueues[0]", "queues (kv.enqueue) are not supported by this server"));
+    use sidekv_core::limits as q;
+    over("enqueues", "MAX_ATOMIC_ENQUEUES", "enqueues", q::MAX_ATOMIC_ENQUEUES, req.enqueues.len())?;
+    for (i, e) in req.enqueues.iter().enumerate() {
+        over(format!("enqueues[{i}].payload"), "MAX_QUEUE_PAYLOAD_BYTES", "bytes", q::MAX_QUEUE_PAYLOAD_BYTES, e.payload.len())?;
+        over(
+            format!("enqueues[{i}].keys_if_undelivered"),
+            "MAX_KEYS_IF_UNDELIVERED",
+            "keys",
+            q::MAX_KEYS_IF_UNDELIVERED,
+            e.keys_if_undelivered.len(),
+        )?;
+        for (j, k) in e.keys_if_undelivered.iter().enumerate() {
+            if k.is_empty() {
+                return Err(invalid(format!("enqueues[{i}].keys_if_undelivered[{j}]"), "is empty"));
+            }
+            over(
+                format!("enqueues[{i}].keys_if_undelivered[{j}]"),
+                "MAX_WRITE_KEY_SIZE_BYTES",
+                "bytes",
+                limits.max_write_key_size_bytes,
+                k.len(),
+            )?;
+        }
+        over(format!("enqueues[{i}].backoff_schedule"), "MAX_BACKOFF_STEPS", "steps", q::MAX_BACKOFF_STEPS, e.backoff_schedule.len())?;
+        if let Some((j, s)) = e.backoff_schedule.iter().enumerate().find(|(_, s)| **s > q::MAX_BACKOFF_STEP_MS) {
+            return Err(invalid(
+                format!("enqueues[{i}].backoff_schedule[{j}]"),
+                format!("{s} ms is over MAX_BACKOFF_STEP_MS ({} ms, 1 hour)", q::MAX_BACKOFF_STEP_MS),
+            ));
+        }
     }
 
     let mut total_payload: usize = 0;

@@ -8,13 +8,14 @@
 //!  POST <base>                 metadata exchange (JSON): version, databaseId,
 //!                              one strong endpoint (<base>), token, expiresAt
 //!  POST <base>/snapshot_read   ranges  ─▶ Store::snapshot_read (one snapshot)
-//!  POST <base>/atomic_write    checks + mutations ─▶ Store::atomic
+//!  POST <base>/atomic_write    checks + mutations (+ enqueues) ─▶ Store::atomic
+//!                              (Store::atomic_enqueue)
 //!  POST <base>/watch           keys ─▶ Answer::watch (the host streams frames)
 //! ```
 //!
 //! Statuses follow what the clients do with them: 4xx is final (the client
 //! throws), 5xx is retried forever, so a request that can never succeed
-//! (malformed, over a limit, a queue operation, not allowed) is 4xx.
+//! (malformed, over a limit, not allowed) is 4xx.
 
 use crate::datapath::{self as dp, MutationType};
 use crate::limits::{Limits, validate_atomic_write, validate_snapshot_read, validate_watch};
@@ -94,6 +95,18 @@ pub struct MutationReq {
     pub ttl_ms: Option<u64>,
 }
 
+/// A message to enqueue with an atomic write (`kv.enqueue`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EnqueueReq {
+    /// Deno's clients send V8-serialized payloads.
+    pub payload: dp::Value,
+    /// From the client's absolute `deadline_ms`; 0 when it is past.
+    pub delay_ms: u64,
+    pub keys_if_undelivered: Vec<Vec<u8>>,
+    /// `None` when the client sent none: the server's default (Deno's).
+    pub backoff_schedule: Option<Vec<u32>>,
+}
+
 pub enum AtomicResult {
     Committed([u8; 10]),
     /// The index of a failed check.
@@ -126,6 +139,12 @@ pub trait Store {
     fn snapshot_read(&self, ranges: &[Range]) -> Result<Vec<Vec<Entry>>, Failure>;
     /// All or nothing.
     fn atomic(&self, checks: &[CheckReq], mutations: &[MutationReq]) -> Result<AtomicResult, Failure>;
+    /// All or nothing, enqueueing `enqueues` in the same transaction (a
+    /// failed check enqueues nothing). A store without queues refuses (400).
+    fn atomic_enqueue(&self, checks: &[CheckReq], mutations: &[MutationReq], enqueues: &[EnqueueReq]) -> Result<AtomicResult, Failure> {
+        let _ = (checks, mutations, enqueues);
+        Err(Failure::Permanent(400, "queues (kv.enqueue) are not supported by this server's guest".into()))
+    }
 }
 
 /// The guest's access rule: the `Authorization` header and what the request
@@ -140,6 +159,9 @@ pub enum Access<'a> {
     Read(&'a [Range]),
     /// Check `checks` and write `mutations` (versionstamp-suffixed keys: their prefix).
     Write(&'a [CheckReq], &'a [MutationReq]),
+    /// Enqueue messages (asked after `Write` of the same request); each
+    /// may write its payload to its `keys_if_undelivered` later.
+    Enqueue(&'a [EnqueueReq]),
 }
 
 /// Handle one request under the base path. `authorize` gets the
@@ -245,6 +267,25 @@ fn mutation(i: usize, m: dp::Mutation, now_ms: u64) -> Result<MutationReq, Answe
     Ok(MutationReq { key: m.key, op, ttl_ms })
 }
 
+fn enqueue(i: usize, e: dp::Enqueue, now_ms: u64) -> Result<EnqueueReq, Answer> {
+    let delay_ms = (e.deadline_ms.max(0) as u64).saturating_sub(now_ms);
+    if delay_ms > sidekv_core::limits::MAX_QUEUE_DELAY_MS {
+        return Err(Answer::text(
+            400,
+            format!(
+                "enqueues[{i}]: a delay of {delay_ms} ms is over MAX_QUEUE_DELAY_MS ({} ms, 30 days)",
+                sidekv_core::limits::MAX_QUEUE_DELAY_MS
+            ),
+        ));
+    }
+    Ok(EnqueueReq {
+        payload: dp::Value::V8(e.payload),
+        delay_ms,
+        keys_if_undelivered: e.keys_if_undelivered,
+        backoff_schedule: (!e.backoff_schedule.is_empty()).then_some(e.backoff_schedule),
+    })
+}
+
 fn atomic_write(
     req: &HttpIn<'_, '_>,
     auth: Option<&str>,
@@ -268,8 +309,15 @@ fn atomic_write(
         })
         .collect::<Result<_, _>>()?;
     let mutations = write.mutations.into_iter().enumerate().map(|(i, m)| mutation(i, m, now_ms)).collect::<Result<Vec<_>, _>>()?;
+    let enqueues = write.enqueues.into_iter().enumerate().map(|(i, e)| enqueue(i, e, now_ms)).collect::<Result<Vec<_>, _>>()?;
     authorize(auth, Access::Write(&checks, &mutations))?;
-    let out = match store.atomic(&checks, &mutations).map_err(Failure::answer)? {
+    let result = if enqueues.is_empty() {
+        store.atomic(&checks, &mutations)
+    } else {
+        authorize(auth, Access::Enqueue(&enqueues))?;
+        store.atomic_enqueue(&checks, &mutations, &enqueues)
+    };
+    let out = match result.map_err(Failure::answer)? {
         AtomicResult::Committed(vs) => dp::AtomicWriteOutput::success(vs),
         AtomicResult::CheckFailed(i) => dp::AtomicWriteOutput::check_failure(vec![i]),
     };

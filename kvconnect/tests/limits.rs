@@ -220,8 +220,22 @@ fn atomic_write_structure() {
     m.expire_at_ms = -2;
     assert_invalid(validate_atomic_write(&write(vec![], vec![m]), &L), "mutations[0].expire_at_ms", "-2 is negative");
 
-    let q = AtomicWrite { enqueues: vec![Enqueue::default()], ..Default::default() };
-    assert_invalid(validate_atomic_write(&q, &L), "enqueues[0]", "queues (kv.enqueue) are not supported");
+    // Enqueues keep Deno's queue limits.
+    let q = |e: Enqueue| AtomicWrite { enqueues: vec![e], ..Default::default() };
+    validate_atomic_write(&q(Enqueue { payload: vec![1; 65_536], ..Default::default() }), &L).unwrap();
+    assert!(validate_atomic_write(&q(Enqueue { payload: vec![1; 65_537], ..Default::default() }), &L).is_err());
+    assert!(validate_atomic_write(&q(Enqueue { backoff_schedule: vec![1; 11], ..Default::default() }), &L).is_err());
+    assert_invalid(
+        validate_atomic_write(&q(Enqueue { backoff_schedule: vec![3_600_001], ..Default::default() }), &L),
+        "enqueues[0].backoff_schedule[0]",
+        "over MAX_BACKOFF_STEP_MS",
+    );
+    assert!(validate_atomic_write(&q(Enqueue { keys_if_undelivered: vec![vec![2]; 11], ..Default::default() }), &L).is_err());
+    assert_invalid(
+        validate_atomic_write(&q(Enqueue { keys_if_undelivered: vec![vec![]], ..Default::default() }), &L),
+        "enqueues[0].keys_if_undelivered[0]",
+        "is empty",
+    );
 }
 
 #[test]

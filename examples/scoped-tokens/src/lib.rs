@@ -19,6 +19,15 @@
 //! ```text
 //! KVSTORE_GUEST_TOKENS='app-token=rw:users/,kv:users;report-token=r:kv:reports'
 //! ```
+//!
+//! Queue scopes: `queue:send` lets a read-write token enqueue (`POST
+//! /_queue`, `kv.enqueue` over KV Connect; its `keysIfUndelivered` must be
+//! in the token's key scope), `queue:receive` lets it consume (`POST
+//! /_queue/take`, `/_queue/ack`, `/_queue/retry`), `queue` is both.
+//!
+//! ```text
+//! KVSTORE_GUEST_TOKENS='producer=rw:kv:jobs,queue:send;worker=rw:kv:jobs,queue:receive'
+//! ```
 
 use sha2::{Digest, Sha256};
 use std::sync::OnceLock;
@@ -26,11 +35,11 @@ use std::sync::OnceLock;
 wit_bindgen::generate!({ path: "../../wit", world: "guest" });
 
 use exports::sidekv::store::handler::{BodyStream, Guest, Request, Response};
-use sidekv::store::{config, kv, typed_kv, types};
+use sidekv::store::{config, kv, queue, typed_kv, types};
 use sidekv_kvconnect::KeyPart;
 use sidekv_kvconnect::server::{self, Access, Answer};
 
-sidekv_kvconnect::typed_kv_store!(TypedKv);
+sidekv_kvconnect::typed_kv_store!(TypedKv, queue);
 
 /// The decision for Deno keys: every key (or range) the request touches
 /// lies under one of the token's `kv:` prefixes (`*` covers all).
@@ -46,6 +55,12 @@ fn authorize_kv(req: &Request, what: Access<'_>) -> Result<(), Answer> {
                 return Err(Answer::text(403, "this token is read-only"));
             }
             checks.iter().all(|c| key_ok(&c.key)) && mutations.iter().all(|m| key_ok(&m.key))
+        }
+        Access::Enqueue(messages) => {
+            if !t.write || !t.queue_send {
+                return Err(Answer::text(403, "this token may not enqueue (needs rw and the queue:send scope)"));
+            }
+            messages.iter().all(|m| m.keys_if_undelivered.iter().all(|k| key_ok(k)))
         }
     };
     if ok { Ok(()) } else { Err(Answer::text(403, "this token may not use these keys")) }
@@ -74,6 +89,10 @@ struct Token {
     prefixes: Vec<String>,
     /// `kv:` prefixes, as Deno key tuple encodings.
     kv_prefixes: Vec<Vec<u8>>,
+    /// `queue:send` / `queue`: may enqueue.
+    queue_send: bool,
+    /// `queue:receive` / `queue`: may take, ack and retry.
+    queue_receive: bool,
 }
 
 /// `users/admins` → the tuple encoding of `["users", "admins"]`.
@@ -92,11 +111,14 @@ fn tokens() -> &'static [Token] {
                 let (tok, scope) = e.trim().split_once('=')?;
                 let (perm, prefixes) = scope.split_once(':')?;
                 let all: Vec<String> = prefixes.split(',').map(|p| p.trim().to_string()).filter(|p| !p.is_empty()).collect();
+                let has = |s: &str| all.iter().any(|p| p == s || p == "queue");
                 Some(Token {
                     hash: Sha256::digest(tok.as_bytes()).into(),
                     write: perm == "rw",
+                    queue_send: has("queue:send"),
+                    queue_receive: has("queue:receive"),
                     kv_prefixes: all.iter().filter_map(|p| p.strip_prefix("kv:")).map(deno_prefix).collect(),
-                    prefixes: all.into_iter().filter(|p| !p.starts_with("kv:")).collect(),
+                    prefixes: all.into_iter().filter(|p| !p.starts_with("kv:") && !p.starts_with("queue")).collect(),
                 })
             })
             .collect()
@@ -165,6 +187,9 @@ impl Guest for Component {
         if let Some(sub) = path.strip_prefix("/_kv").filter(|s| s.is_empty() || s.starts_with('/')) {
             return kv_connect(&req, sub);
         }
+        if let Some(sub) = path.strip_prefix("/_queue").filter(|s| s.is_empty() || s.starts_with('/')) {
+            return rest_queue(&req, sub, query);
+        }
         let key = path.trim_start_matches('/').to_string();
         if key.is_empty() && req.method == "GET" {
             let prefix = query.split('&').find_map(|p| p.strip_prefix("prefix=")).unwrap_or("").to_string();
@@ -200,4 +225,56 @@ impl Guest for Component {
         };
         r.unwrap_or_else(err)
     }
+}
+
+/// The REST queue routes, under the token's queue scopes: `POST /_queue`
+/// (body = payload, `?delay=ms`), `POST /_queue/take?wait=ms`, `POST
+/// /_queue/ack?lease=L`, `POST /_queue/retry?lease=L`.
+fn rest_queue(req: &Request, sub: &str, query: &str) -> Response {
+    let t = match token(req) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let param = |name: &str| query.split('&').find_map(|p| p.strip_prefix(name)?.strip_prefix('=')).unwrap_or("");
+    let send = sub.is_empty();
+    if req.method != "POST" {
+        return reply(405, r#"{"error":"queue endpoints take POST"}"#);
+    }
+    if !t.write || !(if send { t.queue_send } else { t.queue_receive }) {
+        return reply(403, r#"{"error":"this token lacks the queue scope for this"}"#);
+    }
+    let r = match sub {
+        "" => {
+            let msg = queue::NewMessage {
+                value: types::TypedValue { data: req.body.clone(), encoding: types::ValueEncoding::Bytes },
+                delay_ms: param("delay").parse().unwrap_or(0),
+                keys_if_undelivered: vec![],
+                backoff_schedule: None,
+            };
+            queue::atomic(&[], &[], &[msg]).map(|o| match o {
+                kv::AtomicOutcome::Committed(vs) => reply(200, &format!(r#"{{"ok":true,"id":"{vs}0000"}}"#)),
+                kv::AtomicOutcome::CheckFailed(_) => reply(500, r#"{"error":"unexpected check failure"}"#),
+            })
+        }
+        "/take" => queue::take(30_000, param("wait").parse().unwrap_or(0)).map(|m| match m {
+            None => Response { status: 204, headers: vec![], body: vec![], stream: None },
+            Some(m) => Response {
+                status: 200,
+                headers: vec![
+                    ("x-sidekv-message-id".into(), m.id.into_bytes()),
+                    ("x-sidekv-attempt".into(), m.attempt.to_string().into_bytes()),
+                    ("x-sidekv-lease".into(), m.lease.into_bytes()),
+                ],
+                body: m.value.data,
+                stream: None,
+            },
+        }),
+        "/ack" | "/retry" => {
+            let lease = param("lease");
+            let held = if sub == "/ack" { queue::ack(lease) } else { queue::retry(lease) };
+            held.map(|h| if h { reply(200, r#"{"ok":true}"#) } else { reply(409, r#"{"ok":false,"error":"not the current lease"}"#) })
+        }
+        _ => Ok(reply(404, r#"{"error":"no such queue endpoint"}"#)),
+    };
+    r.unwrap_or_else(err)
 }

@@ -27,6 +27,7 @@
 //! - **Expired entries are never returned** by any read.
 
 pub mod postgres;
+pub mod queue_body;
 pub mod sqlite;
 
 use std::future::Future;
@@ -38,11 +39,20 @@ use sidekv_core::validate;
 use tokio::sync::watch;
 
 pub use sidekv_core::{
-    Change, ChangePos, Check, Condition, Encoding, Entry, Key, ListPage, ListQuery, Mutation, MutationKind, StoreError, Value,
-    Versionstamp, WriteOp, WriteResult,
+    Change, ChangePos, Check, Condition, Encoding, Enqueue, Entry, Key, ListPage, ListQuery, Mutation, MutationKind, PendingMessage,
+    QueueMessage, QueueOp, QueueStats, StoreError, Value, Versionstamp, WriteOp, WriteResult,
 };
 
 use crate::metrics::ReplicationGauges;
+
+/// When the queue next needs attention (unix ms; `None`: nothing of that kind).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QueueTimes {
+    /// The earliest due time of an unleased message.
+    pub due: Option<u64>,
+    /// The earliest lease expiry.
+    pub lease_expiry: Option<u64>,
+}
 
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// What every store call returns.
@@ -74,6 +84,15 @@ pub trait Backend: Send + Sync + 'static {
     /// at most `limit` (and `MAX_READ_BYTES`). `InvalidArgument` when `after`
     /// is older than the kept history.
     fn changes(&self, prefix: Key, after: ChangePos, limit: u32) -> StoreFuture<'_, Vec<Change>>;
+    /// Lease the next due queue message (due time, then id order) for
+    /// `visibility_ms`; `None` when none is due. Enqueueing and settling a
+    /// lease are writes (`WriteOp::Enqueue`, `WriteOp::Queue`).
+    fn queue_take(&self, visibility_ms: u64) -> StoreFuture<'_, Option<QueueMessage>>;
+    /// Unix ms when an unleased message next falls due and a lease next expires.
+    fn queue_next_event(&self) -> StoreFuture<'_, QueueTimes>;
+    fn queue_stats(&self) -> StoreFuture<'_, QueueStats>;
+    /// Pending messages in id order after `after` ("" = from the start).
+    fn queue_list(&self, after: String, limit: u32) -> StoreFuture<'_, Vec<PendingMessage>>;
     /// The newest commit counter whose changes are all visible: the change
     /// feed is complete up to here.
     fn committed(&self) -> u64;
@@ -173,6 +192,66 @@ impl Kv {
             return Ok(failed);
         }
         self.backend().write(op).await
+    }
+
+    /// Lease the next due message, waiting up to `wait` for one (woken by
+    /// commits and by due times). `None` when none came.
+    pub async fn queue_take(&self, visibility_ms: u32, wait: Duration) -> Result<Option<QueueMessage>, StoreError> {
+        let lim = sidekv_core::limits::MIN_QUEUE_VISIBILITY_MS..=sidekv_core::limits::MAX_QUEUE_VISIBILITY_MS;
+        if !lim.contains(&visibility_ms) {
+            return Err(StoreError::InvalidArgument(format!(
+                "visibility timeout {visibility_ms} ms is outside {}..={} ms",
+                lim.start(),
+                lim.end()
+            )));
+        }
+        validate::validate_watch_timeout(wait.as_millis().min(u32::MAX as u128) as u32)?;
+        let mut commits = self.subscribe_commits();
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            commits.borrow_and_update();
+            // One indexed read first: the writer is asked only when something is due.
+            let next = self.backend().queue_next_event().await?.due;
+            if next.is_some_and(|at| at <= now_ms())
+                && let Some(m) = self.backend().queue_take(visibility_ms as u64).await?
+            {
+                let late_ms = now_ms().saturating_sub(m.due_at);
+                crate::metrics::METRICS.queue_delivery_seconds.observe(late_ms as f64 / 1e3);
+                return Ok(Some(m));
+            }
+            // Due but taken by another consumer first: check again shortly.
+            let wake = next
+                .map(|at| tokio::time::Instant::now() + Duration::from_millis(at.saturating_sub(now_ms()).max(20) + 1))
+                .filter(|w| *w < deadline)
+                .unwrap_or(deadline);
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(None);
+            }
+            tokio::select! {
+                r = commits.changed() => {
+                    if r.is_err() { return Ok(None); }
+                    // Every commit wakes a waiting consumer: look again in
+                    // rounds, not once per commit of a write load.
+                    tokio::time::sleep(crate::limits::QUEUE_MIN_SLEEP).await;
+                }
+                _ = self.closing() => return Ok(None),
+                _ = tokio::time::sleep_until(wake) => {}
+            }
+        }
+    }
+
+    /// Settle a leased attempt: `true` when it was the current lease.
+    pub async fn queue_settle(&self, op: QueueOp) -> Result<bool, StoreError> {
+        let acked = matches!(op, QueueOp::Ack { .. });
+        match self.write(WriteOp::Queue(op)).await? {
+            WriteResult::Committed { .. } => {
+                if acked {
+                    crate::metrics::METRICS.queue_delivered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
     }
 
     pub async fn changes(&self, prefix: Key, after: ChangePos, limit: u32) -> Result<Vec<Change>, StoreError> {

@@ -9,7 +9,7 @@ use crate::backend::{self as store, Encoding, ListQuery, StoreError, Value, Writ
 
 use types::{KvError, TypedEntry, TypedValue, ValueEncoding};
 
-fn encoding(e: Encoding) -> ValueEncoding {
+pub(super) fn encoding(e: Encoding) -> ValueEncoding {
     match e {
         Encoding::V8 => ValueEncoding::V8,
         Encoding::Le64 => ValueEncoding::Le64,
@@ -17,7 +17,7 @@ fn encoding(e: Encoding) -> ValueEncoding {
     }
 }
 
-fn value(v: TypedValue) -> Value {
+pub(super) fn value(v: TypedValue) -> Value {
     let encoding = match v.encoding {
         ValueEncoding::V8 => Encoding::V8,
         ValueEncoding::Le64 => Encoding::Le64,
@@ -35,7 +35,7 @@ fn entry(e: store::Entry) -> TypedEntry {
     }
 }
 
-fn mutation(m: typed_kv::TypedMutation) -> store::Mutation {
+pub(super) fn mutation(m: typed_kv::TypedMutation) -> store::Mutation {
     use typed_kv::TypedMutationKind as K;
     let kind = match m.kind {
         K::Set(v) => store::MutationKind::Set(value(v)),
@@ -46,6 +46,17 @@ fn mutation(m: typed_kv::TypedMutation) -> store::Mutation {
         K::SetSuffixVersionstamped(v) => store::MutationKind::SetSuffixVersionstamped(value(v)),
     };
     store::Mutation { key: m.key, kind, ttl_ms: m.ttl_ms }
+}
+
+pub(super) fn typed_checks(checks: Vec<typed_kv::TypedCheck>) -> Result<Vec<store::Check>, KvError> {
+    checks
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let versionstamp = c.versionstamp.as_deref().map(|s| vs(s, &format!("checks[{i}].versionstamp"))).transpose()?;
+            Ok(store::Check { key: c.key, versionstamp })
+        })
+        .collect()
 }
 
 impl typed_kv::Host for HostState {
@@ -63,14 +74,7 @@ impl typed_kv::Host for HostState {
         checks: Vec<typed_kv::TypedCheck>,
         mutations: Vec<typed_kv::TypedMutation>,
     ) -> Result<kv::AtomicOutcome, KvError> {
-        let checks = checks
-            .into_iter()
-            .enumerate()
-            .map(|(i, c)| {
-                let versionstamp = c.versionstamp.as_deref().map(|s| vs(s, &format!("checks[{i}].versionstamp"))).transpose()?;
-                Ok(store::Check { key: c.key, versionstamp })
-            })
-            .collect::<Result<Vec<_>, KvError>>()?;
+        let checks = typed_checks(checks)?;
         let mutations = mutations.into_iter().map(mutation).collect();
         match store_call_off_deadline!(self, self.store.write(WriteOp::Atomic { checks, mutations }))? {
             WriteResult::Committed { versionstamp, .. } => Ok(kv::AtomicOutcome::Committed(versionstamp.to_string())),

@@ -51,6 +51,7 @@ macro_rules! store_call_off_deadline {
 
 mod cache;
 mod host_kv;
+mod host_queue;
 mod host_typed_kv;
 mod keyvalue;
 mod slots;

@@ -26,6 +26,7 @@
 mod connect;
 mod pipeline;
 mod plan;
+mod queue;
 mod sql;
 mod sweep;
 mod writer;
@@ -43,7 +44,10 @@ use plan::Row;
 use writer::{WriterMsg, unreachable};
 
 use super::{Backend, BackendStatus, BoxFuture, NotBackedUp, StoreFuture};
-use super::{Change, ChangePos, Encoding, Entry, Key, ListPage, ListQuery, StoreError, Value, Versionstamp, WriteOp, WriteResult};
+use super::{
+    Change, ChangePos, Encoding, Entry, Key, ListPage, ListQuery, PendingMessage, QueueMessage, QueueStats, StoreError, Value,
+    Versionstamp, WriteOp, WriteResult,
+};
 use crate::limits;
 use crate::metrics::ReplicationGauges;
 
@@ -412,6 +416,9 @@ impl Backend for PgBackend {
 
     fn write(&self, op: WriteOp) -> StoreFuture<'_, WriteResult> {
         Box::pin(async move {
+            if let WriteOp::Queue(q) = op {
+                return queue::settle(&self.shared.pool, q).await;
+            }
             let (tx, rx) = oneshot::channel();
             let closed = || StoreError::Unavailable("the store is shutting down".into());
             let writer = self.writer.lock().unwrap().clone().ok_or_else(closed)?;
@@ -422,6 +429,22 @@ impl Backend for PgBackend {
 
     fn changes(&self, prefix: Key, after: ChangePos, limit: u32) -> StoreFuture<'_, Vec<Change>> {
         Box::pin(self.read_changes(prefix, after, limit))
+    }
+
+    fn queue_take(&self, visibility_ms: u64) -> StoreFuture<'_, Option<QueueMessage>> {
+        Box::pin(queue::take(&self.shared.pool, visibility_ms))
+    }
+
+    fn queue_next_event(&self) -> StoreFuture<'_, super::QueueTimes> {
+        Box::pin(queue::times(&self.shared.pool))
+    }
+
+    fn queue_stats(&self) -> StoreFuture<'_, QueueStats> {
+        Box::pin(queue::stats(&self.shared.pool))
+    }
+
+    fn queue_list(&self, after: String, limit: u32) -> StoreFuture<'_, Vec<PendingMessage>> {
+        Box::pin(queue::list(&self.shared.pool, after, limit))
     }
 
     fn committed(&self) -> u64 {

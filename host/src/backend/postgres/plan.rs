@@ -43,6 +43,8 @@ pub struct Plan {
     pub changes: Vec<ChangeRec>,
     /// Writes that committed (each took an index).
     pub applied: u16,
+    /// Queue messages the committed writes enqueue: (id, due at, body).
+    pub enqueues: Vec<(String, i64, Vec<u8>)>,
 }
 
 /// Every key whose current row the plan needs (conditions, checks,
@@ -52,8 +54,8 @@ pub fn keys_read(ops: &[&WriteOp]) -> Vec<Key> {
     for op in ops {
         match op {
             WriteOp::Set { key, .. } | WriteOp::Delete { key, .. } => keys.push(key.clone()),
-            WriteOp::DeletePrefix { .. } => {}
-            WriteOp::Atomic { checks, mutations } => {
+            WriteOp::DeletePrefix { .. } | WriteOp::Queue(_) => {}
+            WriteOp::Atomic { checks, mutations } | WriteOp::Enqueue { checks, mutations, .. } => {
                 keys.extend(checks.iter().map(|c| c.key.clone()));
                 // A versionstamp-suffixed key cannot exist yet: nothing to read.
                 keys.extend(
@@ -153,36 +155,57 @@ fn apply(v: &mut View, op: &WriteOp, vs: Versionstamp, now: i64) -> Result<Write
             }
             Ok(WriteResult::Committed { versionstamp: vs, deleted: live.len() as u64 })
         }
-        WriteOp::Atomic { checks, mutations } => {
-            for (i, c) in checks.iter().enumerate() {
-                if v.current(&c.key).map(|r| r.version) != c.versionstamp {
-                    return Ok(WriteResult::CheckFailed(i));
+        // Settling queue messages runs in its own transaction (`queue.rs`).
+        WriteOp::Queue(_) => Err(StoreError::Internal("queue operations do not go through the writer".into())),
+        WriteOp::Atomic { checks, mutations } => apply_atomic(v, checks, mutations, vs, now),
+        WriteOp::Enqueue { checks, mutations, enqueues } => {
+            let r = apply_atomic(v, checks, mutations, vs, now)?;
+            if let WriteResult::Committed { .. } = r {
+                for (i, e) in enqueues.iter().enumerate() {
+                    let due = now.saturating_add(e.delay_ms.min(i64::MAX as u64) as i64);
+                    v.plan.enqueues.push((sidekv_core::message_id(vs, i), due, crate::backend::queue_body::Body::of(e).encode()));
                 }
             }
-            // Decide every mutation against a scratch view first: an invalid
-            // one leaves no trace of the batch.
-            let mut scratch: BTreeMap<Key, Option<Value>> = BTreeMap::new();
-            let mut planned = Vec::with_capacity(mutations.len());
-            for (i, m) in mutations.iter().enumerate() {
-                let key = m.key_at(vs);
-                let cur = match scratch.get(&key) {
-                    Some(x) => x.clone(),
-                    None => v.current(&key).map(|r| r.value.clone()),
-                };
-                let new = mutate(&m.kind, cur.as_ref())
-                    .map_err(|why| StoreError::InvalidArgument(format!("mutations[{i}]: key {:?} {why}", String::from_utf8_lossy(&key))))?;
-                scratch.insert(key.clone(), new.clone());
-                planned.push((key, m.ttl_ms, new));
-            }
-            for (n, (key, ttl, new)) in planned.into_iter().enumerate() {
-                match new {
-                    Some(value) => v.put(&key, Row { value, version: vs, expires_at: expiry(now, ttl) }, n as u32),
-                    None => v.delete(&key, vs, n as u32),
-                }
-            }
-            Ok(WriteResult::Committed { versionstamp: vs, deleted: 0 })
+            Ok(r)
         }
     }
+}
+
+/// Checks, then every mutation decided before any is applied.
+fn apply_atomic(
+    v: &mut View,
+    checks: &[sidekv_core::Check],
+    mutations: &[sidekv_core::Mutation],
+    vs: Versionstamp,
+    now: i64,
+) -> Result<WriteResult, StoreError> {
+    for (i, c) in checks.iter().enumerate() {
+        if v.current(&c.key).map(|r| r.version) != c.versionstamp {
+            return Ok(WriteResult::CheckFailed(i));
+        }
+    }
+    // Decide every mutation against a scratch view first: an invalid
+    // one leaves no trace of the batch.
+    let mut scratch: BTreeMap<Key, Option<Value>> = BTreeMap::new();
+    let mut planned = Vec::with_capacity(mutations.len());
+    for (i, m) in mutations.iter().enumerate() {
+        let key = m.key_at(vs);
+        let cur = match scratch.get(&key) {
+            Some(x) => x.clone(),
+            None => v.current(&key).map(|r| r.value.clone()),
+        };
+        let new = mutate(&m.kind, cur.as_ref())
+            .map_err(|why| StoreError::InvalidArgument(format!("mutations[{i}]: key {:?} {why}", String::from_utf8_lossy(&key))))?;
+        scratch.insert(key.clone(), new.clone());
+        planned.push((key, m.ttl_ms, new));
+    }
+    for (n, (key, ttl, new)) in planned.into_iter().enumerate() {
+        match new {
+            Some(value) => v.put(&key, Row { value, version: vs, expires_at: expiry(now, ttl) }, n as u32),
+            None => v.delete(&key, vs, n as u32),
+        }
+    }
+    Ok(WriteResult::Committed { versionstamp: vs, deleted: 0 })
 }
 
 #[cfg(test)]

@@ -51,6 +51,18 @@ pub const MIGRATIONS: &[&str] = &[
         holder   TEXT NOT NULL,
         until_ms BIGINT NOT NULL
      );",
+    // 2: queue messages (queue.rs). lease/lease_until: the current delivery
+    // attempt's holder; state: payload, backoff schedule, undelivered keys.
+    "CREATE TABLE sidekv_queue (
+        id          TEXT PRIMARY KEY,      -- <versionstamp><index>, 24 hex chars
+        due_at      BIGINT NOT NULL,       -- unix ms (the database's clock)
+        attempts    INTEGER NOT NULL,      -- failed attempts so far
+        lease       BIGINT,
+        lease_until BIGINT,
+        state       BYTEA NOT NULL
+     );
+     CREATE INDEX sidekv_queue_due ON sidekv_queue (due_at, id) WHERE lease IS NULL;
+     CREATE INDEX sidekv_queue_leases ON sidekv_queue (lease_until) WHERE lease IS NOT NULL;",
 ];
 
 pub const CREATE_MIGRATIONS: &str =
@@ -140,3 +152,57 @@ pub const EXPIRED: &str = "SELECT key FROM sidekv_kv WHERE expires_at IS NOT NUL
 /// Drop change-feed history below version `$1` (the first of a commit).
 pub const PRUNE: &str = "DELETE FROM sidekv_changes WHERE version < $1";
 pub const SET_PRUNED: &str = "UPDATE sidekv_clock SET pruned_below = greatest(pruned_below, $1) WHERE id = 1";
+
+// ---- queues (queue.rs; due times and leases use the database's clock) ----
+
+/// New messages (the writer's transaction): `$1` ids, `$2` due times, `$3` bodies.
+pub const QUEUE_INSERT: &str = "INSERT INTO sidekv_queue (id, due_at, attempts, state)
+     SELECT id, due, 0, st FROM unnest($1::text[], $2::bigint[], $3::bytea[]) AS t(id, due, st)";
+
+/// Lease the due message first in line to lease `$1` for `$2` ms. `SKIP
+/// LOCKED`: sidecars taking at once each get a different message (or none).
+pub static QUEUE_TAKE: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "UPDATE sidekv_queue SET lease = $1, lease_until = {NOW_MS} + $2
+         WHERE id = (SELECT id FROM sidekv_queue WHERE lease IS NULL AND due_at <= {NOW_MS}
+                     ORDER BY due_at, id LIMIT 1 FOR UPDATE SKIP LOCKED)
+           AND lease IS NULL
+         RETURNING id, due_at, attempts, state, lease_until"
+    )
+});
+
+/// Delivered: gone, if `$2` is still its unexpired lease.
+pub static QUEUE_ACK: LazyLock<String> =
+    LazyLock::new(|| format!("DELETE FROM sidekv_queue WHERE id = $1 AND lease = $2 AND lease_until > {NOW_MS} RETURNING id"));
+
+/// Lock one message (a retry): its attempts, body, lease, and the time.
+pub static QUEUE_LOCK: LazyLock<String> =
+    LazyLock::new(|| format!("SELECT attempts, state, lease, lease_until, {NOW_MS} FROM sidekv_queue WHERE id = $1 FOR UPDATE"));
+
+/// Lock up to `$1` messages whose lease has expired (others may be locking some).
+pub static QUEUE_EXPIRED: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT id, attempts, state, {NOW_MS} FROM sidekv_queue WHERE lease IS NOT NULL AND lease_until <= {NOW_MS}
+         ORDER BY lease_until LIMIT $1 FOR UPDATE SKIP LOCKED"
+    )
+});
+
+pub const QUEUE_RESCHEDULE: &str = "UPDATE sidekv_queue SET due_at = $2, attempts = $3, lease = NULL, lease_until = NULL WHERE id = $1";
+pub const QUEUE_DELETE: &str = "DELETE FROM sidekv_queue WHERE id = $1";
+
+/// Earliest due time of an unleased message, earliest lease expiry.
+pub const QUEUE_TIMES: &str = "SELECT (SELECT min(due_at) FROM sidekv_queue WHERE lease IS NULL),
+            (SELECT min(lease_until) FROM sidekv_queue WHERE lease IS NOT NULL)";
+
+/// Pending, due, leased, the oldest due time, and now.
+pub static QUEUE_STATS: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "SELECT count(*), coalesce(sum(CASE WHEN lease IS NULL AND due_at <= {NOW_MS} THEN 1 ELSE 0 END), 0),
+                coalesce(sum(CASE WHEN lease IS NOT NULL THEN 1 ELSE 0 END), 0),
+                min(CASE WHEN lease IS NULL AND due_at <= {NOW_MS} THEN due_at END), {NOW_MS}
+         FROM sidekv_queue"
+    )
+});
+
+/// Pending messages after id `$1`, at most `$2`.
+pub const QUEUE_LIST: &str = "SELECT id, due_at, attempts, state FROM sidekv_queue WHERE id > $1 ORDER BY id LIMIT $2";

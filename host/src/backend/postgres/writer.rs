@@ -225,6 +225,13 @@ async fn store(tx: &deadpool_postgres::Transaction<'_>, plan: &Plan) -> Result<(
         let stmt = tx.prepare_cached(sql::DELETE).await.map_err(before_commit)?;
         tx.execute(&stmt, &[&deleted]).await.map_err(before_commit)?;
     }
+    if !plan.enqueues.is_empty() {
+        let ids: Vec<&str> = plan.enqueues.iter().map(|e| e.0.as_str()).collect();
+        let dues: Vec<i64> = plan.enqueues.iter().map(|e| e.1).collect();
+        let bodies: Vec<&[u8]> = plan.enqueues.iter().map(|e| e.2.as_slice()).collect();
+        let stmt = tx.prepare_cached(sql::QUEUE_INSERT).await.map_err(before_commit)?;
+        tx.execute(&stmt, &[&ids, &dues, &bodies]).await.map_err(before_commit)?;
+    }
     log(tx, &plan.changes).await
 }
 

@@ -23,7 +23,9 @@ use tokio::task::JoinHandle;
 use self::replica::{Replica, ReplicaError, ReplicaOptions};
 use self::store::{Store, StoreOptions};
 use super::{Backend, BackendStatus, BoxFuture, NotBackedUp, StoreFuture};
-use super::{Change, ChangePos, Entry, Key, ListPage, ListQuery, StoreError, WriteOp, WriteResult};
+use super::{
+    Change, ChangePos, Entry, Key, ListPage, ListQuery, PendingMessage, QueueMessage, QueueStats, StoreError, WriteOp, WriteResult,
+};
 use crate::limits;
 use crate::metrics::ReplicationGauges;
 
@@ -135,6 +137,22 @@ impl Backend for SqliteBackend {
 
     fn changes(&self, prefix: Key, after: ChangePos, limit: u32) -> StoreFuture<'_, Vec<Change>> {
         Box::pin(self.store.changes(prefix, after, limit))
+    }
+
+    fn queue_take(&self, visibility_ms: u64) -> StoreFuture<'_, Option<QueueMessage>> {
+        Box::pin(self.store.queue_take(visibility_ms))
+    }
+
+    fn queue_next_event(&self) -> StoreFuture<'_, super::QueueTimes> {
+        Box::pin(self.store.queue_next_event())
+    }
+
+    fn queue_stats(&self) -> StoreFuture<'_, QueueStats> {
+        Box::pin(self.store.queue_stats())
+    }
+
+    fn queue_list(&self, after: String, limit: u32) -> StoreFuture<'_, Vec<PendingMessage>> {
+        Box::pin(self.store.queue_list(after, limit))
     }
 
     fn committed(&self) -> u64 {

@@ -5,7 +5,8 @@
 //!       first u64 | last u64 | records u32 | flags u8 | writer u64   (big-endian)
 //!       records: version i64 | index u32 | key_len u16 | key
 //!                | kind u8 (0 delete, 1 set, 2 set+expiry, 3 typed set,
-//!                           4 typed set+expiry) [| expires_at u64]
+//!                           4 typed set+expiry, 5 queue message state,
+//!                           6 queue message gone) [| expires_at u64]
 //!                [| encoding u8 (kinds 3, 4)] [| value_len u32 | value]
 //!       crc32c u32 of everything above )
 //! ```
@@ -25,6 +26,12 @@
 //! counter, a V8 value) is a "typed set" carrying its encoding code; plain
 //! bytes keep kinds 1 and 2, so a segment of untyped data is byte-for-byte
 //! what earlier versions wrote.
+//!
+//! Queue messages (`store::queue`) are logged under reserved keys
+//! (`QUEUE_LOG_PREFIX` + id) with kinds 5 (value = the message's state) and
+//! 6 (delivered or dead-lettered): a segment without queue traffic is
+//! unchanged, and a sidekv from before queues refuses one with it (an
+//! unknown kind) instead of restoring messages as keys.
 
 use sidekv_core::Encoding;
 
@@ -68,7 +75,14 @@ impl Segment {
             b.extend_from_slice(&r.index.to_be_bytes());
             b.extend_from_slice(&(r.key.len() as u16).to_be_bytes());
             b.extend_from_slice(&r.key);
+            let queued = crate::backend::sqlite::store::queue::is_queue_key(&r.key);
             match (&r.value, r.expires_at) {
+                (None, _) if queued => b.push(6),
+                (Some(v), _) if queued => {
+                    b.push(5);
+                    b.extend_from_slice(&(v.len() as u32).to_be_bytes());
+                    b.extend_from_slice(v);
+                }
                 (None, _) => b.push(0),
                 (Some(v), exp) => {
                     let typed = r.encoding != Encoding::Bytes;
@@ -126,7 +140,11 @@ impl Segment {
                 let key = r.bytes(klen)?.to_vec();
                 let kind = r.u8()?;
                 let (value, expires_at, encoding) = match kind {
-                    0 => (None, None, Encoding::Bytes),
+                    0 | 6 => (None, None, Encoding::Bytes),
+                    5 => {
+                        let vlen = r.u32()? as usize;
+                        (Some(r.bytes(vlen)?.to_vec()), None, Encoding::Bytes)
+                    }
                     1..=4 => {
                         let exp = if kind % 2 == 0 { Some(r.u64()? as i64) } else { None };
                         let encoding = if kind >= 3 { Encoding::from_code(r.u8()?)? } else { Encoding::Bytes };
@@ -135,6 +153,10 @@ impl Segment {
                     }
                     _ => return None,
                 };
+                // Queue kinds only under queue keys, and queue keys only with them.
+                if (kind >= 5) != crate::backend::sqlite::store::queue::is_queue_key(&key) {
+                    return None;
+                }
                 Some(Record { version, index: n, key, value, expires_at, encoding })
             })()
             .ok_or_else(|| bad("truncated or malformed record"))?;
@@ -236,9 +258,30 @@ mod tests {
         }
     }
 
+    fn queued() -> Segment {
+        let key = [crate::backend::sqlite::store::queue::QUEUE_LOG_PREFIX, b"000000000000000900000000"].concat();
+        Segment {
+            first: 9,
+            last: 9,
+            records: vec![
+                Record {
+                    version: 9 << 16,
+                    index: 0,
+                    key: key.clone(),
+                    value: Some(vec![7; 20]),
+                    expires_at: None,
+                    encoding: Encoding::Bytes,
+                },
+                Record { version: 9 << 16, index: 1, key, value: None, expires_at: None, encoding: Encoding::Bytes },
+            ],
+            flags: 0,
+            writer: 42,
+        }
+    }
+
     #[test]
     fn round_trip() {
-        for s in [sample(), typed()] {
+        for s in [sample(), typed(), queued()] {
             assert_eq!(Segment::decode(&s.encode().unwrap(), "t").unwrap(), s);
         }
     }

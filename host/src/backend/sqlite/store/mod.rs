@@ -32,6 +32,7 @@
 //! takes effect at once; the writer's sweep only reclaims space.
 
 pub mod outbox;
+pub mod queue;
 mod reads;
 mod schema;
 mod writer;
@@ -284,6 +285,42 @@ impl Store {
     /// `Err(InvalidArgument)` when `after` is older than the kept history.
     pub async fn changes(&self, prefix: Key, after: ChangePos, limit: u32) -> Result<Vec<Change>, StoreError> {
         self.read(move |c| reads::changes(c, &prefix, after, limit)).await
+    }
+
+    /// Lease the next due queue message for `visibility_ms` (a writer job:
+    /// serialized with the commits that settle messages).
+    pub async fn queue_take(&self, visibility_ms: u64) -> Result<Option<sidekv_core::QueueMessage>, StoreError> {
+        if let Some(why) = self.write_block_reason() {
+            return Err(StoreError::Unavailable(why));
+        }
+        self.on_writer(move |c, _| queue::take(c, now_ms(), visibility_ms)).await
+    }
+
+    /// When a queue message next falls due or a lease expires (unix ms).
+    pub async fn queue_next_event(&self) -> Result<crate::backend::QueueTimes, StoreError> {
+        self.read(|c| queue::next_event(c)).await
+    }
+
+    pub async fn queue_stats(&self) -> Result<sidekv_core::QueueStats, StoreError> {
+        self.read(|c| queue::stats(c, now_ms())).await
+    }
+
+    /// Pending messages in id order after `after` (for `/_export`).
+    pub async fn queue_list(&self, after: String, limit: u32) -> Result<Vec<sidekv_core::PendingMessage>, StoreError> {
+        self.read(move |c| {
+            Ok(queue::list(c, &after, limit)?
+                .into_iter()
+                .map(|(id, due_at, attempts, b)| sidekv_core::PendingMessage {
+                    id,
+                    due_at,
+                    attempts,
+                    payload: b.payload,
+                    backoff_schedule: b.backoff,
+                    keys_if_undelivered: b.keys,
+                })
+                .collect())
+        })
+        .await
     }
 
     /// Refuse writes (with this message) until `unblock_writes`.

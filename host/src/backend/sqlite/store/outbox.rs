@@ -137,7 +137,11 @@ fn range(c: &mut Connection, first: u64, last: u64) -> Result<Option<Vec<Record>
 fn reset_history(conn: &Connection, counter: u64) -> Result<(), StoreError> {
     // A restored or snapshotted file is a new writer: it gets its own id when opened.
     // Nor does it inherit the versionstamp epoch: it must reserve its own.
-    conn.execute_batch("DELETE FROM changelog; DELETE FROM meta WHERE name IN ('writer', 'epoch');")?;
+    // Nor any queue lease: every pending message is delivered again.
+    conn.execute_batch(
+        "DELETE FROM changelog; DELETE FROM meta WHERE name IN ('writer', 'epoch');
+         UPDATE queue SET lease = NULL, lease_until = NULL WHERE lease IS NOT NULL;",
+    )?;
     conn.execute("UPDATE meta SET value = ?1 WHERE name IN ('counter', 'shipped')", [counter as i64])?;
     conn.execute(
         "INSERT INTO meta VALUES ('pruned_below', ?1) ON CONFLICT(name) DO UPDATE SET value = excluded.value",
@@ -243,6 +247,10 @@ impl RestoreFile {
             let mut put = tx.prepare_cached(PUT_ENTRY)?;
             let mut del = tx.prepare_cached(DELETE_ENTRY)?;
             for r in records.iter().filter(|r| r.counter() >= from && r.version <= limit) {
+                if super::queue::is_queue_key(&r.key) {
+                    super::queue::apply_record(&tx, &r.key, r.value.as_deref())?;
+                    continue;
+                }
                 match &r.value {
                     Some(v) => put.execute(params![r.key, v, r.version, r.expires_at, r.encoding.code()])?,
                     None => del.execute([&r.key])?,

@@ -126,7 +126,8 @@ pub fn changes(conn: &mut Connection, prefix: &[u8], after: ChangePos, limit: u3
         return Err(history_gone(after.vs, pruned_below));
     }
     let mut sql = String::from(
-        "SELECT version, key, value, expires_at, n, enc FROM changelog WHERE (version > ? OR (version = ? AND n > ?)) AND key >= ?",
+        // Queue records (keys from 0xff) are not changes of the keyspace.
+        "SELECT version, key, value, expires_at, n, enc FROM changelog WHERE (version > ? OR (version = ? AND n > ?)) AND key >= ? AND key < x'ff'",
     );
     let n_after = after.index.map(i64::from).unwrap_or(i64::MAX);
     let mut args: Vec<Sql> =

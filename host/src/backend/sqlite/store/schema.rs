@@ -13,7 +13,8 @@ use super::StoreError;
 use super::writer::WriterState;
 
 /// 2: values carry an encoding (`enc`: 1 V8, 2 little-endian u64, 3 bytes).
-pub const SCHEMA_VERSION: i64 = 2;
+/// 3: the `queue` table (Deno KV queues; see `queue.rs`).
+pub const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS kv (
@@ -40,6 +41,19 @@ CREATE TABLE IF NOT EXISTS changelog (
 -- db_id: identity of this database's history (kept across restores);
 -- writer: identity of this file as a backup writer (new after every restore);
 -- epoch: the versionstamp epoch reserved in S3 for this file (absent: none).
+-- Queue messages not yet delivered (see queue.rs). state: encoding,
+-- payload, backoff schedule, keys if undelivered. lease: who holds the
+-- current delivery attempt (not logged; a restored file has none).
+CREATE TABLE IF NOT EXISTS queue (
+    id          TEXT PRIMARY KEY,   -- <versionstamp><index>, 24 hex chars
+    due_at      INTEGER NOT NULL,   -- unix ms of the next attempt
+    attempts    INTEGER NOT NULL,   -- failed attempts so far
+    lease       INTEGER,
+    lease_until INTEGER,
+    state       BLOB NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS queue_due ON queue(due_at, id) WHERE lease IS NULL;
+CREATE INDEX IF NOT EXISTS queue_leases ON queue(lease_until) WHERE lease IS NOT NULL;
 CREATE TABLE IF NOT EXISTS meta (
     name  TEXT PRIMARY KEY,
     value
@@ -52,6 +66,9 @@ ALTER TABLE kv ADD COLUMN enc INTEGER NOT NULL DEFAULT 3;
 ALTER TABLE changelog ADD COLUMN enc INTEGER NOT NULL DEFAULT 3;
 UPDATE meta SET value = 2 WHERE name = 'schema';
 ";
+
+/// Schema 2 → 3: the queue table (created by `SCHEMA` if missing).
+const MIGRATE_2_TO_3: &str = "UPDATE meta SET value = 3 WHERE name = 'schema';";
 
 // The statements that change `kv`, each defined once (the writer and a
 // restore both apply changes with them).
@@ -111,7 +128,8 @@ pub fn open_writer(path: &Path) -> Result<(Connection, WriterState), StoreError>
     match found {
         None => return Err(StoreError::Internal("the schema row is missing after creation".into())),
         Some(v) if v == SCHEMA_VERSION => {}
-        Some(1) => conn.execute_batch(&format!("BEGIN IMMEDIATE; {MIGRATE_1_TO_2} COMMIT;"))?,
+        Some(1) => conn.execute_batch(&format!("BEGIN IMMEDIATE; {MIGRATE_1_TO_2} {MIGRATE_2_TO_3} COMMIT;"))?,
+        Some(2) => conn.execute_batch(&format!("BEGIN IMMEDIATE; {MIGRATE_2_TO_3} COMMIT;"))?,
         Some(v) => {
             return Err(StoreError::Internal(format!(
                 "{} has schema version {v}; this sidekv understands {SCHEMA_VERSION}",

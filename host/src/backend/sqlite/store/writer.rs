@@ -13,11 +13,13 @@ use std::collections::HashMap;
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use tokio::sync::watch;
 
+use super::queue;
 use super::schema::{DELETE_ENTRY, LOG_CHANGE, PUT_ENTRY};
 use super::versionstamp::MAX_COUNTER;
 use super::{Check, Condition, StoreError, Value, Versionstamp, WriteOp, WriteResult, WriterMsg, now_ms};
 use crate::limits;
 use sidekv_core::validate::prefix_upper_bound;
+use sidekv_core::{Enqueue, QueueOp};
 
 /// What the writer knows about the database between commits.
 pub struct WriterState {
@@ -275,8 +277,52 @@ fn apply(tx: &Transaction<'_>, op: &WriteOp, vs: Versionstamp, now: u64) -> Resu
             }
             Ok(WriteResult::Committed { versionstamp: vs, deleted: live })
         }
-        WriteOp::Atomic { checks, mutations } => apply_atomic(tx, checks, mutations, vs, now),
+        WriteOp::Atomic { checks, mutations } => apply_atomic(tx, checks, mutations, &[], vs, now),
+        WriteOp::Enqueue { checks, mutations, enqueues } => apply_atomic(tx, checks, mutations, enqueues, vs, now),
+        WriteOp::Queue(op) => apply_queue(tx, op, vs, now),
     }
+}
+
+/// Settle a delivery attempt, or expire leases: each a commit of its own
+/// (index `vs`), logged so the backup and a restore see the same queue.
+fn apply_queue(tx: &Transaction<'_>, op: &QueueOp, vs: Versionstamp, now: u64) -> Result<WriteResult, ApplyError> {
+    // Dead-lettering writes the payload to each key like any set (no expiry).
+    let put_dead_letter = |tx: &Transaction<'_>, key: &[u8], value: &Value, n: u32| put(tx, key, value, vs, n, None);
+    let mut n = 0u32;
+    let (mut dead, mut failed) = (0u64, 0u64);
+    let mut count = |f: queue::Failed| {
+        failed += 1;
+        if let queue::Failed::DeadLettered = f {
+            dead += 1;
+        }
+    };
+    match op {
+        QueueOp::Ack { id, lease } => {
+            if !queue::holds_lease(tx, id, *lease, now)? {
+                return Ok(WriteResult::PreconditionFailed);
+            }
+            queue::ack(tx, id, vs)?;
+        }
+        QueueOp::Retry { id, lease } => {
+            if !queue::holds_lease(tx, id, *lease, now)? {
+                return Ok(WriteResult::PreconditionFailed);
+            }
+            count(queue::fail(tx, id, vs, &mut n, now, &put_dead_letter)?);
+        }
+        QueueOp::ExpireLeases => {
+            let ids = queue::expired_leases(tx, now, limits::QUEUE_EXPIRE_BATCH)?;
+            if ids.is_empty() {
+                return Ok(WriteResult::PreconditionFailed);
+            }
+            for id in ids {
+                count(queue::fail(tx, &id, vs, &mut n, now, &put_dead_letter)?);
+            }
+        }
+    }
+    let m = &crate::metrics::METRICS;
+    m.queue_dead_lettered.fetch_add(dead, std::sync::atomic::Ordering::Relaxed);
+    m.queue_failed_attempts.fetch_add(failed, std::sync::atomic::Ordering::Relaxed);
+    Ok(WriteResult::Committed { versionstamp: vs, deleted: 0 })
 }
 
 /// All reads and validation first, writes last: a failed check or an invalid
@@ -286,6 +332,7 @@ fn apply_atomic(
     tx: &Transaction<'_>,
     checks: &[Check],
     mutations: &[super::Mutation],
+    enqueues: &[Enqueue],
     vs: Versionstamp,
     now: u64,
 ) -> Result<WriteResult, ApplyError> {
@@ -310,12 +357,14 @@ fn apply_atomic(
         overlay.insert(key.clone(), new.clone());
         planned.push((key, new, expiry(now, m.ttl_ms)));
     }
+    let logged = planned.len() as u32;
     for (n, (key, value, exp)) in planned.into_iter().enumerate() {
         match value {
             Some(v) => put(tx, &key, &v, vs, n as u32, exp)?,
             None => del(tx, &key, vs, n as u32)?,
         }
     }
+    queue::enqueue(tx, enqueues, vs, logged, now)?;
     Ok(WriteResult::Committed { versionstamp: vs, deleted: 0 })
 }
 
