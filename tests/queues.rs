@@ -13,9 +13,8 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Read;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -532,99 +531,29 @@ async fn export_and_import_keep_pending_messages() {
 
 // ---------------------------------------------------- real JS clients ----
 
-const SCRIPT_TIMEOUT: Duration = Duration::from_secs(120);
-
 fn skip_js() -> bool {
-    if std::env::var("SIDEKV_SKIP_KVCONNECT").as_deref() == Ok("1") {
-        eprintln!("skipped: SIDEKV_SKIP_KVCONNECT=1 (the real Deno/Node clients are not run)");
-        return true;
-    }
-    false
+    skip_js_clients()
 }
 
 fn scripts() -> PathBuf {
     repo_root().join("tests/queues")
 }
 
-fn deno_bin() -> PathBuf {
-    let p = repo_root().join(".venv/bin/deno");
-    assert!(p.is_file(), "{} is missing: run `make setup-deno` (or set SIDEKV_SKIP_KVCONNECT=1)", p.display());
-    p
-}
-
-fn clean(cmd: &mut Command) {
-    cmd.env_clear();
-    for k in ["PATH", "HOME", "TMPDIR", "LANG"] {
-        if let Ok(v) = std::env::var(k) {
-            cmd.env(k, v);
-        }
-    }
-    cmd.env("NO_COLOR", "1");
-}
-
 fn node(script: &str, args: &[&str]) -> Command {
-    let pkg = repo_root().join("tests/kvconnect/node/node_modules/@deno/kv/package.json");
-    assert!(pkg.is_file(), "{} is missing: run `make setup-deno` (or set SIDEKV_SKIP_KVCONNECT=1)", pkg.display());
-    let mut cmd = Command::new("node");
-    clean(&mut cmd);
-    cmd.env("KVCONNECT_TOKEN", SECRET);
-    cmd.arg(scripts().join(script)).args(args);
-    cmd
+    node_command(&scripts().join(script), args, SECRET)
 }
 
 fn deno(script: &str, args: &[&str]) -> Command {
-    let mut cmd = Command::new(deno_bin());
-    clean(&mut cmd);
-    cmd.env("DENO_NO_UPDATE_CHECK", "1").env("DENO_DIR", repo_root().join(".venv/deno-dir")).env("DENO_KV_ACCESS_TOKEN", SECRET);
-    cmd.env("KVCONNECT_TOKEN", SECRET);
-    cmd.args(["run", "--quiet", "--no-prompt", "--unstable-kv", "--allow-net", "--allow-env", "--allow-read"]);
-    cmd.arg(scripts().join(script)).args(args);
-    cmd
+    deno_command(&scripts().join(script), args, Some(SECRET))
 }
 
-/// Run a client script to completion (killed after SCRIPT_TIMEOUT); panics
-/// with its output and the server's log unless it exits 0.
-fn must_pass(mut cmd: Command, what: &str, s: &Server) -> String {
-    tokio::task::block_in_place(|| {
-        let t0 = Instant::now();
-        let mut child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {what}: {e}"));
-        let (mut out, mut err) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
-        let o = std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = out.read_to_string(&mut s);
-            s
-        });
-        let e = std::thread::spawn(move || {
-            let mut s = String::new();
-            let _ = err.read_to_string(&mut s);
-            s
-        });
-        let code = loop {
-            if let Some(st) = child.try_wait().unwrap() {
-                break st.code();
-            }
-            if t0.elapsed() > SCRIPT_TIMEOUT {
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        let (stdout, stderr) = (o.join().unwrap(), e.join().unwrap());
-        assert!(
-            code == Some(0),
-            "{what} exited with {code:?} after {:.1?}\n--- stdout\n{stdout}\n--- stderr\n{stderr}\n--- server log (tail)\n{}",
-            t0.elapsed(),
-            tail(&s.log(), 60)
-        );
-        eprintln!("{what}:\n{stdout}");
-        stdout
-    })
+/// Run a client script to completion; panics with its output and the
+/// server's log unless it exits 0.
+fn must_pass(cmd: Command, what: &str, s: &Server) -> String {
+    let r = run_client(cmd, what);
+    assert!(r.ok(), "{}\n--- server log (tail)\n{}", r.report(), tail(&s.log(), 60));
+    eprintln!("{what}:\n{}", r.stdout);
+    r.stdout
 }
 
 /// npm `@deno/kv` enqueues — plain, delayed, inside an atomic write with a

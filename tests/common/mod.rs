@@ -15,9 +15,11 @@
 //! | `state`  | a server's whole state, through the API or from its file   |
 //! | `lin`    | register workload + linearizability checker (Wing & Gong)  |
 //! | `pg`     | a private PostgreSQL, fresh databases, the backend switch   |
+//! | `clients`| the real Deno and Node clients, run as child processes     |
 #![allow(dead_code)]
 #![allow(unused_imports)] // each test binary uses its own subset
 
+mod clients;
 mod lin;
 mod ops;
 mod pg;
@@ -26,6 +28,7 @@ mod s3;
 mod server;
 mod state;
 
+pub use clients::*;
 pub use lin::*;
 pub use ops::*;
 pub use pg::*;

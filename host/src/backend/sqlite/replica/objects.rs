@@ -282,36 +282,9 @@ impl ObjectStore for S3Store {
         })
     }
 
+    /// The keys of `list_meta` (one LIST pager for both).
     fn list<'a>(&'a self, dir: &'a str) -> BoxFuture<'a, Result<Vec<String>, ReplicaError>> {
-        Box::pin(async move {
-            let prefix = self.full(&format!("{dir}/"));
-            // Keys come back whole; the trait speaks relative keys.
-            let base = if self.prefix.is_empty() { 0 } else { self.prefix.len() + 1 };
-            let mut out = Vec::new();
-            let mut token = None;
-            loop {
-                let r = self
-                    .client
-                    .list_objects_v2()
-                    .bucket(&self.bucket)
-                    .prefix(&prefix)
-                    .set_continuation_token(token.take())
-                    .send()
-                    .await
-                    .map_err(|e| Self::err("LIST", &prefix, sdk_msg(&e)))?;
-                for o in r.contents() {
-                    if let Some(k) = o.key() {
-                        out.push(k[base..].to_string());
-                    }
-                }
-                match r.next_continuation_token() {
-                    Some(t) if r.is_truncated() == Some(true) => token = Some(t.to_string()),
-                    _ => break,
-                }
-            }
-            out.sort();
-            Ok(out)
-        })
+        Box::pin(async move { Ok(self.list_meta(dir).await?.into_iter().map(|o| o.key).collect()) })
     }
 
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Vec<u8>, ReplicaError>> {

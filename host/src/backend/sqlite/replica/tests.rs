@@ -250,16 +250,7 @@ async fn pruned_history_restarts_from_a_snapshot() {
     let shipped = store.shipped();
     set(&store, "b", "2").await;
     set(&store, "c", "3").await;
-    // What the writer's pruning does while no replica ships.
-    let below = store.committed();
-    store
-        .on_writer(move |c, _| {
-            c.execute("DELETE FROM changelog WHERE version < ?1", [Versionstamp::commit_start(below).to_i64()])?;
-            c.execute("INSERT OR REPLACE INTO meta VALUES ('pruned_below', ?1)", [below as i64])?;
-            Ok(())
-        })
-        .await
-        .unwrap();
+    prune_log(&store).await;
     let err = r.ship_pending(&store, false).await.unwrap_err();
     assert!(matches!(err, ReplicaError::HistoryPruned(s) if s == shipped), "{err}");
     assert_eq!(store.shipped(), shipped, "no partial segment was shipped");
