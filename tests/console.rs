@@ -569,7 +569,7 @@ async fn watch_panel_shows_a_rest_write() {
 /// The backup panel shows a new segment after a write, and says "not backed
 /// up" loudly when S3 stops answering.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn backup_panel_shows_segments_and_not_backed_up() {
+async fn sqlite_only_backup_panel_shows_segments_and_not_backed_up() {
     if common::skip_on_postgres("S3 backup is for the SQLite backend") {
         return;
     }
@@ -763,7 +763,7 @@ async fn backup_panel_on_either_backend() {
 /// guest): it signs in with its prefix, sees the keys under it, and the
 /// console cannot read anything else with it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_scoped_token_sees_only_its_keys() {
+async fn sqlite_only_a_scoped_token_sees_only_its_keys() {
     use sidekv_kvconnect::key::{KeyInt, KeyPart};
     if common::skip_on_postgres("one SQLite file is served by two guests in turn") {
         return;
