@@ -94,6 +94,12 @@ bench: setup setup-pg setup-deno build
 	bench/scale.sh
 	bench/pg.sh
 	bench/kvconnect.sh
+	bench/queues.sh
+
+## bench-queues: queue messages/s and enqueue → delivery latency, sidekv (pull, push) vs Redis Streams vs PostgreSQL SKIP LOCKED → bench/queues.md
+.PHONY: bench-queues
+bench-queues: setup-py setup-pg build
+	bench/queues.sh
 
 ## bench-scale: at-scale rows (1k, 1M, 10M keys imported through /_import; GET/POST/list/count, RSS, db size) → bench/scale.md
 .PHONY: bench-scale
