@@ -468,7 +468,7 @@ impl S3Ctx {
 /// unacknowledged message is delivered — and acknowledged ones are not.
 /// A point-in-time restore holds the messages pending at that commit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn wiped_disk_in_s3_mode_restores_every_pending_message() {
+async fn sqlite_only_wiped_disk_in_s3_mode_restores_every_pending_message() {
     let ctx = S3Ctx::new("wipe").await;
     let mut s = ctx.start();
     let c = s.client();
