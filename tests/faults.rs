@@ -915,6 +915,10 @@ fn parse_responses(mut b: &[u8]) -> Vec<Response> {
     out
 }
 
+/// Latency that means a request waited for the slowloris connections to
+/// be cut (the 10 s header timeout), not a busy machine.
+const STARVED: Duration = Duration::from_secs(5);
+
 /// 200 slowloris connections (a partial request head, one more byte every
 /// 500 ms) do not slow a normal client, and are closed at the 10 s header
 /// timeout.
@@ -985,8 +989,10 @@ async fn slowloris_does_not_starve_and_is_cut_at_the_header_timeout() {
     );
     assert!(report.errors.is_empty(), "{:?}", report.errors);
     assert!(ok_mid >= 20 && report.round_trips > ok_mid, "steady client starved: {ok_mid} then {report:?}");
-    assert!(fresh < Duration::from_secs(1), "a fresh GET took {fresh:?}");
-    assert!(report.max_latency < Duration::from_secs(1), "{report:?}");
+    // Starved means waiting for the 10 s header timeout to cut the
+    // lorises; a busy 2-core machine can take a second on its own.
+    assert!(fresh < STARVED, "a fresh GET took {fresh:?}");
+    assert!(report.max_latency < STARVED, "{report:?}");
     assert!(min >= Duration::from_millis(9500) && max <= Duration::from_secs(13), "closed after {min:?}..{max:?}, want ~10 s");
     // Every connection is gone once the clients are (the steady client's
     // pool closes its connection when the client is dropped).
