@@ -23,6 +23,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
+use hyper::client::conn::http1::SendRequest;
 use tokio::sync::Semaphore;
 
 use crate::backend::{Encoding, Kv, QueueMessage, QueueOp, now_ms};
@@ -77,6 +78,7 @@ pub struct Push {
 /// Run until the store closes.
 pub async fn run(kv: Kv, push: Option<Push>) {
     let slots = Arc::new(Semaphore::new(push.as_ref().map_or(1, |p| p.concurrency)));
+    let conns = Conns::default();
     let mut commits = kv.subscribe_commits();
     let mut last_tick = tokio::time::Instant::now() - limits::QUEUE_TICK;
     while !kv.is_closing() {
@@ -94,7 +96,7 @@ pub async fn run(kv: Kv, push: Option<Push>) {
         }
         if let Some(p) = &push
             && t.due.is_some_and(|at| at <= now)
-            && let Err(e) = push_due(&kv, p, &slots).await
+            && let Err(e) = push_due(&kv, p, &slots, &conns).await
         {
             tracing::debug!(error = %e, "taking due queue messages failed; retrying");
             tokio::select! {
@@ -144,15 +146,15 @@ async fn refresh_gauges(kv: &Kv) {
 }
 
 /// Lease due messages while delivery slots are free; each goes to its own task.
-async fn push_due(kv: &Kv, p: &Push, slots: &Arc<Semaphore>) -> Result<(), crate::backend::StoreError> {
+async fn push_due(kv: &Kv, p: &Push, slots: &Arc<Semaphore>, conns: &Conns) -> Result<(), crate::backend::StoreError> {
     let lease_ms = (p.timeout + limits::QUEUE_PUSH_LEASE_MARGIN).as_millis().min(limits::MAX_QUEUE_VISIBILITY_MS as u128) as u32;
     loop {
         let Ok(permit) = slots.clone().try_acquire_owned() else { return Ok(()) };
         let Some(m) = kv.queue_take(lease_ms, Duration::ZERO).await? else { return Ok(()) };
-        let (kv, p) = (kv.clone(), p.clone());
+        let (kv, p, conns) = (kv.clone(), p.clone(), conns.clone());
         tokio::spawn(async move {
             let _permit = permit;
-            let outcome = deliver(&p, &m).await;
+            let outcome = deliver(&p, &m, &conns).await;
             let op = match &outcome {
                 Ok(()) => QueueOp::Ack { id: m.id.clone(), lease: m.lease },
                 Err(why) => {
@@ -169,27 +171,73 @@ async fn push_due(kv: &Kv, p: &Push, slots: &Arc<Semaphore>) -> Result<(), crate
     }
 }
 
-/// POST one message; `Ok` only for a 2xx answer within the timeout.
-async fn deliver(p: &Push, m: &QueueMessage) -> Result<(), String> {
-    let attempt = async {
-        let stream = tokio::net::TcpStream::connect((p.target.host.as_str(), p.target.port)).await.map_err(|e| format!("connect: {e}"))?;
+/// Idle keep-alive connections to the push target (at most one per delivery
+/// slot): a TCP and HTTP handshake per message would cost more than the
+/// delivery itself.
+#[derive(Clone, Default)]
+struct Conns(Arc<std::sync::Mutex<Vec<SendRequest<Full<Bytes>>>>>);
+
+impl Conns {
+    /// An idle connection that is still open (`true`: reused), or a new one.
+    async fn get(&self, t: &PushTarget) -> Result<(SendRequest<Full<Bytes>>, bool), String> {
+        loop {
+            let idle = self.0.lock().unwrap().pop();
+            match idle {
+                Some(s) if s.is_ready() => return Ok((s, true)),
+                Some(_) => continue, // closed by the application: drop it
+                None => return Ok((self.connect(t).await?, false)),
+            }
+        }
+    }
+
+    async fn connect(&self, t: &PushTarget) -> Result<SendRequest<Full<Bytes>>, String> {
+        let stream = tokio::net::TcpStream::connect((t.host.as_str(), t.port)).await.map_err(|e| format!("connect: {e}"))?;
         let _ = stream.set_nodelay(true);
-        let (mut sender, conn) =
+        let (sender, conn) =
             hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.map_err(|e| format!("handshake: {e}"))?;
-        let conn = tokio::spawn(conn);
-        let req = hyper::Request::post(p.target.path.as_str())
+        // Ends when the sender is dropped or the application closes it.
+        tokio::spawn(conn);
+        Ok(sender)
+    }
+
+    fn put(&self, s: SendRequest<Full<Bytes>>, cap: usize) {
+        let mut idle = self.0.lock().unwrap();
+        if idle.len() < cap {
+            idle.push(s);
+        }
+    }
+}
+
+/// POST one message; `Ok` only for a 2xx answer within the timeout.
+async fn deliver(p: &Push, m: &QueueMessage, conns: &Conns) -> Result<(), String> {
+    let request = || {
+        hyper::Request::post(p.target.path.as_str())
             .header("host", p.target.authority.as_str())
             .header("content-type", "application/octet-stream")
             .header("x-sidekv-message-id", m.id.as_str())
             .header("x-sidekv-attempt", m.attempt.to_string())
             .header("x-sidekv-encoding", encoding_name(m.payload.encoding))
             .body(Full::new(Bytes::from(m.payload.bytes.clone())))
-            .map_err(|e| e.to_string())?;
-        let resp = sender.send_request(req).await.map_err(|e| format!("request: {e}"))?;
+            .map_err(|e| e.to_string())
+    };
+    let attempt = async {
+        let (mut sender, reused) = conns.get(&p.target).await?;
+        let resp = match sender.send_request(request()?).await {
+            Ok(r) => r,
+            // A kept connection the application closed meanwhile: that is
+            // not a failed attempt; send once more on a new connection.
+            Err(e) if reused && (e.is_canceled() || e.is_closed() || e.is_incomplete_message()) => {
+                sender = conns.connect(&p.target).await?;
+                sender.send_request(request()?).await.map_err(|e| format!("request: {e}"))?
+            }
+            Err(e) => return Err(format!("request: {e}")),
+        };
         let status = resp.status();
-        // Read (and drop) the answer so the connection ends cleanly.
-        let _ = resp.into_body().collect().await;
-        conn.abort();
+        // Read the whole answer, so the connection can carry the next one.
+        let read = resp.into_body().collect().await.is_ok();
+        if read {
+            conns.put(sender, p.concurrency);
+        }
         if status.is_success() { Ok(()) } else { Err(format!("the application answered {status}")) }
     };
     match tokio::time::timeout(p.timeout, attempt).await {
