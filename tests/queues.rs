@@ -41,6 +41,9 @@ enum Answer {
     Fail,
     /// Accept the request and never answer.
     Hang,
+    /// 200 without `connection: close`, then close the connection anyway
+    /// (an application that drops idle keep-alive connections).
+    OkThenDrop,
 }
 
 /// The application's push endpoint: records every delivery, answers as told.
@@ -90,8 +93,12 @@ impl App {
                         at: Instant::now(),
                     });
                     let answer = *a.lock().unwrap();
+                    if answer == Answer::OkThenDrop {
+                        let _ = c.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n").await;
+                        return;
+                    }
                     let status = match answer {
-                        Answer::Ok => "200 OK",
+                        Answer::Ok | Answer::OkThenDrop => "200 OK",
                         Answer::Fail => "500 Internal Server Error",
                         Answer::Hang => {
                             tokio::time::sleep(Duration::from_secs(3600)).await;
@@ -708,4 +715,26 @@ async fn scoped_tokens_have_queue_scopes() {
     assert_eq!(r.bytes().await.unwrap().as_ref(), b"job-1");
     assert_eq!(status_of(post("plain", &format!("/_queue/ack?lease={lease}"), "")).await.0, 403);
     assert_eq!(status_of(post("worker", &format!("/_queue/ack?lease={lease}"), "")).await.0, 200);
+}
+
+/// Push keeps connections to the application alive; one the application
+/// closed is sent again on a new connection, never counted as a failed
+/// attempt (which would move a message towards its dead letter).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn push_survives_an_application_that_drops_keep_alive_connections() {
+    let app = App::start(Answer::OkThenDrop).await;
+    let s = start_temp(Opts::default().env("KVSTORE_QUEUE_URL", &app.url()).env("KVSTORE_QUEUE_CONCURRENCY", "2"));
+    let c = s.client();
+    for i in 0..200 {
+        let r = c.req(Method::POST, "/_queue").body(format!("m{i}")).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    }
+    let got = app
+        .wait_for(Duration::from_secs(60), "200 messages pushed", |d| d.iter().map(|x| &x.body).collect::<BTreeSet<_>>().len() == 200)
+        .await;
+    assert!(
+        got.iter().all(|d| d.attempt == 1),
+        "a dropped connection counted as a failed attempt: {:?}",
+        got.iter().map(|d| d.attempt).collect::<Vec<_>>()
+    );
 }
