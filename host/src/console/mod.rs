@@ -539,23 +539,16 @@ async fn backup(app: &App) -> Value {
     let st = kv.status();
     let g = &st.replication;
     let lag_commits = g.committed.saturating_sub(g.shipped);
-    // Behind by more than a few upload intervals: the backup is not keeping up.
-    let slack = (sync_interval.as_secs_f64() * 3.0).max(5.0);
     let warning = if postgres {
         None
     } else if !g.enabled {
         Some("not backed up: KVSTORE_S3_URL is not set, so this database lives only on this disk".to_string())
     } else if let Some(why) = &st.not_ready {
         Some(format!("not backed up: {why}"))
-    } else if let Some(why) = &st.degraded {
-        Some(why.clone())
-    } else if lag_commits > 0 && g.lag_seconds > slack {
-        Some(format!(
-            "not backed up: {lag_commits} commit(s) from the last {:.0} s are not in S3 yet (S3 is failing or slow to answer)",
-            g.lag_seconds
-        ))
     } else {
-        None
+        // The replica says when commits wait for S3 longer than they should
+        // (`Replica::not_backed_up_reason`): one judgement, shown everywhere.
+        st.degraded.clone()
     };
     let mut out = json!({
         "backend": if postgres { "postgres" } else { "sqlite" },

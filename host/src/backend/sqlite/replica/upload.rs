@@ -46,9 +46,26 @@ impl Replica {
             self.epoch.store(e, Relaxed);
         }
         self.needs_check.store(false, Relaxed);
-        self.state.lock().unwrap().not_backed_up = None;
         tracing::info!("S3 answers; the backup starts");
         Ok(())
+    }
+
+    /// `upload_step`, with its outcome recorded once for every caller (the
+    /// uploader and the drain at a stop): success clears "not backed up", a
+    /// pruned log schedules a base snapshot, any other failure but a fence
+    /// is counted and reported as "not backed up".
+    async fn step(&self, store: &Store, one_segment: bool) -> Result<(), ReplicaError> {
+        let r = self.upload_step(store, one_segment).await;
+        match &r {
+            Ok(()) => self.state.lock().unwrap().not_backed_up = None,
+            Err(ReplicaError::HistoryPruned(after)) => self.history_pruned(*after, store),
+            Err(ReplicaError::Fenced(_)) => {}
+            Err(e) => {
+                METRICS.uploads_failed.fetch_add(1, Relaxed);
+                self.state.lock().unwrap().not_backed_up = Some(format!("uploads to S3 are failing: {e}"));
+            }
+        }
+        r
     }
 
     /// One step of the uploader's work: check, base snapshot, or ship.
@@ -99,10 +116,9 @@ impl Replica {
                 return;
             }
             last_ship = Some(Instant::now());
-            match self.upload_step(&store, self.durability == Durability::Local).await {
+            match self.step(&store, self.durability == Durability::Local).await {
                 Ok(()) => {
                     backoff = Duration::from_millis(100);
-                    self.state.lock().unwrap().not_backed_up = None;
                     if self.durability == Durability::S3 && store.write_block_reason().is_some() && self.fenced_reason().is_none() {
                         tracing::info!("S3 answers again; accepting writes");
                         store.unblock_writes();
@@ -110,10 +126,8 @@ impl Replica {
                     self.maybe_start_snapshot(&store);
                 }
                 Err(ReplicaError::Fenced(why)) => self.fence(&store, why),
-                Err(ReplicaError::HistoryPruned(after)) => self.history_pruned(after, &store),
+                Err(ReplicaError::HistoryPruned(_)) => {}
                 Err(e) => {
-                    METRICS.uploads_failed.fetch_add(1, Relaxed);
-                    self.state.lock().unwrap().not_backed_up = Some(format!("uploads to S3 are failing: {e}"));
                     tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "upload failed; commits stay in the outbox");
                     if self.durability == Durability::S3 {
                         store.block_writes(format!("S3 is unreachable and KVSTORE_DURABILITY=s3: {e}"));
@@ -248,17 +262,14 @@ impl Replica {
             if !setup && store.shipped() >= store.committed() {
                 return Ok(());
             }
-            match self.upload_step(store, false).await {
-                Ok(()) => self.state.lock().unwrap().not_backed_up = None,
-                Err(ReplicaError::HistoryPruned(after)) => self.history_pruned(after, store),
+            match self.step(store, false).await {
+                Ok(()) | Err(ReplicaError::HistoryPruned(_)) => {}
                 Err(ReplicaError::Fenced(why)) => {
                     self.fence(store, why.clone());
                     return Err(ReplicaError::Fenced(why));
                 }
                 Err(e) => {
-                    METRICS.uploads_failed.fetch_add(1, Relaxed);
                     tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "draining the outbox at shutdown failed; retrying until the stop deadline");
-                    self.state.lock().unwrap().not_backed_up = Some(format!("uploads to S3 are failing: {e}"));
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(limits::UPLOAD_BACKOFF_MAX);
                 }
