@@ -224,9 +224,11 @@ async fn deliver(p: &Push, m: &QueueMessage, conns: &Conns) -> Result<(), String
         let (mut sender, reused) = conns.get(&p.target).await?;
         let resp = match sender.send_request(request()?).await {
             Ok(r) => r,
-            // A kept connection the application closed meanwhile: that is
-            // not a failed attempt; send once more on a new connection.
-            Err(e) if reused && (e.is_canceled() || e.is_closed() || e.is_incomplete_message()) => {
+            // A kept connection that failed before an answer came (the
+            // application closed or reset it meanwhile) is not a failed
+            // attempt: send once more on a new connection. At least once
+            // allows the duplicate if the first copy did arrive.
+            Err(_) if reused => {
                 sender = conns.connect(&p.target).await?;
                 sender.send_request(request()?).await.map_err(|e| format!("request: {e}"))?
             }
