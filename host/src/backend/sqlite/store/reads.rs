@@ -51,9 +51,8 @@ fn entry_bytes(e: &Entry) -> usize {
     e.key.len() + e.value.len()
 }
 
-pub fn get_many(conn: &mut Connection, keys: &[Vec<u8>], now: u64) -> Result<Vec<Option<Entry>>, StoreError> {
-    // One read transaction: every key from the same snapshot.
-    let tx = conn.transaction()?;
+/// Every key from one snapshot: the caller runs it inside one read transaction.
+pub fn get_many(tx: &Connection, keys: &[Vec<u8>], now: u64) -> Result<Vec<Option<Entry>>, StoreError> {
     let mut out = Vec::with_capacity(keys.len());
     let mut budget = ByteBudget::new(limits::MAX_READ_BYTES);
     for k in keys {
@@ -68,7 +67,6 @@ pub fn get_many(conn: &mut Connection, keys: &[Vec<u8>], now: u64) -> Result<Vec
         }
         out.push(e);
     }
-    tx.finish()?;
     Ok(out)
 }
 

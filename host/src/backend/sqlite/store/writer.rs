@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use tokio::sync::watch;
 
+use super::inline::InlinePool;
 use super::queue;
 use super::schema::{DELETE_ENTRY, LOG_CHANGE, PUT_ENTRY};
 use super::versionstamp::MAX_COUNTER;
@@ -54,6 +55,7 @@ pub(crate) fn run(
     mut state: WriterState,
     rx: crossbeam_channel::Receiver<WriterMsg>,
     committed: watch::Sender<u64>,
+    inline: &InlinePool,
     replicated: bool,
 ) {
     let mut writes: Vec<(WriteOp, Reply)> = Vec::with_capacity(64);
@@ -64,6 +66,7 @@ pub(crate) fn run(
             Ok(m) => m,
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
                 if std::mem::take(&mut wal_dirty) {
+                    inline.release_all();
                     idle_checkpoint(&conn);
                 }
                 continue;
@@ -71,6 +74,9 @@ pub(crate) fn run(
             Err(crossbeam_channel::RecvTimeoutError::Disconnected) => break,
         };
         wal_dirty = true;
+        // Kept read snapshots end before the database changes (inline.rs).
+        inline.generation().begin_step();
+        inline.release_all();
         // A panic in here (a bug, a log sink that fails) must cost only the
         // writes in flight, never the writer: a dead writer fails every later
         // write, and a write queued while it unwinds would wait forever.
@@ -104,6 +110,7 @@ pub(crate) fn run(
             }
             commit_batch(&mut conn, &mut state, &mut writes, &committed, replicated);
         }));
+        inline.generation().end_step();
         if step.is_err() {
             // The batch's replies were dropped (its writers got an error) and
             // its transaction rolled back when it unwound.
@@ -111,6 +118,7 @@ pub(crate) fn run(
         }
     }
     // Queue closed: shut down cleanly, leaving no WAL behind.
+    inline.release_all();
     if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())) {
         tracing::warn!(error = %e, "final WAL checkpoint failed");
     }
