@@ -415,6 +415,17 @@ WORKLOADS = ("GET", "GET auth", "POST", "MIX")
 GETS = ("GET", "GET auth")
 
 
+# (file in bench/charts, what it shows) for the report's Charts section; bench/plot.py draws them.
+CHARTS = [
+    ("run.svg", "req/s and p99 per target and workload, median rounds (bench/run.sh)"),
+    ("run-cpu.svg", "server CPU per request per target and workload (bench/run.sh)"),
+    ("scale.svg", "sidekv req/s and p99 against the number of keys (bench/scale.sh)"),
+    ("kvconnect.svg", "KV Connect ops/s and p99, sidekv vs denokv (bench/kvconnect.sh)"),
+    ("pg.svg", "sidekv on PostgreSQL vs pgbench (bench/pg.sh)"),
+    ("queues.svg", "queue messages/s and latency, sidekv vs Redis Streams vs PostgreSQL (bench/queues.sh)"),
+]
+
+
 def median_run(runs):
     """The run with the median req/s (the lower middle one for an even count)."""
     runs = sorted(runs, key=lambda r: r["rps"])
@@ -504,6 +515,12 @@ def cmd_report():
           + (f" (mostly {', '.join(sorted(names, key=lambda k: -names[k])[:3])})" if names else "")
           + ". Rows with a high `other load` understate req/s and overstate latency.")
     w("")
+
+    w("## Charts\n")
+    w("Drawn by `bench/plot.py` (`make bench`, after every script has run) from the results each script saves beside its "
+      "report (`bench/data/*.jsonl`): the same numbers as the tables.\n")
+    for name, alt in CHARTS:
+        w(f"![{alt}](bench/charts/{name})\n")
 
     w("## Throughput and latency\n")
     w("| target | workload | req/s | (range) | p50 | p99 | server CPU/req | req/s vs seed | req/s vs native | req/s vs minimal | p99 vs seed | other load | errors |")
@@ -658,6 +675,7 @@ def cmd_report():
                 text = f.read().rstrip()
             if extra == "scale.md":  # a whole document of its own: one heading level down
                 text = "\n".join("#" + l if l.startswith("#") else l for l in text.splitlines())
+                text = text.replace("](charts/", "](bench/charts/")  # its links are relative to bench/
             w(text + "\n")
     print("\n".join(o))
 

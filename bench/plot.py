@@ -139,6 +139,13 @@ def plot_run(rows, out):
 
 # ---------------------------------------------------------- scale.sh ----
 
+def short_n(n):
+    for div, unit in ((1_000_000, "M"), (1_000, "k")):
+        if n >= div:
+            return f"{n / div:g}{unit}"
+    return str(n)
+
+
 def plot_scale(rows, out):
     by = {}
     for r in rows:
@@ -155,8 +162,11 @@ def plot_scale(rows, out):
         p99 = [statistics.median(r["p99_us"] for r in by[(wl, s)]) / 1e3 for s in sizes]
         a.plot(sizes, rps, marker="o", label=wl, color=FALLBACK[i])
         b.plot(sizes, p99, marker="o", label=wl, color=FALLBACK[i])
+    sizes = sorted({s for (_, s) in by})
     for ax, title in ((a, "req/s by number of keys"), (b, "p99 ms by number of keys")):
         ax.set_xscale("log")
+        ax.set_xticks(sizes, [short_n(n) for n in sizes])
+        ax.minorticks_off()
         ax.set_ylim(bottom=0)
         ax.set_title(title)
         ax.set_xlabel("keys in the database")
