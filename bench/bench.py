@@ -646,10 +646,12 @@ def cmd_report():
         a, n = get(SIDEKV, wl, "server_cpu_us_per_req"), get(NATIVE, wl, "server_cpu_us_per_req")
         ab = min((x["server_cpu_us_per_req"] for x in runs.get((SIDEKV, wl), []) if x.get("server_cpu_us_per_req")), default=None)
         nb = min((x["server_cpu_us_per_req"] for x in runs.get((NATIVE, wl), []) if x.get("server_cpu_us_per_req")), default=None)
+        m = get(MINIMAL, wl, "server_cpu_us_per_req")
         if a and n and ab and nb:
             w(f"- {wl} efficiency: sidekv spends {a:.1f} µs of server CPU per request, native {n:.1f} µs (median rounds; "
               f"least-disturbed rounds: {ab:.1f} vs {nb:.1f} µs). native/sidekv = {n / a:.2f} ({nb / ab:.2f}): the req/s ratio "
-              "sidekv would reach if server CPU were the only limit.")
+              "sidekv would reach if server CPU were the only limit."
+              + (f" minimal spends {m:.1f} µs (minimal/sidekv = {m / a:.2f})." if m else ""))
     w("")
     w("Guest share of server CPU per request: 1 − native ÷ sidekv server CPU per request (median rounds). Both run the "
       "same store, writer and hyper settings, so the difference is what the wasm guest path costs: taking an instance, "
