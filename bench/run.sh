@@ -180,6 +180,9 @@ done
 for t in "${auth_targets[@]}"; do
   say "loading and warming up $t (public reads off)"
   prepare "$t private" getauth
+  # GET auth must measure a server that checks the header: a GET without it is refused.
+  code=$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:${port[$t private]}/k0")
+  [ "$code" = 401 ] || { echo "$t private answered $code to a GET without Authorization (want 401)" >&2; exit 1; }
 done
 
 for ((r = 0; r < ROUNDS; r++)); do
