@@ -19,7 +19,7 @@
 #      (POST), against a local moto S3 server
 #
 # Knobs (env): BENCH_ROUNDS (3), BENCH_WRK_SECONDS (10), BENCH_WRK_THREADS (2),
-# BENCH_WRK_CONNS (32), BENCH_PORT_BASE (18780), BENCH_SKIP_SEED=1,
+# BENCH_WRK_CONNS (32), BENCH_PORT_BASE (18780; ten ports from there), BENCH_SKIP_SEED=1,
 # BENCH_QUIET_WAIT (60: seconds to wait for other work on the machine to stop),
 # BENCH_REPORT (BENCHMARKS.md), BENCH_DATA_DIR (where run.jsonl goes: bench/data,
 # or beside BENCH_REPORT when that is set).
