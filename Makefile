@@ -38,6 +38,12 @@ setup-py:
 	@test -x $(VENV)/bin/moto_server || { python3 -m venv $(VENV) && $(VENV)/bin/pip install -q 'moto[server]>=5,<6'; }
 	@test -x $(VENV)/bin/schemathesis || { test -x $(VENV)/bin/pip || python3 -m venv $(VENV); $(VENV)/bin/pip install -q 'schemathesis>=4,<5'; }
 
+# matplotlib (PyPI) in the same venv, for the bench charts (bench/plot.py).
+.PHONY: setup-plot
+setup-plot:
+	@test -x $(VENV)/bin/pip || python3 -m venv $(VENV)
+	@$(VENV)/bin/python -c 'import matplotlib' 2>/dev/null || $(VENV)/bin/pip install -q 'matplotlib>=3.8,<4'
+
 # PostgreSQL binaries (Debian's postgresql) for the tests' private servers and bench/pg.sh.
 setup-pg:
 	@scripts/setup-postgres.sh
@@ -87,24 +93,32 @@ test-api-schema: setup-py build
 soak: setup build
 	SIDEKV_SOAK=1 $(CARGO) test --release -p sidekv --test robustness -- --nocapture
 
-## bench: side-by-side numbers → BENCHMARKS.md
-bench: setup setup-pg setup-deno build
-	$(CARGO) build --release -p sidekv-native-bench
+## bench: side-by-side numbers → BENCHMARKS.md, bench/*.md, their data (bench/data) and charts (bench/charts)
+bench: setup setup-pg setup-deno setup-plot build
+	$(CARGO) build --release -p sidekv-native-bench -p sidekv-minimal-bench
 	bench/run.sh
 	bench/scale.sh
 	bench/pg.sh
 	bench/kvconnect.sh
 	bench/queues.sh
+	$(VENV)/bin/python bench/plot.py
+
+## bench-plot: the charts (bench/charts/*.svg) from the saved results (bench/data/*.jsonl)
+.PHONY: bench-plot
+bench-plot: setup-plot
+	$(VENV)/bin/python bench/plot.py
 
 ## bench-queues: queue messages/s and enqueue → delivery latency, sidekv (pull, push) vs Redis Streams vs PostgreSQL SKIP LOCKED → bench/queues.md
 .PHONY: bench-queues
-bench-queues: setup-py setup-pg build
+bench-queues: setup-py setup-pg setup-plot build
 	bench/queues.sh
+	$(VENV)/bin/python bench/plot.py
 
 ## bench-scale: at-scale rows (1k, 1M, 10M keys imported through /_import; GET/POST/list/count, RSS, db size) → bench/scale.md
 .PHONY: bench-scale
-bench-scale: build
+bench-scale: setup-plot build
 	bench/scale.sh
+	$(VENV)/bin/python bench/plot.py
 
 ## bench-restore: restore time from S3 (100k keys x 1 KiB), sidekv vs the seed's litestream → bench/restore.md
 .PHONY: bench-restore

@@ -12,7 +12,9 @@
 # when missing. Needs `make build setup-py setup-deno`.
 #
 # Knobs (env): BENCH_ROUNDS (3), BENCH_SECONDS (10), BENCH_CONC (32),
-# BENCH_KEYS (1000), BENCH_PORT_BASE (18880), BENCH_KVC_REPORT (bench/kvconnect.md).
+# BENCH_KEYS (1000), BENCH_PORT_BASE (18880), BENCH_KVC_REPORT (bench/kvconnect.md),
+# BENCH_DATA_DIR (where kvconnect.jsonl goes for bench/plot.py: bench/data, or
+# beside BENCH_KVC_REPORT when that is set).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -46,14 +48,9 @@ done
 rm -rf "$OUT"
 mkdir -p "$OUT/cache"
 
-declare -a kill_on_exit=()
-cleanup() { for p in "${kill_on_exit[@]}"; do kill -TERM "$p" 2>/dev/null || true; done; }
-trap cleanup EXIT
-stop() {
-  kill -TERM "$1" 2>/dev/null || return 0
-  for _ in $(seq 200); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.05; done
-  kill -KILL "$1" 2>/dev/null || true
-}
+# Process bookkeeping (kill_on_exit, stop) and data_dir/save_data.
+# shellcheck source=bench/lib.sh
+source "$root/bench/lib.sh"
 # Ready = the metadata exchange answers 200 (HTTP/2 prior knowledge, as Deno speaks it).
 wait_kv() { # URL PID LOG
   for _ in $(seq 600); do
@@ -136,6 +133,7 @@ print(f"One Deno process runs {conc} concurrent async loops for {secs} s per wor
       f"{keys} keys of 100 bytes, 100 counters. {rounds} rounds, target order alternating; each cell is the median round "
       "(the range over rounds in brackets). sidekv: local durability with S3 backup to a local moto, SQLite. "
       "denokv: Deno's KV Connect server on SQLite. The client, the servers and moto share the 2 cores.\n")
+print("![ops/s and p99, sidekv vs denokv (bench/plot.py, from this run's results)](charts/kvconnect.svg)\n")
 print("| workload | sidekv ops/s | sidekv p99 ms | denokv ops/s | denokv p99 ms | ops/s sidekv/denokv | p99 sidekv/denokv |")
 print("|---|---:|---:|---:|---:|---:|---:|")
 for m in ["get", "set", "atomic"]:
@@ -160,5 +158,7 @@ if errs:
     print("\nErrors: " + "; ".join(f"{r['target']} {r['mode']} round {r['round']}: {r['errors']} ({r.get('first_error')})" for r in errs))
 print("\nRaw per-run results: `bench/out/kvconnect/results.jsonl`.")
 PY
-say "wrote $REPORT"
+DATA=$(data_dir "${BENCH_KVC_REPORT:-}")/kvconnect.jsonl
+save_data "$OUT/results.jsonl" "$DATA"
+say "wrote $REPORT and $DATA"
 cat "$REPORT"

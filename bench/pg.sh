@@ -58,6 +58,10 @@ if [ "$(id -u)" = 0 ]; then
   as_pg=(setpriv --reuid=postgres --regid=postgres --init-groups)
 fi
 
+# data_dir/save_data (its process bookkeeping is redefined below).
+# shellcheck source=bench/lib.sh
+source "$root/bench/lib.sh"
+
 # ---- process bookkeeping: only what this script started, by id ----
 declare -a sidecars=()
 pg_pid=""
@@ -325,6 +329,8 @@ print(f"- sidekv: wrk 2 threads, 32 connections, {secs} s per run, bench/wrk/kv.
 if skip:
     print(f"- **sidekv on PostgreSQL not measured**: {skip}")
 print()
+print("![req/s of each run (bench/plot.py, from this run's results)](charts/pg.svg)")
+print()
 print("| run | req/s (tps) | p99 ms | other processes meanwhile | notes |")
 print("| --- | ---: | ---: | --- | --- |")
 for label, k, n in [
@@ -355,5 +361,14 @@ for label, a, b in [
 PY
 
 cp "$OUT/report.md" "$REPORT"
+# rows.tsv as JSON lines for bench/plot.py: label, req/s, the p99 (µs) of each wrk/pgbench run.
+python3 - "$OUT/rows.tsv" >"$OUT/rows.jsonl" <<'PY'
+import json, sys
+for line in open(sys.argv[1]):
+    k, r, p, n, o = (line.rstrip("\n").split("\t") + [""] * 5)[:5]
+    print(json.dumps(dict(label=k, rps=float(r), p99_us=[int(x) for x in p.split("/") if x], note=n, other=o)))
+PY
+DATA=$(data_dir "${BENCH_PG_REPORT:-}")/pg.jsonl
+save_data "$OUT/rows.jsonl" "$DATA"
 cat "$REPORT"
-say "wrote $REPORT in $(($(date +%s) - started)) s; logs in $OUT"
+say "wrote $REPORT and $DATA in $(($(date +%s) - started)) s; logs in $OUT"

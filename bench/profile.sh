@@ -24,7 +24,7 @@ common=(PORT=$port HOST=127.0.0.1 KVSTORE_DB=$out/$target.sqlite3 KVSTORE_SECRET
 case $target in
   sidekv) env "${common[@]}" KVSTORE_PUBLIC_READS=true KVSTORE_CACHE_DIR=$root/bench/out/cache "$root/target/profiling/sidekv" >"$out/$target.log" 2>&1 & ;;
   fresh) env "${common[@]}" KVSTORE_PUBLIC_READS=true KVSTORE_INSTANCE_MODE=fresh KVSTORE_CACHE_DIR=$root/bench/out/cache "$root/target/profiling/sidekv" >"$out/$target.log" 2>&1 & ;;
-  native) env "${common[@]}" "$root/target/profiling/sidekv-native-bench" >"$out/$target.log" 2>&1 & ;;
+  native) env "${common[@]}" KVSTORE_PUBLIC_READS=true "$root/target/profiling/sidekv-native-bench" >"$out/$target.log" 2>&1 & ;;
   *) echo "unknown target $target" >&2; exit 1 ;;
 esac
 pid=$!

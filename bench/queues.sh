@@ -9,13 +9,15 @@
 #
 # Knobs (env): BENCH_QUEUE_MESSAGES (20000), BENCH_QUEUE_PRODUCERS (8),
 # BENCH_QUEUE_CONSUMERS (8), BENCH_QUEUE_LATENCY_MESSAGES (300),
-# BENCH_QUEUE_LATENCY_RATE (100 msgs/s).
+# BENCH_QUEUE_LATENCY_RATE (100 msgs/s), BENCH_QUEUES_REPORT (bench/queues.md),
+# BENCH_DATA_DIR (where queues.jsonl goes for bench/plot.py: bench/data, or
+# beside BENCH_QUEUES_REPORT when that is set).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 BIN=$root/target/release/sidekv
 OUT=$root/bench/out/queues
-REPORT=$root/bench/queues.md
+REPORT=${BENCH_QUEUES_REPORT:-$root/bench/queues.md}
 py=$root/.venv/bin/python
 [ -x "$BIN" ] || { echo "missing $BIN: run make build" >&2; exit 1; }
 say() { echo "== $*" >&2; }
@@ -79,6 +81,7 @@ print("# Queues: sidekv vs Redis Streams vs PostgreSQL SKIP LOCKED (bench/queues
 r0 = rows[0]
 print(f"- {time.strftime('%Y-%m-%d %H:%M %Z')}, checkout {sys.argv[2]}, {os.cpu_count()} CPUs; redis-server {sys.argv[3]} (appendonly, appendfsync always), PostgreSQL {sys.argv[4]} (fsync on, synchronous_commit on), sidekv durability `local` (fsync per group commit); every enqueue and ack is durable before it is answered")
 print(f"- {r0['messages']} messages of 112 bytes; {r0['producers']} producers, then {r0['consumers']} consumers (take + ack, one message each); latency: one producer at a light rate, one waiting consumer, enqueue → delivery. Clients (Python) share the 2 cores with the servers\n")
+print("![messages/s and latency (bench/plot.py, from this run's results)](charts/queues.svg)\n")
 print("| target | enqueued msgs/s | delivered msgs/s | enqueue → delivery p50 ms | p99 ms |")
 print("|---|---:|---:|---:|---:|")
 for r in rows:
@@ -90,4 +93,5 @@ if red:
         if k in by and red["deliver_per_s"]:
             print(f"- {k} delivered / Redis Streams delivered: **{by[k]['deliver_per_s'] / red['deliver_per_s']:.2f}×**")
 PY
+save_data "$rows" "$(data_dir "${BENCH_QUEUES_REPORT:-}")/queues.jsonl"
 cat "$REPORT"

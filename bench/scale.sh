@@ -18,7 +18,8 @@
 # (18880: server, admin = base, base+1), BENCH_IMPORT_LINES (50000 NDJSON lines
 # per /_import request), BENCH_IMPORT_CONNS (2 requests in flight),
 # BENCH_QUIET_WAIT (60), BENCH_SCALE_KEEP_DB=1 (keep the databases),
-# BENCH_SCALE_REPORT (bench/scale.md).
+# BENCH_SCALE_REPORT (bench/scale.md), BENCH_DATA_DIR (where scale.jsonl goes for
+# bench/plot.py: bench/data, or beside BENCH_SCALE_REPORT when that is set).
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -117,5 +118,7 @@ for n in $SIZES; do
 done
 
 py report "$cmdline" >"$REPORT"
-say "wrote $REPORT in $(($(date +%s) - started)) s; raw results in $OUT"
+DATA=$(data_dir "${BENCH_SCALE_REPORT:-}")/scale.jsonl
+save_data "$OUT/results.jsonl" "$DATA"
+say "wrote $REPORT and $DATA in $(($(date +%s) - started)) s; raw results in $OUT"
 sed -n '/^## Per size/,$p' "$REPORT"

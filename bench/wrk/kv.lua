@@ -1,5 +1,6 @@
 -- wrk script for sidekv and its baselines.
---   BENCH_MODE=get   GET of random existing keys k0..k(BENCH_KEYS-1)
+--   BENCH_MODE=get   GET of random existing keys k0..k(BENCH_KEYS-1), no Authorization (public reads)
+--   BENCH_MODE=getauth  the same GETs, each with Authorization: BENCH_SECRET (private data)
 --   BENCH_MODE=post  POST of fresh keys (100-byte body, Authorization: BENCH_SECRET)
 --   BENCH_MODE=mix   90% get / 10% post
 -- BENCH_TAG makes the fresh keys of one run distinct from any other run's.
@@ -21,9 +22,11 @@ function init(args)
   n = 0
   post_headers = { ["Authorization"] = secret, ["Content-Type"] = "text/plain" }
   -- Pre-formatted GETs: keeps wrk's own CPU per request low (it shares the cores).
+  local get_headers = nil
+  if mode == "getauth" then get_headers = { ["Authorization"] = secret } end
   gets = {}
   for i = 0, nkeys - 1 do
-    gets[i + 1] = wrk.format("GET", "/k" .. i)
+    gets[i + 1] = wrk.format("GET", "/k" .. i, get_headers)
   end
 end
 

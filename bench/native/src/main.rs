@@ -2,16 +2,23 @@
 //! group-commit writer, reader pool) behind the same hyper HTTP/1.1 settings as `sidekv::http::serve`,
 //! with the seed-compatible routing done in Rust instead of the wasm guest:
 //!
-//! - `GET /key`  → the raw value (public), 404 when absent
+//! - `GET /key`  → the raw value, 404 when absent; needs `Authorization`
+//!   unless `KVSTORE_PUBLIC_READS=true` (as with sidekv)
 //! - `POST /key` → `{"ok":true,"versionstamp":"…"}`; needs `Authorization`
-//!   equal to `KVSTORE_SECRET` (raw or `Bearer`)
+//!
+//! `Authorization` carries `KVSTORE_SECRET` (raw or `Bearer`), checked by the
+//! default guest's own `secret_matches` (guest/src/auth.rs, compiled in here),
+//! so both paths pay the same for it.
 //!
 //! - `GET /_metrics` → sidekv's Prometheus metrics (request histogram)
 //!
-//! Env: PORT (8000), HOST (127.0.0.1), KVSTORE_DB, KVSTORE_SECRET,
+//! Env: PORT (8000), HOST (127.0.0.1), KVSTORE_DB, KVSTORE_SECRET, KVSTORE_PUBLIC_READS,
 //! NATIVE_HTTP=h1 (HTTP/1.1-only server instead of the auto h1 + h2c one).
 //! Prints `listening on http://ADDR` when ready. Not a product: no admin
 //! endpoints, no TTLs, no conditions, no graceful shutdown.
+
+#[path = "../../../guest/src/auth.rs"]
+mod auth;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -23,6 +30,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response};
 use hyper_util::rt::TokioIo;
+use sha2::{Digest, Sha256};
 use sidekv::backend::{Condition, Kv, Value, WriteOp, WriteResult};
 use sidekv::http::HttpStatus;
 use sidekv::limits;
@@ -31,7 +39,16 @@ use tokio::sync::Semaphore;
 
 struct App {
     store: Kv,
-    secret: Option<String>,
+    /// SHA-256 of KVSTORE_SECRET, the form `auth::secret_matches` takes.
+    secret: Option<[u8; 32]>,
+    public_reads: bool,
+}
+
+impl App {
+    fn authorized(&self, req: &Request<Incoming>) -> bool {
+        let presented = req.headers().get("authorization").map(|v| v.as_bytes()).unwrap_or(b"");
+        self.secret.as_ref().is_some_and(|want| auth::secret_matches(presented, want))
+    }
 }
 
 fn resp(status: u16, ctype: &str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
@@ -54,6 +71,7 @@ async fn handle(app: &App, req: Request<Incoming>) -> Response<Full<Bytes>> {
         return json_error(400, "invalid key");
     };
     match *req.method() {
+        Method::GET if !app.public_reads && !app.authorized(&req) => json_error(401, "wrong or missing secret"),
         Method::GET => match app.store.get(key.into_bytes()).await {
             Ok(Some(e)) => {
                 let vs = e.versionstamp.to_string();
@@ -68,10 +86,7 @@ async fn handle(app: &App, req: Request<Incoming>) -> Response<Full<Bytes>> {
             Err(e) => json_error(e.http_status(), &e.to_string()),
         },
         Method::POST | Method::PUT => {
-            let presented = req.headers().get("authorization").map(|v| v.as_bytes()).unwrap_or(b"");
-            let token = presented.strip_prefix(b"Bearer ").unwrap_or(presented);
-            let ok = app.secret.as_deref().is_some_and(|s| !presented.is_empty() && (presented == s.as_bytes() || token == s.as_bytes()));
-            if !ok {
+            if !app.authorized(&req) {
                 return json_error(401, "wrong or missing secret");
             }
             let body = match Limited::new(req.into_body(), limits::DEFAULT_MAX_BODY_BYTES).collect().await {
@@ -98,7 +113,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         let store = sidekv::backend::sqlite::scratch(db.as_ref())?;
-        let app = Arc::new(App { store, secret: std::env::var("KVSTORE_SECRET").ok().filter(|s| !s.is_empty()) });
+        let secret = std::env::var("KVSTORE_SECRET").ok().filter(|s| !s.is_empty());
+        let public_reads = std::env::var("KVSTORE_PUBLIC_READS").is_ok_and(|v| v == "true" || v == "1");
+        let app = Arc::new(App { store, secret: secret.map(|s| Sha256::digest(s.as_bytes()).into()), public_reads });
         let listener = tokio::net::TcpListener::bind(&addr).await?;
         println!("listening on http://{}", listener.local_addr()?);
         let conns = Arc::new(Semaphore::new(limits::DEFAULT_MAX_CONNECTIONS));
