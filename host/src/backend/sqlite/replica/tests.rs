@@ -293,14 +293,7 @@ fn deadline(secs: u64) -> tokio::time::Instant {
 /// Prune the change log below the newest commit, as the writer does while no replica ships.
 async fn prune_log(store: &Store) {
     let below = store.committed();
-    store
-        .on_writer(move |c, _| {
-            c.execute("DELETE FROM changelog WHERE version < ?1", [Versionstamp::commit_start(below).to_i64()])?;
-            c.execute("INSERT OR REPLACE INTO meta VALUES ('pruned_below', ?1)", [below as i64])?;
-            Ok(())
-        })
-        .await
-        .unwrap();
+    store.prune_log_below(below).await.unwrap();
 }
 
 /// Issue 22: a stop right after a launch whose log was pruned while the

@@ -41,6 +41,7 @@ use std::sync::atomic::{AtomicU64, Ordering::SeqCst};
 use rusqlite::Connection;
 
 use super::StoreError;
+use super::sql;
 
 /// Counts the writer's steps: odd while one runs, even between them.
 #[derive(Default)]
@@ -73,7 +74,7 @@ impl InlineConn {
     /// the database, else a new one (kept afterwards when no step ran).
     fn read<R>(&mut self, generation: &WriteGeneration, f: impl FnOnce(&Connection) -> Result<R, StoreError>) -> Result<R, StoreError> {
         let g0 = generation.now();
-        if g0 % 2 == 0 && self.kept == Some(g0) {
+        if g0.is_multiple_of(2) && self.kept == Some(g0) {
             let r = f(&self.conn);
             if r.is_err() {
                 self.release();
@@ -81,9 +82,9 @@ impl InlineConn {
             return r;
         }
         self.release();
-        self.conn.prepare_cached("BEGIN")?.execute([])?;
+        self.conn.prepare_cached(sql::BEGIN)?.execute([])?;
         let r = f(&self.conn);
-        if r.is_ok() && g0 % 2 == 0 && generation.now() == g0 {
+        if r.is_ok() && g0.is_multiple_of(2) && generation.now() == g0 {
             self.kept = Some(g0);
         } else {
             self.end();
@@ -101,7 +102,7 @@ impl InlineConn {
     fn end(&mut self) {
         if !self.conn.is_autocommit() {
             // A read-only transaction: COMMIT only releases its read lock.
-            if let Err(e) = self.conn.prepare_cached("COMMIT").and_then(|mut s| s.execute([])) {
+            if let Err(e) = self.conn.prepare_cached(sql::COMMIT).and_then(|mut s| s.execute([])) {
                 tracing::warn!(error = %e, "ending an inline read transaction failed");
             }
         }

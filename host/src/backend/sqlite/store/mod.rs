@@ -35,10 +35,12 @@
 //! takes effect at once; the writer's sweep only reclaims space.
 
 mod inline;
+pub(crate) mod meta;
 pub mod outbox;
 pub mod queue;
 mod reads;
 mod schema;
+mod sql;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -49,8 +51,8 @@ use std::thread::JoinHandle;
 use rusqlite::Connection;
 use tokio::sync::{oneshot, watch};
 
+use meta::Meta;
 pub use outbox::Record;
-use schema::read_meta_u64;
 pub use sidekv_core::versionstamp;
 pub use sidekv_core::{
     Change, ChangePos, Check, Condition, Encoding, Entry, Key, ListPage, ListQuery, Mutation, MutationKind, StoreError, Value,
@@ -126,11 +128,11 @@ impl Store {
     /// and reader threads.
     pub fn open(path: &Path, opts: StoreOptions) -> Result<Store, StoreError> {
         let (conn, mut state) = schema::open_writer(path)?;
-        let writer_id = read_meta_u64(&conn, "writer")?.unwrap_or(0);
+        let writer_id = meta::get(&conn, Meta::Writer)?.unwrap_or(0);
         if opts.replicated {
             // Backed up: commits only inside the epoch reserved in S3; until
             // the replica reserves one (`adopt_epoch`), none.
-            state.counter_limit = match read_meta_u64(&conn, "epoch")? {
+            state.counter_limit = match meta::get(&conn, Meta::Epoch)? {
                 Some(e) => versionstamp::epoch_end(e),
                 None => state.counter,
             };
@@ -192,6 +194,18 @@ impl Store {
         &self.inner.path
     }
 
+    /// Drop the change log below commit `below` and record it, as the
+    /// writer's pruning does while no replica ships (tests of what a
+    /// pruned history means to the replica and to watchers).
+    #[cfg(test)]
+    pub(crate) async fn prune_log_below(&self, below: u64) -> Result<(), StoreError> {
+        self.on_writer(move |c, _| {
+            c.execute(sql::PRUNE_BELOW, [Versionstamp::commit_start(below).to_i64()])?;
+            Ok(meta::set(c, Meta::PrunedBelow, below)?)
+        })
+        .await
+    }
+
     /// Issue counters in epoch `e` (reserved in S3 by the replica) from now
     /// on: the counter jumps to the epoch's start if it is below it.
     pub async fn adopt_epoch(&self, e: u64) -> Result<u64, StoreError> {
@@ -199,9 +213,9 @@ impl Store {
         self.on_writer(move |conn, state| {
             let start = versionstamp::epoch_start(e);
             let tx = conn.transaction()?;
-            tx.execute("INSERT OR REPLACE INTO meta VALUES ('epoch', ?1)", [e as i64])?;
+            meta::set(&tx, Meta::Epoch, e)?;
             if state.counter < start {
-                tx.execute("UPDATE meta SET value = ?1 WHERE name = 'counter'", [start as i64])?;
+                meta::set(&tx, Meta::Counter, start)?;
             }
             tx.commit()?;
             if state.counter < start {

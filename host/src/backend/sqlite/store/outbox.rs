@@ -20,7 +20,8 @@ use rusqlite::{Connection, params};
 
 use sidekv_core::Encoding;
 
-use super::schema::{DELETE_ENTRY, PUT_ENTRY, read_meta_u64};
+use super::meta::{self, Meta};
+use super::sql;
 use super::{Store, StoreError, Versionstamp};
 
 /// One logged mutation of a commit; `value: None` is a delete.
@@ -66,9 +67,6 @@ pub enum Next {
     },
 }
 
-const SELECT_RECORDS: &str =
-    "SELECT version, n, key, value, expires_at, enc FROM changelog WHERE version >= ?1 AND version < ?2 ORDER BY version, n";
-
 fn record(r: &rusqlite::Row<'_>) -> rusqlite::Result<Record> {
     Ok(Record {
         version: r.get(0)?,
@@ -91,18 +89,18 @@ pub fn record_bytes(r: &Record) -> usize {
 
 fn next_batch(c: &mut Connection, after: u64, max_bytes: usize) -> Result<Next, StoreError> {
     let tx = c.transaction()?;
-    let committed = read_meta_u64(&tx, "counter")?.unwrap_or(0);
+    let committed = meta::get(&tx, Meta::Counter)?.unwrap_or(0);
     if committed <= after {
         return Ok(Next::Empty);
     }
-    let pruned_below = read_meta_u64(&tx, "pruned_below")?.unwrap_or(0);
+    let pruned_below = meta::get(&tx, Meta::PrunedBelow)?.unwrap_or(0);
     if pruned_below > after + 1 {
         return Ok(Next::Pruned { pruned_below });
     }
     let first = after + 1;
     let (mut records, mut bytes, mut last, mut cut) = (Vec::new(), 0usize, committed, false);
     {
-        let mut s = tx.prepare_cached(SELECT_RECORDS)?;
+        let mut s = tx.prepare_cached(sql::LOG_RECORDS)?;
         let mut rows = s.query(bounds(first, committed))?;
         while let Some(r) = rows.next()? {
             let rec = record(r)?;
@@ -122,12 +120,12 @@ fn next_batch(c: &mut Connection, after: u64, max_bytes: usize) -> Result<Next, 
 
 fn range(c: &mut Connection, first: u64, last: u64) -> Result<Option<Vec<Record>>, StoreError> {
     let tx = c.transaction()?;
-    let pruned_below = read_meta_u64(&tx, "pruned_below")?.unwrap_or(0);
-    let committed = read_meta_u64(&tx, "counter")?.unwrap_or(0);
+    let pruned_below = meta::get(&tx, Meta::PrunedBelow)?.unwrap_or(0);
+    let committed = meta::get(&tx, Meta::Counter)?.unwrap_or(0);
     if first < pruned_below || last > committed {
         return Ok(None);
     }
-    let mut s = tx.prepare_cached(SELECT_RECORDS)?;
+    let mut s = tx.prepare_cached(sql::LOG_RECORDS)?;
     let out = s.query_map(bounds(first, last), record)?.collect::<Result<Vec<_>, _>>()?;
     Ok(Some(out))
 }
@@ -138,20 +136,18 @@ fn reset_history(conn: &Connection, counter: u64) -> Result<(), StoreError> {
     // A restored or snapshotted file is a new writer: it gets its own id when opened.
     // Nor does it inherit the versionstamp epoch: it must reserve its own.
     // Nor any queue lease: every pending message is delivered again.
-    conn.execute_batch(
-        "DELETE FROM changelog; DELETE FROM meta WHERE name IN ('writer', 'epoch');
-         UPDATE queue SET lease = NULL, lease_until = NULL WHERE lease IS NOT NULL;",
-    )?;
-    conn.execute("UPDATE meta SET value = ?1 WHERE name IN ('counter', 'shipped')", [counter as i64])?;
-    conn.execute(
-        "INSERT INTO meta VALUES ('pruned_below', ?1) ON CONFLICT(name) DO UPDATE SET value = excluded.value",
-        [(counter + 1) as i64],
-    )?;
+    conn.execute(sql::CLEAR_LOG, [])?;
+    meta::remove(conn, Meta::Writer)?;
+    meta::remove(conn, Meta::Epoch)?;
+    conn.execute(sql::QUEUE_DROP_LEASES, [])?;
+    meta::set(conn, Meta::Counter, counter)?;
+    meta::set(conn, Meta::Shipped, counter)?;
+    meta::set(conn, Meta::PrunedBelow, counter + 1)?;
     Ok(())
 }
 
 fn check(conn: &Connection, pragma: &str, what: &str) -> Result<(), StoreError> {
-    let ok: String = conn.query_row(&format!("PRAGMA {pragma}"), [], |r| r.get(0))?;
+    let ok: String = conn.query_row(pragma, [], |r| r.get(0))?;
     if ok != "ok" {
         return Err(StoreError::Internal(format!("{what} fails {pragma}: {ok}")));
     }
@@ -176,13 +172,13 @@ impl Store {
     pub async fn snapshot_to(&self, path: &Path) -> Result<u64, StoreError> {
         let _ = std::fs::remove_file(path);
         let p = path.to_path_buf();
-        self.read(move |c| Ok(c.execute("VACUUM INTO ?1", [p.to_string_lossy().as_ref()]).map(|_| ())?)).await?;
+        self.read(move |c| Ok(c.execute(sql::VACUUM_INTO, [p.to_string_lossy().as_ref()]).map(|_| ())?)).await?;
         let p = path.to_path_buf();
         tokio::task::spawn_blocking(move || -> Result<u64, StoreError> {
             let c = Connection::open(&p)?;
-            let counter = read_meta_u64(&c, "counter")?.unwrap_or(0);
+            let counter = meta::get(&c, Meta::Counter)?.unwrap_or(0);
             reset_history(&c, counter)?;
-            c.execute_batch("VACUUM;")?;
+            c.execute_batch(sql::VACUUM)?;
             Ok(counter)
         })
         .await
@@ -211,10 +207,10 @@ pub fn file_positions(path: &Path) -> Result<FilePositions, StoreError> {
     // Read-write open: a WAL database cannot always be opened read-only.
     let conn = Connection::open(path).map_err(|e| StoreError::Internal(format!("opening {}: {e}", path.display())))?;
     Ok(FilePositions {
-        counter: read_meta_u64(&conn, "counter")?.unwrap_or(0),
-        shipped: read_meta_u64(&conn, "shipped")?.unwrap_or(0),
-        epoch: read_meta_u64(&conn, "epoch")?,
-        pruned_below: read_meta_u64(&conn, "pruned_below")?.unwrap_or(0),
+        counter: meta::get(&conn, Meta::Counter)?.unwrap_or(0),
+        shipped: meta::get(&conn, Meta::Shipped)?.unwrap_or(0),
+        epoch: meta::get(&conn, Meta::Epoch)?,
+        pruned_below: meta::get(&conn, Meta::PrunedBelow)?.unwrap_or(0),
     })
 }
 
@@ -232,11 +228,11 @@ impl RestoreFile {
 
     /// A downloaded snapshot must hold exactly commit `counter` and be sound.
     pub fn check_snapshot(&self, counter: u64) -> Result<(), StoreError> {
-        let found = read_meta_u64(&self.conn, "counter")?.unwrap_or(0);
+        let found = meta::get(&self.conn, Meta::Counter)?.unwrap_or(0);
         if found != counter {
             return Err(StoreError::Internal(format!("the snapshot named for commit {counter} holds commit {found}")));
         }
-        check(&self.conn, "quick_check", &format!("the snapshot for commit {counter}"))
+        check(&self.conn, sql::QUICK_CHECK, &format!("the snapshot for commit {counter}"))
     }
 
     /// Apply, in one transaction, the records of commits from `from` on
@@ -244,8 +240,8 @@ impl RestoreFile {
     pub fn apply(&mut self, records: &[Record], from: u64, limit: i64) -> Result<(), StoreError> {
         let tx = self.conn.transaction()?;
         {
-            let mut put = tx.prepare_cached(PUT_ENTRY)?;
-            let mut del = tx.prepare_cached(DELETE_ENTRY)?;
+            let mut put = tx.prepare_cached(sql::PUT_ENTRY)?;
+            let mut del = tx.prepare_cached(sql::DELETE_ENTRY)?;
             for r in records.iter().filter(|r| r.counter() >= from && r.version <= limit) {
                 if super::queue::is_queue_key(&r.key) {
                     super::queue::apply_record(&tx, &r.key, r.value.as_deref())?;
@@ -265,8 +261,8 @@ impl RestoreFile {
     /// self-contained file (the WAL checkpointed into it and truncated).
     pub fn finish(self, counter: u64) -> Result<(), StoreError> {
         reset_history(&self.conn, counter)?;
-        check(&self.conn, "integrity_check", "the restored database")?;
-        self.conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+        check(&self.conn, sql::INTEGRITY_CHECK, "the restored database")?;
+        self.conn.query_row(sql::CHECKPOINT_TRUNCATE, [], |_| Ok(()))?;
         Ok(())
     }
 }

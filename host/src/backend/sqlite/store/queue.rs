@@ -24,7 +24,7 @@
 use rusqlite::{Connection, OptionalExtension, Transaction, params};
 use sidekv_core::{Encoding, Enqueue, QueueMessage, QueueStats, Value, Versionstamp, message_id};
 
-use super::schema::LOG_CHANGE;
+use super::sql;
 pub use crate::backend::queue_body::{Body, Step};
 
 /// Change-log keys of queue messages: reserved (`limits::RESERVED_KEY_BYTE`),
@@ -57,17 +57,21 @@ pub fn parse_logged(v: &[u8]) -> Option<(u64, u32, &[u8])> {
     Some((due, attempts, state))
 }
 
-const INSERT: &str = "INSERT OR REPLACE INTO queue (id, due_at, attempts, lease, lease_until, state) VALUES (?1, ?2, ?3, NULL, NULL, ?4)";
-const DELETE: &str = "DELETE FROM queue WHERE id = ?1";
-
 fn log_put(tx: &Transaction<'_>, vs: Versionstamp, n: u32, id: &str, due_at: u64, attempts: u32, state: &[u8]) -> rusqlite::Result<()> {
     let v = logged(due_at, attempts, state);
-    tx.prepare_cached(LOG_CHANGE)?.execute(params![vs.to_i64(), n, log_key(id), v, None::<i64>, Encoding::Bytes.code()])?;
+    tx.prepare_cached(sql::LOG_CHANGE)?.execute(params![vs.to_i64(), n, log_key(id), v, None::<i64>, Encoding::Bytes.code()])?;
     Ok(())
 }
 
 fn log_delete(tx: &Transaction<'_>, vs: Versionstamp, n: u32, id: &str) -> rusqlite::Result<()> {
-    tx.prepare_cached(LOG_CHANGE)?.execute(params![vs.to_i64(), n, log_key(id), None::<Vec<u8>>, None::<i64>, Encoding::Bytes.code()])?;
+    tx.prepare_cached(sql::LOG_CHANGE)?.execute(params![
+        vs.to_i64(),
+        n,
+        log_key(id),
+        None::<Vec<u8>>,
+        None::<i64>,
+        Encoding::Bytes.code()
+    ])?;
     Ok(())
 }
 
@@ -77,7 +81,7 @@ pub fn enqueue(tx: &Transaction<'_>, msgs: &[Enqueue], vs: Versionstamp, first_n
         let id = message_id(vs, i);
         let due = now.saturating_add(m.delay_ms);
         let state = Body::of(m).encode();
-        tx.prepare_cached(INSERT)?.execute(params![id, due as i64, 0i64, state])?;
+        tx.prepare_cached(sql::QUEUE_PUT)?.execute(params![id, due as i64, 0i64, state])?;
         log_put(tx, vs, first_n + i as u32, &id, due, 0, &state)?;
     }
     Ok(())
@@ -85,16 +89,14 @@ pub fn enqueue(tx: &Transaction<'_>, msgs: &[Enqueue], vs: Versionstamp, first_n
 
 /// Whether `lease` is the current, unexpired lease of message `id`.
 pub fn holds_lease(tx: &Transaction<'_>, id: &str, lease: u64, now: u64) -> rusqlite::Result<bool> {
-    let row: Option<(Option<i64>, Option<i64>)> = tx
-        .prepare_cached("SELECT lease, lease_until FROM queue WHERE id = ?1")?
-        .query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()?;
+    let row: Option<(Option<i64>, Option<i64>)> =
+        tx.prepare_cached(sql::QUEUE_LEASE_OF)?.query_row([id], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
     Ok(matches!(row, Some((Some(l), Some(until))) if l as u64 == lease && until as u64 > now))
 }
 
 /// Delivered: the message is gone (change index 0).
 pub fn ack(tx: &Transaction<'_>, id: &str, vs: Versionstamp) -> rusqlite::Result<()> {
-    tx.prepare_cached(DELETE)?.execute([id])?;
+    tx.prepare_cached(sql::QUEUE_DELETE)?.execute([id])?;
     log_delete(tx, vs, 0, id)
 }
 
@@ -117,21 +119,18 @@ pub enum Failed {
 /// backoff step, or write the payload to its undelivered keys and drop it.
 /// Uses change indexes from `*n` on. `put` writes one `kv` entry (and logs it).
 pub fn fail(tx: &Transaction<'_>, id: &str, vs: Versionstamp, n: &mut u32, now: u64, put: &PutEntry<'_>) -> rusqlite::Result<Failed> {
-    let row: Option<(i64, Vec<u8>)> =
-        tx.prepare_cached("SELECT attempts, state FROM queue WHERE id = ?1")?.query_row([id], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
+    let row: Option<(i64, Vec<u8>)> = tx.prepare_cached(sql::QUEUE_ATTEMPTS)?.query_row([id], |r| Ok((r.get(0)?, r.get(1)?))).optional()?;
     let Some((attempts, state)) = row else { return Ok(Failed::Gone) };
     let attempts = attempts as u32 + 1;
     let Some(body) = Body::decode(&state) else {
         // Unreadable (written by a newer sidekv?): keep it, try again later.
         tracing::error!(id, "a queue message's stored state is malformed; it is kept and retried in an hour");
         let due = now + 3_600_000;
-        tx.prepare_cached("UPDATE queue SET due_at = ?2, lease = NULL, lease_until = NULL WHERE id = ?1")?
-            .execute(params![id, due as i64])?;
+        tx.prepare_cached(sql::QUEUE_POSTPONE)?.execute(params![id, due as i64])?;
         return Ok(Failed::Retry);
     };
     if let Step::Retry(due) = body.after_failure(attempts, now) {
-        tx.prepare_cached("UPDATE queue SET due_at = ?2, attempts = ?3, lease = NULL, lease_until = NULL WHERE id = ?1")?
-            .execute(params![id, due as i64, attempts as i64])?;
+        tx.prepare_cached(sql::QUEUE_RETRY)?.execute(params![id, due as i64, attempts as i64])?;
         log_put(tx, vs, *n, id, due, attempts, &state)?;
         *n += 1;
         return Ok(Failed::Retry);
@@ -140,7 +139,7 @@ pub fn fail(tx: &Transaction<'_>, id: &str, vs: Versionstamp, n: &mut u32, now: 
         put(tx, k, &body.payload, *n)?;
         *n += 1;
     }
-    tx.prepare_cached(DELETE)?.execute([id])?;
+    tx.prepare_cached(sql::QUEUE_DELETE)?.execute([id])?;
     log_delete(tx, vs, *n, id)?;
     *n += 1;
     Ok(Failed::DeadLettered)
@@ -148,40 +147,35 @@ pub fn fail(tx: &Transaction<'_>, id: &str, vs: Versionstamp, n: &mut u32, now: 
 
 /// Messages whose lease has expired (oldest first), at most `limit`.
 pub fn expired_leases(tx: &Transaction<'_>, now: u64, limit: usize) -> rusqlite::Result<Vec<String>> {
-    let mut s = tx.prepare_cached("SELECT id FROM queue WHERE lease IS NOT NULL AND lease_until <= ?1 ORDER BY lease_until LIMIT ?2")?;
+    let mut s = tx.prepare_cached(sql::QUEUE_EXPIRED_LEASES)?;
     s.query_map(params![now as i64, limit as i64], |r| r.get(0))?.collect()
 }
 
 /// Lease the next due message (on the writer connection; not logged).
 pub fn take(conn: &Connection, now: u64, visibility_ms: u64) -> Result<Option<QueueMessage>, sidekv_core::StoreError> {
     let row: Option<(String, i64, i64, Vec<u8>)> = conn
-        .prepare_cached("SELECT id, due_at, attempts, state FROM queue WHERE lease IS NULL AND due_at <= ?1 ORDER BY due_at, id LIMIT 1")?
+        .prepare_cached(sql::QUEUE_NEXT_DUE)?
         .query_row([now as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
         .optional()?;
     let Some((id, due_at, attempts, state)) = row else { return Ok(None) };
     // Positive, so it reads back as the same i64.
     let lease = (rand::random::<u64>() >> 1).max(1);
     let until = now + visibility_ms;
-    conn.prepare_cached("UPDATE queue SET lease = ?2, lease_until = ?3 WHERE id = ?1")?.execute(params![id, lease as i64, until as i64])?;
+    conn.prepare_cached(sql::QUEUE_LEASE)?.execute(params![id, lease as i64, until as i64])?;
     let payload = Body::decode(&state).map(|b| b.payload).unwrap_or_default();
     Ok(Some(QueueMessage { id, payload, attempt: attempts as u32 + 1, lease, lease_until: until, due_at: due_at as u64 }))
 }
 
 /// When an unleased message next falls due, and a lease next expires.
 pub fn next_event(conn: &Connection) -> Result<crate::backend::QueueTimes, sidekv_core::StoreError> {
-    let due: Option<i64> = conn.prepare_cached("SELECT min(due_at) FROM queue WHERE lease IS NULL")?.query_row([], |r| r.get(0))?;
-    let lease: Option<i64> =
-        conn.prepare_cached("SELECT min(lease_until) FROM queue WHERE lease IS NOT NULL")?.query_row([], |r| r.get(0))?;
+    let due: Option<i64> = conn.prepare_cached(sql::QUEUE_FIRST_DUE)?.query_row([], |r| r.get(0))?;
+    let lease: Option<i64> = conn.prepare_cached(sql::QUEUE_FIRST_LEASE_EXPIRY)?.query_row([], |r| r.get(0))?;
     Ok(crate::backend::QueueTimes { due: due.map(|v| v as u64), lease_expiry: lease.map(|v| v as u64) })
 }
 
 pub fn stats(conn: &Connection, now: u64) -> Result<QueueStats, sidekv_core::StoreError> {
-    let (pending, due, leased, oldest): (i64, Option<i64>, Option<i64>, Option<i64>) = conn
-        .prepare_cached(
-            "SELECT count(*), sum(lease IS NULL AND due_at <= ?1), sum(lease IS NOT NULL),
-                    min(CASE WHEN lease IS NULL AND due_at <= ?1 THEN due_at END) FROM queue",
-        )?
-        .query_row([now as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
+    let (pending, due, leased, oldest): (i64, Option<i64>, Option<i64>, Option<i64>) =
+        conn.prepare_cached(sql::QUEUE_STATS)?.query_row([now as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?;
     Ok(QueueStats {
         pending: pending as u64,
         due: due.unwrap_or(0) as u64,
@@ -192,7 +186,7 @@ pub fn stats(conn: &Connection, now: u64) -> Result<QueueStats, sidekv_core::Sto
 
 /// Every pending message (for `/_export`), in id order after `after`, at most `limit`.
 pub fn list(conn: &Connection, after: &str, limit: u32) -> Result<Vec<(String, u64, u32, Body)>, sidekv_core::StoreError> {
-    let mut s = conn.prepare_cached("SELECT id, due_at, attempts, state FROM queue WHERE id > ?1 ORDER BY id LIMIT ?2")?;
+    let mut s = conn.prepare_cached(sql::QUEUE_PAGE)?;
     let rows = s.query_map(params![after, limit as i64], |r| {
         Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?, r.get::<_, Vec<u8>>(3)?))
     })?;
@@ -212,12 +206,12 @@ pub fn apply_record(tx: &Transaction<'_>, key: &[u8], value: Option<&[u8]>) -> R
         .map_err(|_| sidekv_core::StoreError::Internal("a queue record's id is not text".into()))?;
     match value {
         None => {
-            tx.prepare_cached(DELETE)?.execute([id])?;
+            tx.prepare_cached(sql::QUEUE_DELETE)?.execute([id])?;
         }
         Some(v) => {
             let (due, attempts, state) =
                 parse_logged(v).ok_or_else(|| sidekv_core::StoreError::Internal(format!("queue record {id} is malformed")))?;
-            tx.prepare_cached(INSERT)?.execute(params![id, due as i64, attempts as i64, state])?;
+            tx.prepare_cached(sql::QUEUE_PUT)?.execute(params![id, due as i64, attempts as i64, state])?;
         }
     }
     Ok(())

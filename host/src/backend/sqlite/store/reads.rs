@@ -12,6 +12,8 @@ use sidekv_core::{Change, ChangePos, Encoding, Entry, ListPage, ListQuery, Value
 
 use super::StoreError;
 use super::Versionstamp;
+use super::meta::{self, Meta};
+use super::sql;
 use crate::limits;
 
 /// A byte budget that counts the pages it cuts (`sidekv_read_byte_caps_total`).
@@ -40,10 +42,7 @@ fn row_to_entry(r: &rusqlite::Row<'_>, keys_only: bool) -> rusqlite::Result<Entr
 }
 
 pub fn get(conn: &Connection, key: &[u8], now: u64) -> Result<Option<Entry>, StoreError> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT key, value, version, expires_at, enc FROM kv
-         WHERE key = ?1 AND (expires_at IS NULL OR expires_at > ?2)",
-    )?;
+    let mut stmt = conn.prepare_cached(sql::GET_ENTRY)?;
     Ok(stmt.query_row(rusqlite::params![key, now as i64], |r| row_to_entry(r, false)).optional()?)
 }
 
@@ -56,7 +55,7 @@ pub fn get_many(tx: &Connection, keys: &[Vec<u8>], now: u64) -> Result<Vec<Optio
     let mut out = Vec::with_capacity(keys.len());
     let mut budget = ByteBudget::new(limits::MAX_READ_BYTES);
     for k in keys {
-        let e = get(&tx, k, now)?;
+        let e = get(tx, k, now)?;
         // get-many has no cursor to continue with: over the budget it fails
         // as a whole instead of returning a partial answer.
         if !admit(&mut budget, e.as_ref().map_or(0, entry_bytes)) {
@@ -73,20 +72,17 @@ pub fn get_many(tx: &Connection, keys: &[Vec<u8>], now: u64) -> Result<Vec<Optio
 pub fn list(conn: &Connection, q: &ListQuery, now: u64) -> Result<ListPage, StoreError> {
     let (lower, upper) = query_bounds(q);
     let cursor = q.cursor.as_deref().map(|c| decode_cursor(c, &q.prefix)).transpose()?;
-    let mut sql =
-        String::from("SELECT key, value, version, expires_at, enc FROM kv WHERE (expires_at IS NULL OR expires_at > ?) AND key >= ?");
+    let after = match (&cursor, q.reverse) {
+        (None, _) => sql::After::Start,
+        (Some(_), false) => sql::After::Above,
+        (Some(_), true) => sql::After::Below,
+    };
+    let text = sql::list_entries(upper.is_some(), after, q.reverse);
     let mut args: Vec<Sql> = vec![Sql::Integer(now as i64), Sql::Blob(lower)];
-    if let Some(u) = upper {
-        sql.push_str(" AND key < ?");
-        args.push(Sql::Blob(u));
-    }
-    if let Some(c) = &cursor {
-        sql.push_str(if q.reverse { " AND key < ?" } else { " AND key > ?" });
-        args.push(Sql::Blob(c.clone()));
-    }
-    sql.push_str(if q.reverse { " ORDER BY key DESC LIMIT ?" } else { " ORDER BY key ASC LIMIT ?" });
+    args.extend(upper.map(Sql::Blob));
+    args.extend(cursor.map(Sql::Blob));
     args.push(Sql::Integer(q.limit as i64 + 1));
-    let mut stmt = conn.prepare_cached(&sql)?;
+    let mut stmt = conn.prepare_cached(&text)?;
     let rows = stmt.query_map(params_from_iter(args), |r| row_to_entry(r, q.keys_only))?;
     let (mut entries, mut budget) = (Vec::new(), ByteBudget::new(limits::MAX_READ_BYTES));
     for row in rows {
@@ -104,13 +100,9 @@ pub fn list(conn: &Connection, q: &ListQuery, now: u64) -> Result<ListPage, Stor
 
 pub fn count(conn: &Connection, q: &ListQuery, now: u64) -> Result<u64, StoreError> {
     let (lower, upper) = query_bounds(q);
-    let mut sql = String::from("SELECT count(*) FROM kv WHERE (expires_at IS NULL OR expires_at > ?) AND key >= ?");
+    let mut stmt = conn.prepare_cached(sql::count_entries(upper.is_some()))?;
     let mut args: Vec<Sql> = vec![Sql::Integer(now as i64), Sql::Blob(lower)];
-    if let Some(u) = upper {
-        sql.push_str(" AND key < ?");
-        args.push(Sql::Blob(u));
-    }
-    let mut stmt = conn.prepare_cached(&sql)?;
+    args.extend(upper.map(Sql::Blob));
     let n: i64 = stmt.query_row(params_from_iter(args), |r| r.get(0))?;
     Ok(n as u64)
 }
@@ -119,26 +111,20 @@ pub fn count(conn: &Connection, q: &ListQuery, now: u64) -> Result<u64, StoreErr
 /// `InvalidArgument` when the history after `after` has been pruned.
 pub fn changes(conn: &mut Connection, prefix: &[u8], after: ChangePos, limit: u32) -> Result<Vec<Change>, StoreError> {
     let tx = conn.transaction()?;
-    let pruned_below = super::read_meta_u64(&tx, "pruned_below")?.unwrap_or(0);
+    let pruned_below = meta::get(&tx, Meta::PrunedBelow)?.unwrap_or(0);
     if after.vs.counter + 1 < pruned_below {
         return Err(history_gone(after.vs, pruned_below));
     }
-    let mut sql = String::from(
-        // Queue records (keys from 0xff) are not changes of the keyspace.
-        "SELECT version, key, value, expires_at, n, enc FROM changelog WHERE (version > ? OR (version = ? AND n > ?)) AND key >= ? AND key < x'ff'",
-    );
+    let upper = prefix_upper_bound(prefix);
     let n_after = after.index.map(i64::from).unwrap_or(i64::MAX);
     let mut args: Vec<Sql> =
         vec![Sql::Integer(after.vs.to_i64()), Sql::Integer(after.vs.to_i64()), Sql::Integer(n_after), Sql::Blob(prefix.to_vec())];
-    if let Some(u) = prefix_upper_bound(prefix) {
-        sql.push_str(" AND key < ?");
-        args.push(Sql::Blob(u));
-    }
-    sql.push_str(" ORDER BY version, n LIMIT ?");
+    let text = sql::changes_after(upper.is_some());
+    args.extend(upper.map(Sql::Blob));
     args.push(Sql::Integer(limit as i64));
     let mut out = Vec::new();
     {
-        let mut stmt = tx.prepare_cached(&sql)?;
+        let mut stmt = tx.prepare_cached(text)?;
         let rows = stmt.query_map(params_from_iter(args), |r| {
             let value: Option<Vec<u8>> = r.get(2)?;
             let enc = encoding(r.get(5)?);

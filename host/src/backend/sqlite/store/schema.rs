@@ -1,4 +1,5 @@
-//! The SQLite schema and connection settings.
+//! Opening a SQLite file: connection settings, the schema (its text in
+//! `sql.rs`) created or migrated, and the writer's starting state.
 //!
 //! Keys are stored as BLOBs (their UTF-8 bytes) so every comparison is a
 //! plain memcmp and a prefix's upper bound is a byte increment. A snapshot of
@@ -7,74 +8,16 @@
 
 use std::path::Path;
 
-use rusqlite::{Connection, OpenFlags, OptionalExtension};
+use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 
 use super::StoreError;
+use super::meta::{self, Meta};
+use super::sql;
 use super::writer::WriterState;
 
 /// 2: values carry an encoding (`enc`: 1 V8, 2 little-endian u64, 3 bytes).
 /// 3: the `queue` table (Deno KV queues; see `queue.rs`).
 pub const SCHEMA_VERSION: i64 = 3;
-
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS kv (
-    key        BLOB PRIMARY KEY,
-    value      BLOB NOT NULL,
-    version    INTEGER NOT NULL,   -- versionstamp: counter << 16 | index
-    expires_at INTEGER,            -- unix ms, NULL = never
-    enc        INTEGER NOT NULL DEFAULT 3  -- sidekv_core::Encoding code
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS kv_expires ON kv(expires_at) WHERE expires_at IS NOT NULL;
--- The replication outbox and watch history: every mutation, in commit order.
--- value NULL = delete. Counters are logged as the value they produced, so a
--- replay is only sets and deletes.
-CREATE TABLE IF NOT EXISTS changelog (
-    version    INTEGER NOT NULL,
-    n          INTEGER NOT NULL,
-    key        BLOB NOT NULL,
-    value      BLOB,
-    expires_at INTEGER,
-    enc        INTEGER NOT NULL DEFAULT 3,
-    PRIMARY KEY (version, n)
-) WITHOUT ROWID;
--- counter: last commit; shipped: last commit confirmed in S3;
--- db_id: identity of this database's history (kept across restores);
--- writer: identity of this file as a backup writer (new after every restore);
--- epoch: the versionstamp epoch reserved in S3 for this file (absent: none).
--- Queue messages not yet delivered (see queue.rs). state: encoding,
--- payload, backoff schedule, keys if undelivered. lease: who holds the
--- current delivery attempt (not logged; a restored file has none).
-CREATE TABLE IF NOT EXISTS queue (
-    id          TEXT PRIMARY KEY,   -- <versionstamp><index>, 24 hex chars
-    due_at      INTEGER NOT NULL,   -- unix ms of the next attempt
-    attempts    INTEGER NOT NULL,   -- failed attempts so far
-    lease       INTEGER,
-    lease_until INTEGER,
-    state       BLOB NOT NULL
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS queue_due ON queue(due_at, id) WHERE lease IS NULL;
-CREATE INDEX IF NOT EXISTS queue_leases ON queue(lease_until) WHERE lease IS NOT NULL;
-CREATE TABLE IF NOT EXISTS meta (
-    name  TEXT PRIMARY KEY,
-    value
-) WITHOUT ROWID;
-";
-
-/// Schema 1 → 2: typed values. Existing values are bytes (code 3, the default).
-const MIGRATE_1_TO_2: &str = "
-ALTER TABLE kv ADD COLUMN enc INTEGER NOT NULL DEFAULT 3;
-ALTER TABLE changelog ADD COLUMN enc INTEGER NOT NULL DEFAULT 3;
-UPDATE meta SET value = 2 WHERE name = 'schema';
-";
-
-/// Schema 2 → 3: the queue table (created by `SCHEMA` if missing).
-const MIGRATE_2_TO_3: &str = "UPDATE meta SET value = 3 WHERE name = 'schema';";
-
-// The statements that change `kv`, each defined once (the writer and a
-// restore both apply changes with them).
-pub const PUT_ENTRY: &str = "INSERT OR REPLACE INTO kv (key, value, version, expires_at, enc) VALUES (?1, ?2, ?3, ?4, ?5)";
-pub const DELETE_ENTRY: &str = "DELETE FROM kv WHERE key = ?1";
-pub const LOG_CHANGE: &str = "INSERT INTO changelog (version, n, key, value, expires_at, enc) VALUES (?1, ?2, ?3, ?4, ?5, ?6)";
 
 fn base_pragmas(conn: &Connection) -> Result<(), StoreError> {
     conn.busy_timeout(std::time::Duration::from_secs(30))?;
@@ -82,10 +25,6 @@ fn base_pragmas(conn: &Connection) -> Result<(), StoreError> {
     conn.pragma_update(None, "cache_size", -8192)?; // 8 MiB per connection
     conn.pragma_update(None, "temp_store", "MEMORY")?;
     Ok(())
-}
-
-pub fn read_meta_u64(conn: &Connection, name: &str) -> Result<Option<u64>, StoreError> {
-    Ok(conn.query_row("SELECT value FROM meta WHERE name = ?1", [name], |r| r.get::<_, i64>(0)).optional()?.map(|v| v as u64))
 }
 
 /// Open the writer connection, creating the schema, and read its state.
@@ -96,13 +35,13 @@ pub fn open_writer(path: &Path) -> Result<(Connection, WriterState), StoreError>
     {
         std::fs::create_dir_all(dir).map_err(|e| StoreError::Internal(format!("creating {}: {e}", dir.display())))?;
     }
-    let conn = Connection::open(path).map_err(|e| StoreError::Internal(format!("opening {}: {e}", path.display())))?;
+    let mut conn = Connection::open(path).map_err(|e| StoreError::Internal(format!("opening {}: {e}", path.display())))?;
     // 8 KiB pages (before anything is written; ignored for an existing
     // file): a WITHOUT ROWID row stays in its page up to ~2 KiB instead of
     // ~1 KiB, so typical 1 KiB values do not each spill into an overflow
     // page. Measured: 4 KiB pages stored 100k × 1 KiB in 468 MB (4.5× the data).
     conn.pragma_update(None, "page_size", 8192)?;
-    let mode: String = conn.query_row("PRAGMA journal_mode=WAL", [], |r| r.get(0))?;
+    let mode: String = conn.query_row(sql::JOURNAL_WAL, [], |r| r.get(0))?;
     if !mode.eq_ignore_ascii_case("wal") {
         return Err(StoreError::Internal(format!("could not switch {} to WAL (got {mode})", path.display())));
     }
@@ -114,22 +53,20 @@ pub fn open_writer(path: &Path) -> Result<(Connection, WriterState), StoreError>
     let db_id = format!("{:016x}", rand::random::<u64>());
     // Positive, so it reads back as the same i64 SQLite stores.
     let writer = rand::random::<u64>() >> 1;
-    conn.execute_batch(&format!(
-        "BEGIN IMMEDIATE;
-         {SCHEMA}
-         INSERT OR IGNORE INTO meta VALUES ('schema', {SCHEMA_VERSION});
-         INSERT OR IGNORE INTO meta VALUES ('counter', 0);
-         INSERT OR IGNORE INTO meta VALUES ('shipped', 0);
-         INSERT OR IGNORE INTO meta VALUES ('db_id', '{db_id}');
-         INSERT OR IGNORE INTO meta VALUES ('writer', {writer});
-         COMMIT;"
-    ))?;
-    let found: Option<i64> = conn.query_row("SELECT value FROM meta WHERE name = 'schema'", [], |r| r.get(0)).optional()?;
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    tx.execute_batch(sql::SCHEMA)?;
+    meta::init(&tx, Meta::Schema, &SCHEMA_VERSION)?;
+    meta::init(&tx, Meta::Counter, &0i64)?;
+    meta::init(&tx, Meta::Shipped, &0i64)?;
+    meta::init(&tx, Meta::DbId, &db_id)?;
+    meta::init(&tx, Meta::Writer, &(writer as i64))?;
+    tx.commit()?;
+    let found = meta::get(&conn, Meta::Schema)?.map(|v| v as i64);
     match found {
         None => return Err(StoreError::Internal("the schema row is missing after creation".into())),
         Some(v) if v == SCHEMA_VERSION => {}
-        Some(1) => conn.execute_batch(&format!("BEGIN IMMEDIATE; {MIGRATE_1_TO_2} {MIGRATE_2_TO_3} COMMIT;"))?,
-        Some(2) => conn.execute_batch(&format!("BEGIN IMMEDIATE; {MIGRATE_2_TO_3} COMMIT;"))?,
+        Some(1) => migrate(&mut conn, &[sql::MIGRATE_1_TO_2, sql::MIGRATE_2_TO_3])?,
+        Some(2) => migrate(&mut conn, &[sql::MIGRATE_2_TO_3])?,
         Some(v) => {
             return Err(StoreError::Internal(format!(
                 "{} has schema version {v}; this sidekv understands {SCHEMA_VERSION}",
@@ -137,10 +74,19 @@ pub fn open_writer(path: &Path) -> Result<(Connection, WriterState), StoreError>
             )));
         }
     }
-    let counter = read_meta_u64(&conn, "counter")?.unwrap_or(0);
-    let shipped = read_meta_u64(&conn, "shipped")?.unwrap_or(0);
-    let db_id: String = conn.query_row("SELECT value FROM meta WHERE name='db_id'", [], |r| r.get(0))?;
+    let counter = meta::get(&conn, Meta::Counter)?.unwrap_or(0);
+    let shipped = meta::get(&conn, Meta::Shipped)?.unwrap_or(0);
+    let db_id = meta::get_text(&conn, Meta::DbId)?.ok_or_else(|| StoreError::Internal("the db_id row is missing".into()))?;
     Ok((conn, WriterState { counter, shipped, db_id, commits_since_prune: 0, counter_limit: super::versionstamp::MAX_COUNTER }))
+}
+
+/// Run `steps` (each ends by recording its schema version) in one transaction.
+fn migrate(conn: &mut Connection, steps: &[&str]) -> Result<(), StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    for step in steps {
+        tx.execute_batch(step)?;
+    }
+    Ok(tx.commit()?)
 }
 
 /// Open a read-only connection to an existing database.
@@ -183,8 +129,7 @@ mod tests {
         let page = s.list(ListQuery { limit: 10, ..Default::default() }).await.unwrap();
         let got: Vec<_> = page.entries.into_iter().map(|e| (e.key, e.value)).collect();
         assert_eq!(got, vec![(b"a".to_vec(), Value::bytes(b"hello".to_vec())), (b"n".to_vec(), Value::u64(42))]);
-        let schema: i64 =
-            s.on_writer(|c, _| Ok(c.query_row("SELECT value FROM meta WHERE name = 'schema'", [], |r| r.get(0))?)).await.unwrap();
+        let schema: i64 = s.on_writer(|c, _| super::super::meta::get(c, super::super::meta::Meta::Schema)).await.unwrap().unwrap() as i64;
         assert_eq!(schema, super::SCHEMA_VERSION);
         s.close();
     }

@@ -14,8 +14,9 @@ use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, 
 use tokio::sync::watch;
 
 use super::inline::InlinePool;
+use super::meta::{self, Meta};
 use super::queue;
-use super::schema::{DELETE_ENTRY, LOG_CHANGE, PUT_ENTRY};
+use super::sql;
 use super::versionstamp::MAX_COUNTER;
 use super::{Check, Condition, StoreError, Value, Versionstamp, WriteOp, WriteResult, WriterMsg, now_ms};
 use crate::limits;
@@ -119,7 +120,7 @@ pub(crate) fn run(
     }
     // Queue closed: shut down cleanly, leaving no WAL behind.
     inline.release_all();
-    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(())) {
+    if let Err(e) = conn.query_row(sql::CHECKPOINT_TRUNCATE, [], |_| Ok(())) {
         tracing::warn!(error = %e, "final WAL checkpoint failed");
     }
 }
@@ -167,7 +168,7 @@ fn commit_batch(
             }
         }
         if index > 0 {
-            tx.execute("UPDATE meta SET value = ?1 WHERE name = 'counter'", [counter as i64])?;
+            meta::set(&tx, Meta::Counter, counter)?;
             tx.commit()?;
         } else {
             tx.rollback()?;
@@ -207,12 +208,12 @@ fn commit_batch(
 
 /// The live versionstamp of `key` inside the transaction.
 fn current_version(tx: &Transaction<'_>, key: &[u8], now: u64) -> rusqlite::Result<Option<Versionstamp>> {
-    let mut stmt = tx.prepare_cached("SELECT version FROM kv WHERE key = ?1 AND (expires_at IS NULL OR expires_at > ?2)")?;
+    let mut stmt = tx.prepare_cached(sql::ENTRY_VERSION)?;
     Ok(stmt.query_row(params![key, now as i64], |r| r.get::<_, i64>(0)).optional()?.map(Versionstamp::from_i64))
 }
 
 fn current_value(tx: &Transaction<'_>, key: &[u8], now: u64) -> rusqlite::Result<Option<Value>> {
-    let mut stmt = tx.prepare_cached("SELECT value, enc FROM kv WHERE key = ?1 AND (expires_at IS NULL OR expires_at > ?2)")?;
+    let mut stmt = tx.prepare_cached(sql::ENTRY_VALUE)?;
     stmt.query_row(params![key, now as i64], |r| Ok(Value { bytes: r.get(0)?, encoding: super::reads::encoding(r.get(1)?) })).optional()
 }
 
@@ -239,14 +240,21 @@ fn expiry(now: u64, ttl: Option<u64>) -> Option<i64> {
 
 fn put(tx: &Transaction<'_>, key: &[u8], value: &Value, vs: Versionstamp, n: u32, expires_at: Option<i64>) -> rusqlite::Result<()> {
     let enc = value.encoding.code();
-    tx.prepare_cached(PUT_ENTRY)?.execute(params![key, value.bytes, vs.to_i64(), expires_at, enc])?;
-    tx.prepare_cached(LOG_CHANGE)?.execute(params![vs.to_i64(), n, key, value.bytes, expires_at, enc])?;
+    tx.prepare_cached(sql::PUT_ENTRY)?.execute(params![key, value.bytes, vs.to_i64(), expires_at, enc])?;
+    tx.prepare_cached(sql::LOG_CHANGE)?.execute(params![vs.to_i64(), n, key, value.bytes, expires_at, enc])?;
     Ok(())
 }
 
 fn del(tx: &Transaction<'_>, key: &[u8], vs: Versionstamp, n: u32) -> rusqlite::Result<()> {
-    tx.prepare_cached(DELETE_ENTRY)?.execute(params![key])?;
-    tx.prepare_cached(LOG_CHANGE)?.execute(params![vs.to_i64(), n, key, None::<Vec<u8>>, None::<i64>, Value::default().encoding.code()])?;
+    tx.prepare_cached(sql::DELETE_ENTRY)?.execute(params![key])?;
+    tx.prepare_cached(sql::LOG_CHANGE)?.execute(params![
+        vs.to_i64(),
+        n,
+        key,
+        None::<Vec<u8>>,
+        None::<i64>,
+        Value::default().encoding.code()
+    ])?;
     Ok(())
 }
 
@@ -270,8 +278,8 @@ fn apply(tx: &Transaction<'_>, op: &WriteOp, vs: Versionstamp, now: u64) -> Resu
         WriteOp::DeletePrefix { prefix } => {
             let keys: Vec<(Vec<u8>, Option<i64>)> = {
                 let (sql, upper) = match prefix_upper_bound(prefix) {
-                    Some(u) => ("SELECT key, expires_at FROM kv WHERE key >= ?1 AND key < ?2", Some(u)),
-                    None => ("SELECT key, expires_at FROM kv WHERE key >= ?1 AND ?2 IS NULL", None),
+                    Some(u) => (sql::KEYS_IN_RANGE, Some(u)),
+                    None => (sql::KEYS_FROM, None),
                 };
                 let mut s = tx.prepare_cached(sql)?;
                 s.query_map(params![prefix, upper], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?
@@ -383,25 +391,17 @@ fn apply_atomic(
 /// from the WAL file: measured at 1M keys, 2.5 page reads per GET instead
 /// of 1. PASSIVE: never waits for readers, never blocks them.
 fn idle_checkpoint(conn: &Connection) {
-    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+    if let Err(e) = conn.query_row(sql::CHECKPOINT_PASSIVE, [], |_| Ok(())) {
         tracing::warn!(error = %e, "idle WAL checkpoint failed");
     }
 }
 
 fn sweep(conn: &Connection) -> rusqlite::Result<usize> {
-    let mut s =
-        conn.prepare_cached("DELETE FROM kv WHERE key IN (SELECT key FROM kv WHERE expires_at IS NOT NULL AND expires_at <= ?1 LIMIT ?2)")?;
+    let mut s = conn.prepare_cached(sql::SWEEP_EXPIRED)?;
     s.execute(params![now_ms() as i64, limits::EXPIRY_SWEEP_BATCH as i64])
 }
 
 const PRUNE_BATCH_ROWS_USIZE: usize = limits::PRUNE_BATCH_ROWS as usize;
-
-/// The first change-log row kept when the oldest `?2` rows below `?1` go.
-const PRUNE_SLICE_END: &str = "SELECT version, n FROM changelog WHERE version < ?1 ORDER BY version, n LIMIT 1 OFFSET ?2";
-const PRUNE_BEFORE_ROW: &str = "DELETE FROM changelog WHERE (version, n) < (?1, ?2)";
-const PRUNE_BELOW: &str = "DELETE FROM changelog WHERE version < ?1";
-const SET_PRUNED_BELOW: &str = "INSERT INTO meta VALUES ('pruned_below', ?1)
-     ON CONFLICT(name) DO UPDATE SET value = max(value, excluded.value)";
 
 /// Drop the oldest change-log rows that are shipped (or not replicated) and
 /// older than the watch history: at most `PRUNE_BATCH_ROWS` per call, so a
@@ -412,19 +412,19 @@ fn prune(conn: &Connection, state: &WriterState, replicated: bool) -> rusqlite::
     let below = if replicated { history_floor.min(state.shipped + 1) } else { history_floor };
     let cut = Versionstamp::commit_start(below).to_i64();
     let slice_end: Option<(i64, i64)> = conn
-        .prepare_cached(PRUNE_SLICE_END)?
+        .prepare_cached(sql::PRUNE_SLICE_END)?
         .query_row(params![cut, limits::PRUNE_BATCH_ROWS], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
     let (deleted, pruned_below) = match slice_end {
         // The commit holding the first kept row may have lost earlier rows:
         // history is whole only after it.
         Some((version, n)) => {
-            let deleted = conn.prepare_cached(PRUNE_BEFORE_ROW)?.execute(params![version, n])?;
+            let deleted = conn.prepare_cached(sql::PRUNE_BEFORE_ROW)?.execute(params![version, n])?;
             (deleted, Versionstamp::from_i64(version).counter + 1)
         }
-        None => (conn.prepare_cached(PRUNE_BELOW)?.execute([cut])?, below),
+        None => (conn.prepare_cached(sql::PRUNE_BELOW)?.execute([cut])?, below),
     };
-    conn.prepare_cached(SET_PRUNED_BELOW)?.execute([pruned_below as i64])?;
+    meta::raise(conn, Meta::PrunedBelow, pruned_below)?;
     Ok(deleted)
 }
 
@@ -432,14 +432,14 @@ pub(crate) fn mark_shipped(conn: &mut Connection, state: &mut WriterState, count
     if counter <= state.shipped {
         return Ok(());
     }
-    conn.execute("UPDATE meta SET value = ?1 WHERE name = 'shipped'", [counter as i64])?;
+    meta::set(conn, Meta::Shipped, counter)?;
     state.shipped = counter;
     Ok(())
 }
 
 #[cfg(test)]
 mod tests {
-    use super::super::read_meta_u64;
+    use super::super::meta::{self, Meta};
     use super::*;
 
     fn log_rows(conn: &Connection) -> i64 {
@@ -469,7 +469,7 @@ mod tests {
             assert!(deleted <= limits::PRUNE_BATCH_ROWS as usize, "one pass deleted {deleted} rows");
             passes += 1;
             let left = log_rows(&conn) as u64;
-            let below = read_meta_u64(&conn, "pruned_below").unwrap().unwrap();
+            let below = meta::get(&conn, Meta::PrunedBelow).unwrap().unwrap();
             // Every commit at or after `pruned_below` is still whole.
             let whole: i64 = conn
                 .query_row("SELECT count(*) FROM changelog WHERE version >= ?1", [Versionstamp::commit_start(below).to_i64()], |r| r.get(0))
@@ -481,6 +481,6 @@ mod tests {
             assert!(passes < 100);
         }
         assert_eq!(passes, total.div_ceil(limits::PRUNE_BATCH_ROWS as usize));
-        assert_eq!(read_meta_u64(&conn, "pruned_below").unwrap(), Some(commits + 1));
+        assert_eq!(meta::get(&conn, Meta::PrunedBelow).unwrap(), Some(commits + 1));
     }
 }
