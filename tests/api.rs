@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use bytes::Bytes;
-use common::{Client, Opts, TempServer};
+use common::{Client, Opts, TempServer, atomic, b64, committed, etag_of, expect_error, is_vs};
 use futures::{Stream, StreamExt};
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -28,16 +28,8 @@ fn start_with(opts: Opts) -> TempServer {
     common::start_temp(opts)
 }
 
-fn is_vs(s: &str) -> bool {
-    s.len() == 20 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-}
-
 fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
-}
-
-fn b64(b: impl AsRef<[u8]>) -> String {
-    B64.encode(b.as_ref())
 }
 
 /// Status and parsed JSON body.
@@ -46,36 +38,6 @@ async fn json_of(r: reqwest::Response) -> (u16, Value) {
     let text = r.text().await.unwrap();
     let v = serde_json::from_str(&text).unwrap_or_else(|e| panic!("status {st}: not JSON ({e}): {text:?}"));
     (st, v)
-}
-
-/// Expect `{"ok":true,"versionstamp":…}` exactly; return the versionstamp.
-async fn committed(r: reqwest::Response, what: &str) -> String {
-    let (st, v) = json_of(r).await;
-    assert_eq!(st, 200, "{what}: {v}");
-    let vs = v["versionstamp"].as_str().unwrap_or_else(|| panic!("{what}: {v}")).to_string();
-    assert!(is_vs(&vs), "{what}: {vs}");
-    assert_eq!(v, json!({"ok": true, "versionstamp": vs}), "{what}");
-    vs
-}
-
-/// Expect a JSON error with this status; return its message.
-async fn expect_error(r: reqwest::Response, status: u16, what: &str) -> String {
-    let (st, v) = json_of(r).await;
-    assert_eq!(st, status, "{what}: {v}");
-    v["error"].as_str().unwrap_or_else(|| panic!("{what}: no error field: {v}")).to_string()
-}
-
-async fn etag_of(c: &Client, key: &str) -> Option<String> {
-    let r = c.req(Method::GET, &format!("/{key}")).send().await.unwrap();
-    match r.status().as_u16() {
-        200 => Some(r.headers()["etag"].to_str().unwrap().trim_matches('"').to_string()),
-        404 => None,
-        s => panic!("GET /{key}: {s}"),
-    }
-}
-
-async fn atomic(c: &Client, body: Value) -> reqwest::Response {
-    c.req(Method::POST, "/_atomic").body(body.to_string()).send().await.unwrap()
 }
 
 async fn count(c: &Client, prefix: &str) -> u64 {

@@ -259,7 +259,7 @@ async fn atomic_enqueue_is_all_or_nothing() {
             "checks": [{ "key": "exists", "versionstamp": check_vs }],
             "mutations": [
                 { "type": "set", "key": "order/1", "value": "c2hpcHBlZA==" },
-                { "type": "enqueue", "value": base64(payload), "delay": 0, "backoff_schedule": [100] },
+                { "type": "enqueue", "value": b64(payload), "delay": 0, "backoff_schedule": [100] },
             ]
         })
         .to_string()
@@ -268,26 +268,15 @@ async fn atomic_enqueue_is_all_or_nothing() {
     assert_eq!(st, 409, "{body}");
     assert_eq!(c.get("order/1").await, None);
     assert_eq!(take(&c, "?wait=300ms").await, None, "a failed check enqueues nothing");
-    let vs = etag(&c, "exists").await;
+    let vs = etag_of(&c, "exists").await.unwrap();
     let (st, body) = status_of(c.req(Method::POST, "/_atomic").body(batch(json!(vs), "passed"))).await;
     assert_eq!(st, 200, "{body}");
     assert_eq!(c.get("order/1").await.as_deref(), Some(b"shipped".as_slice()));
     let (_, _, lease, payload) = take(&c, "?wait=1s").await.expect("enqueued with the write");
     assert_eq!(payload, b"passed");
     assert_eq!(settle(&c, "ack", &lease).await, 200);
-    let bad = json!({ "mutations": [{ "type": "enqueue", "value": base64("x"), "keys_if_undelivered": ["_x"] }] }).to_string();
+    let bad = json!({ "mutations": [{ "type": "enqueue", "value": b64("x"), "keys_if_undelivered": ["_x"] }] }).to_string();
     assert_eq!(status_of(c.req(Method::POST, "/_atomic").body(bad)).await.0, 400);
-}
-
-fn base64(s: &str) -> String {
-    use base64::Engine as _;
-    base64::engine::general_purpose::STANDARD.encode(s)
-}
-
-/// A key's versionstamp (its ETag).
-async fn etag(c: &Client, key: &str) -> String {
-    let r = c.req(Method::GET, &format!("/{key}")).send().await.unwrap();
-    r.headers().get("etag").unwrap().to_str().unwrap().trim_matches('"').to_string()
 }
 
 /// A lease that is neither acked nor retried expires: the attempt counts as
@@ -356,7 +345,7 @@ async fn failed_pushes_back_off_then_dead_letter() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(c.get("dead/a").await.as_deref(), Some(b"payload".as_slice()));
-    assert_eq!(etag(&c, "dead/a").await, etag(&c, "dead/b").await, "both keys in one commit");
+    assert_eq!(etag_of(&c, "dead/a").await.unwrap(), etag_of(&c, "dead/b").await.unwrap(), "both keys in one commit");
     tokio::time::sleep(Duration::from_millis(1200)).await;
     assert_eq!(app.deliveries().len(), 3, "gone after the last attempt");
     assert_eq!(gauge(&s, "sidekv_queue_dead_lettered_total").await, 1.0);

@@ -26,10 +26,6 @@ fn sidecars(n: usize) -> (String, Vec<TempServer>) {
     (db, servers)
 }
 
-async fn atomic(c: &Client, body: Value) -> reqwest::Response {
-    c.req(Method::POST, "/_atomic").json(&body).send().await.unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn histories_are_linearizable_across_three_sidecars() {
     let (_db, s) = sidecars(3);

@@ -16,6 +16,7 @@
 //! | `lin`    | register workload + linearizability checker (Wing & Gong)  |
 //! | `pg`     | a private PostgreSQL, fresh databases, the backend switch   |
 //! | `clients`| the real Deno and Node clients, run as child processes     |
+//! | `rest`   | REST assertions: committed writes, JSON errors, ETags, …   |
 #![allow(dead_code)]
 #![allow(unused_imports)] // each test binary uses its own subset
 
@@ -24,6 +25,7 @@ mod lin;
 mod ops;
 mod pg;
 mod proxy;
+mod rest;
 mod s3;
 mod server;
 mod state;
@@ -33,6 +35,7 @@ pub use lin::*;
 pub use ops::*;
 pub use pg::*;
 pub use proxy::*;
+pub use rest::*;
 pub use s3::*;
 pub use server::*;
 pub use state::*;
