@@ -75,7 +75,7 @@ setup-container:
 # server's store at a path is a database of its own). A test about SQLite
 # itself has `sqlite_only` in its name and is filtered out by name there,
 # so cargo counts it as filtered, never as passed.
-PG_SUITES := --test api --test e2e --test guests --test ops --test hostile --test pg_harness --test console --test queues
+PG_SUITES := --test api --test e2e --test sandbox --test guests --test ops --test hostile --test pg_harness --test console --test queues
 
 ## test: lint, unit tests, then integration tests against the real binary, a real S3 server and a real PostgreSQL
 test: lint setup setup-pg setup-deno setup-browser build examples examples-polyglot image

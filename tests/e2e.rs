@@ -1,15 +1,16 @@
 //! Core behaviour of sidekv, end to end against the real binary: the seed
 //! curl session, auth, values, keys, limits, restarts and crash recovery,
-//! concurrency, start-up failures and the command line.
+//! concurrency, start-up failures and the command line. A misbehaving
+//! guest is tests/sandbox.rs.
 
 mod common;
 
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader};
 use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{Opts, SECRET, Server, TempServer};
+use common::{Opts, SECRET, Server, TempServer, b64, committed, etag, expect_error, http, is_vs, wait_exit};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -17,56 +18,6 @@ use serde_json::{Value, json};
 
 fn start(opts: Opts) -> TempServer {
     common::start_temp(opts)
-}
-
-fn http() -> reqwest::Client {
-    reqwest::Client::new()
-}
-
-fn is_vs(s: &str) -> bool {
-    s.len() == 20 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
-}
-
-/// Parse a `{"ok":true,"versionstamp":…}` body (exact text), returning the versionstamp.
-async fn committed(r: reqwest::Response, what: &str) -> String {
-    let status = r.status();
-    let text = r.text().await.unwrap();
-    assert_eq!(status, 200, "{what}: {text}");
-    let v: Value = serde_json::from_str(&text).unwrap();
-    let vs = v["versionstamp"].as_str().unwrap_or_else(|| panic!("{what}: {text}")).to_string();
-    assert!(is_vs(&vs), "{what}: versionstamp {vs:?}");
-    assert_eq!(text, format!(r#"{{"ok":true,"versionstamp":"{vs}"}}"#), "{what}");
-    vs
-}
-
-/// Assert a JSON error response: exact status, JSON body with a non-empty `error` string.
-async fn expect_error(r: reqwest::Response, status: u16, what: &str) -> String {
-    let got = r.status().as_u16();
-    let ctype = r.headers().get("content-type").map(|v| v.to_str().unwrap().to_string());
-    let text = r.text().await.unwrap();
-    assert_eq!(got, status, "{what}: {text}");
-    assert_eq!(ctype.as_deref(), Some("application/json"), "{what}: content-type");
-    let v: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{what}: not JSON ({e}): {text}"));
-    let msg = v["error"].as_str().unwrap_or_else(|| panic!("{what}: no error field: {text}")).to_string();
-    assert!(!msg.is_empty(), "{what}: empty error");
-    assert_eq!(v.as_object().unwrap().len(), 1, "{what}: only `error` expected: {text}");
-    msg
-}
-
-fn etag(r: &reqwest::Response) -> String {
-    r.headers().get("etag").expect("ETag header").to_str().unwrap().to_string()
-}
-
-/// Wait for a child process to exit (bounded).
-fn wait_exit(child: &mut std::process::Child, timeout: Duration) -> std::process::ExitStatus {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            return st;
-        }
-        assert!(Instant::now() < deadline, "the process did not exit within {timeout:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
 }
 
 // --------------------------------------------------------------- seed ----
@@ -317,8 +268,8 @@ async fn oversize_values_and_bodies_get_413() {
     // Exactly at the body limit is fine (the value limit then applies).
     expect_error(c.req(Method::POST, "/big").body(vec![b'z'; 2000]).send().await.unwrap(), 413, "2000-byte value").await;
     // An oversize value inside an atomic batch is refused too.
-    let b64 = base64_encode(&[b'q'; 1001]);
-    let batch = json!({"mutations": [{"type": "set", "key": "big2", "value": b64}]}).to_string();
+    let value = b64([b'q'; 1001]);
+    let batch = json!({"mutations": [{"type": "set", "key": "big2", "value": value}]}).to_string();
     expect_error(c.req(Method::POST, "/_atomic").body(batch).send().await.unwrap(), 413, "atomic oversize").await;
     assert_eq!(c.get("big2").await, None);
     assert_eq!(c.get("big").await.unwrap(), vec![b'y'; 1000], "unchanged by refused writes");
@@ -343,11 +294,6 @@ async fn body_limit_413_announces_connection_close() {
     let r = c.req(Method::POST, "/big").body(chunked(5, 1000)).send().await.unwrap();
     assert_eq!(r.status(), 413);
     assert_eq!(r.headers().get("connection").map(|v| v.to_str().unwrap().to_string()).as_deref(), Some("close"));
-}
-
-fn base64_encode(b: &[u8]) -> String {
-    use base64::Engine as _;
-    base64::engine::general_purpose::STANDARD.encode(b)
 }
 
 // ----------------------------------------------------------- restarts ----
@@ -592,154 +538,4 @@ fn generated_secret_is_printed_once_and_never_logged() {
     let log = std::fs::read_to_string(&log).unwrap();
     assert!(log.contains("ready"), "the log is there:\n{log}");
     assert!(!log.contains(&secret), "the secret leaked into the log:\n{log}");
-}
-
-// ------------------------------------------------------ guest sandbox ----
-//
-// A guest that loops forever or traps, with the chaos fixture guest
-// (tests/guests/chaos, built by `make examples`; tests/ops.rs covers it in
-// more depth). Then the default guest pushed past its own sandbox limits: a
-// body larger than its memory cap makes it trap, a tiny deadline makes a
-// heavy request time out.
-
-fn chaos_guest() -> std::path::PathBuf {
-    common::guest_wasm("chaos_guest.wasm")
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn looping_or_trapping_guest_does_not_take_the_server_down() {
-    let s = start(Opts::default().env("KVSTORE_GUEST", chaos_guest().to_str().unwrap()).env("KVSTORE_GUEST_TIMEOUT_MS", "300"));
-    let c = http();
-    let u = |p: &str| format!("{}{p}", s.url);
-    for round in 0..2 {
-        let t = Instant::now();
-        let (lp, tr, w) = tokio::join!(c.get(u("/loop")).send(), c.get(u("/trap")).send(), async {
-            // Ordinary requests are served while the guest spins and traps.
-            let w = c.post(u(&format!("/k{round}"))).body(format!("v{round}")).send().await.unwrap().status();
-            let r = c.get(u(&format!("/k{round}"))).send().await.unwrap();
-            (w, r.status(), r.text().await.unwrap())
-        });
-        let lp = lp.unwrap();
-        assert_eq!(lp.status(), 504, "/loop");
-        let body = lp.text().await.unwrap();
-        assert!(body.contains("deadline") && body.contains("chaos_guest.wasm"), "{body}");
-        let tr = tr.unwrap();
-        assert_eq!(tr.status(), 500, "/trap");
-        let body = tr.text().await.unwrap();
-        assert!(body.contains("chaos_guest.wasm") && body.contains("failed"), "{body}");
-        assert!(t.elapsed() < Duration::from_secs(5), "took {:?}", t.elapsed());
-        assert_eq!(w, (reqwest::StatusCode::OK, reqwest::StatusCode::OK, format!("v{round}")));
-    }
-    let log = s.log();
-    assert!(log.contains("guest timed out") && log.contains("guest trapped"), "{log}");
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn guest_trap_does_not_take_the_server_down() {
-    let s = start(Opts::default().env("KVSTORE_GUEST_MEMORY_MB", "4"));
-    let c = s.client();
-    c.set("before", "1").await;
-    let big = vec![b'x'; 8 << 20]; // cannot fit in 4 MiB of guest memory
-    for round in 0..3 {
-        // A normal writer keeps going while the guest traps.
-        let writer = {
-            let c = c.clone();
-            tokio::spawn(async move {
-                for i in 0..10 {
-                    c.set(&format!("during/{round}/{i}"), "ok").await;
-                }
-            })
-        };
-        let r = c.req(Method::POST, "/huge").body(big.clone()).send().await.unwrap();
-        let msg = expect_error(r, 500, "trapping request").await;
-        assert!(msg.contains("guest"), "{msg}");
-        writer.await.unwrap();
-        assert_eq!(c.get(&format!("during/{round}/9")).await.unwrap(), b"ok");
-    }
-    assert_eq!(c.get("huge").await, None);
-    assert_eq!(c.get("before").await.unwrap(), b"1");
-    let vs = c.set("after", "2").await;
-    assert!(is_vs(&vs));
-    assert!(s.log().contains("guest trapped"), "the trap is logged");
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn guest_deadline_answers_504_and_the_server_keeps_serving() {
-    let s = start(Opts::default().env("KVSTORE_GUEST_TIMEOUT_MS", "20"));
-    let c = s.client();
-    // ~14 MB of JSON for the guest to parse and decode: far more than 20 ms of work.
-    let batch = json!({"mutations": [{"type": "set", "key": "slow", "value": base64_encode(&vec![b'x'; 10 << 20])}]}).to_string();
-    let r = c.req(Method::POST, "/_atomic").body(batch).send().await.unwrap();
-    let msg = expect_error(r, 504, "slow request").await;
-    assert!(msg.contains("deadline") && msg.contains("KVSTORE_GUEST_TIMEOUT_MS"), "{msg}");
-    assert!(s.log().contains("guest timed out"), "the timeout is logged");
-    // Quick requests are still served (a read may be retried on 504: 20 ms is tight on a busy machine).
-    for path in ["/?prefix=", "/absent", "/?prefix=&count=true"] {
-        let mut last = 0;
-        for _ in 0..5 {
-            last = c.req(Method::GET, path).send().await.unwrap().status().as_u16();
-            if last != 504 {
-                break;
-            }
-        }
-        assert_eq!(last, if path == "/absent" { 404 } else { 200 }, "GET {path} after the timeout");
-    }
-    let r = c.req(Method::GET, "/?prefix=&count=true").send().await.unwrap();
-    if r.status() == 200 {
-        assert_eq!(r.text().await.unwrap(), r#"{"count":0}"#, "the timed-out batch wrote nothing");
-    }
-}
-
-/// A 504 (guest deadline) must mean "not written": the deadline is meant to
-/// bound the guest's own work, but time the guest spends waiting for the
-/// store in kv.set / kv.atomic / kv.delete-prefix counts against it (only
-/// kv.watch pushes it back), so a write that waits for a busy writer commits
-/// and is then answered 504. The client cannot tell it happened.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_504_never_hides_a_committed_write() {
-    let mut s = start(Opts::default());
-    let db = s.db.clone();
-    let c = s.client();
-    for b in 0..20 {
-        let muts: Vec<Value> = (0..1000).map(|i| json!({"type": "set", "key": format!("big/{b:02}/{i:04}"), "value": "eA=="})).collect();
-        committed(c.req(Method::POST, "/_atomic").body(json!({ "mutations": muts }).to_string()).send().await.unwrap(), "fill").await;
-    }
-    s.s.terminate(Duration::from_secs(15));
-    // The same store on both backends (on PostgreSQL, the same database: a
-    // relaunch on a fresh SQLite file would make the check below vacuous).
-    let opts = s.s.same_store(Opts::default().env("KVSTORE_GUEST_TIMEOUT_MS", "20"));
-    s.s = Server::start_at(&db, opts);
-    let c = s.client();
-    let mut before = None;
-    for _ in 0..5 {
-        let r = c.req(Method::GET, "/?prefix=big/&count=true").send().await.unwrap();
-        if r.status() == 200 {
-            before = Some(r.json::<Value>().await.unwrap()["count"].as_u64().unwrap());
-            break;
-        }
-    }
-    assert_eq!(before, Some(20_000), "the relaunched server must hold the 20 000 keys the scenario deletes");
-    // Deleting 20 000 keys keeps the writer busy well past 20 ms; the guest's own work is tiny.
-    let del = {
-        let c = c.clone();
-        tokio::spawn(async move { c.req(Method::DELETE, "/?prefix=big/").send().await.unwrap().status().as_u16() })
-    };
-    tokio::time::sleep(Duration::from_millis(5)).await;
-    let small = c.req(Method::POST, "/small").body("v").send().await.unwrap().status().as_u16();
-    let del = del.await.unwrap();
-    let mut left = None;
-    for _ in 0..5 {
-        let r = c.req(Method::GET, "/?prefix=big/&count=true").send().await.unwrap();
-        if r.status() == 200 {
-            left = Some(r.json::<Value>().await.unwrap()["count"].as_u64().unwrap());
-            break;
-        }
-    }
-    let small_written = c.get("small").await.is_some();
-    // No error status may hide a committed write (a loaded machine can
-    // still miss the 20 ms deadline in the guest's own work: then nothing
-    // may have been written).
-    assert!(!(del >= 500 && left == Some(0)), "DELETE /?prefix=big/ answered {del} but deleted all 20000 keys");
-    assert!(!(small >= 500 && small_written), "POST /small answered {small} but the value was written");
-    assert_eq!(del, 200, "{}", common::tail(&s.log(), 40));
 }

@@ -352,39 +352,6 @@ async fn concurrent_maximum_bodies_keep_memory_bounded() {
     assert!(served_within(&fresh_client(&s), "after", Duration::from_secs(3)).await.is_ok());
 }
 
-/// The guest memory budget, not the instance count, bounds a guest's
-/// memory: with a 1 MiB budget (below one instance) and a count cap of 64,
-/// long-polls holding instances leave no room for a second one; the calls
-/// waiting for an instance get 503 naming the budget after 2 s, and the
-/// server serves again once the long-polls end.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn the_guest_memory_budget_bounds_live_instances() {
-    let s = start(Opts::default().env("KVSTORE_GUEST_MEMORY_BUDGET_MB", "1").env("KVSTORE_MAX_INSTANCES", "64"));
-    let c = s.client();
-    let r = c.req(Method::POST, "/held").body("v").send().await.unwrap();
-    let vs = r.headers()["x-versionstamp"].to_str().unwrap().to_string();
-    let mut polls = Vec::new();
-    for _ in 0..3 {
-        let (c, vs) = (fresh_client(&s), vs.clone());
-        polls.push(tokio::spawn(async move {
-            c.req(Method::GET, &format!("/held?watch={vs}&timeout=4s")).send().await.unwrap().status().as_u16()
-        }));
-    }
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let r = fresh_client(&s).req(Method::GET, "/held").send().await.unwrap();
-    assert_eq!(r.status(), 503);
-    let msg = r.text().await.unwrap();
-    assert!(msg.contains("KVSTORE_GUEST_MEMORY_BUDGET_MB"), "{msg}");
-    let m = common::metrics(&s).await;
-    assert_eq!(common::metric(&m, "sidekv_guest_instances"), Some(1.0), "one instance only");
-    let statuses: Vec<u16> = futures::future::join_all(polls).await.into_iter().map(|r| r.unwrap()).collect();
-    // One long-poll held the instance until its timeout (304); the others
-    // waited for it, then got 503.
-    assert_eq!(statuses.iter().filter(|s| **s == 304).count(), 1, "{statuses:?}");
-    assert!(statuses.iter().all(|s| [304, 503].contains(s)), "{statuses:?}");
-    assert!(served_within(&fresh_client(&s), "after-budget", Duration::from_secs(3)).await.is_ok());
-}
-
 // ------------------------------------------------------------------ HTTP/2 ----
 
 /// A raw HTTP/2 (prior knowledge) client connection; the connection task
