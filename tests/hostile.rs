@@ -1,61 +1,39 @@
-//! Hostile and broken clients (docs/robustness.md, "Hostile and broken
-//! clients"): slow bodies and slow readers at the connection cap, idle
-//! keep-alive connections holding every slot, list pages larger than a
-//! guest can hold, and many maximum-size bodies at once. Each test runs its
-//! own server; `SIDEKV_TEST_BIN` runs them against another build.
+//! All HTTP abuse (docs/robustness.md, "HTTP abuse" and "Hostile and
+//! broken clients"): slow bodies, slow readers and idle keep-alive
+//! connections at the connection cap, list pages larger than a guest can
+//! hold, many maximum-size bodies at once, slowloris, malformed, oversized
+//! and pipelined requests, a connection flood, and HTTP/2 abuse. Each test
+//! runs its own server, most while a normal client keeps being served;
+//! `SIDEKV_TEST_BIN` runs them against another build.
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use common::{Client, Opts, SECRET, TempServer, gauge, start_temp};
+use common::{Client, Opts, SECRET, Server, TempServer, fresh_client, gauge, get_vs, served_within, start_temp, try_set};
 use reqwest::Method;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
+// ------------------------------------------------------------ helpers ----
+
+/// A server with an admin address (for its gauges).
 fn start(opts: Opts) -> TempServer {
     tokio::task::block_in_place(|| start_temp(opts.env("KVSTORE_ADMIN_ADDR", "127.0.0.1:0")))
 }
 
-fn addr(s: &TempServer) -> SocketAddr {
+/// A server with no admin address.
+fn start_without_admin(opts: Opts) -> TempServer {
+    tokio::task::block_in_place(|| start_temp(opts))
+}
+
+fn addr(s: &Server) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], s.port))
-}
-
-/// A client with no connection reuse: every request is a new connection,
-/// as a new client of the sidecar would be.
-fn fresh_client(s: &TempServer) -> Client {
-    Client { base: s.url.clone(), http: reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap() }
-}
-
-/// One legitimate write + read-back, retrying on 503 after its
-/// `Retry-After` and on refused connections, until `within`. Returns how
-/// long it took to be served, or what went wrong.
-async fn served_within(c: &Client, key: &str, within: Duration) -> Result<Duration, String> {
-    let t0 = Instant::now();
-    let mut last = String::new();
-    while t0.elapsed() < within {
-        match c.req(Method::POST, &format!("/{key}")).body("legit").send().await {
-            Ok(r) if r.status() == 200 => {
-                let got = c.req(Method::GET, &format!("/{key}")).send().await.map_err(|e| format!("read back: {e}"))?;
-                let body = got.bytes().await.map_err(|e| e.to_string())?;
-                return if &body[..] == b"legit" { Ok(t0.elapsed()) } else { Err(format!("read back {body:?}")) };
-            }
-            Ok(r) if r.status() == 503 => {
-                let retry: u64 = r.headers().get("retry-after").and_then(|v| v.to_str().ok()?.parse().ok()).unwrap_or(1);
-                last = format!("503 {}", r.text().await.unwrap_or_default());
-                tokio::time::sleep(Duration::from_secs(retry).min(Duration::from_millis(500))).await;
-            }
-            Ok(r) => return Err(format!("status {} {}", r.status(), r.text().await.unwrap_or_default())),
-            Err(e) => {
-                last = format!("{e:?}");
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
-        }
-    }
-    Err(format!("not served within {within:?}; last: {last}"))
 }
 
 /// Read until the server closes; `(bytes, closed after)`; gives up at `limit`.
@@ -87,6 +65,72 @@ fn header<'a>(resp: &'a str, name: &str) -> Option<&'a str> {
         k.eq_ignore_ascii_case(name).then(|| v.trim())
     })
 }
+
+/// A well-behaved client that keeps writing and reading back while a test
+/// abuses the server; every answer must be right and quick.
+struct Steady {
+    stop: Arc<AtomicBool>,
+    ok: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<(u64, Vec<String>, Duration)>,
+}
+
+#[derive(Debug)]
+struct SteadyReport {
+    round_trips: u64,
+    errors: Vec<String>,
+    max_latency: Duration,
+}
+
+impl Steady {
+    /// `c` should have been used once already when the test wants its
+    /// (single, kept-alive) connection to exist before the abuse starts.
+    fn spawn(c: Client, tag: &'static str) -> Steady {
+        let stop = Arc::new(AtomicBool::new(false));
+        let ok = Arc::new(AtomicU64::new(0));
+        let (stop2, ok2) = (stop.clone(), ok.clone());
+        let task = tokio::spawn(async move {
+            let mut errors = Vec::new();
+            let mut max_latency = Duration::ZERO;
+            let mut i = 0u64;
+            while !stop2.load(Ordering::Relaxed) {
+                let key = format!("{tag}-steady{}", i % 10);
+                let val = format!("v{i}");
+                let t = Instant::now();
+                let w = try_set(&c, &key, val.clone()).await;
+                max_latency = max_latency.max(t.elapsed());
+                let t = Instant::now();
+                let r = c.req(Method::GET, &format!("/{key}")).send().await;
+                let got = match r {
+                    Ok(r) => (r.status().as_u16(), r.bytes().await.map(|b| b.to_vec()).unwrap_or_default()),
+                    Err(e) => (0, format!("{e:?}").into_bytes()),
+                };
+                max_latency = max_latency.max(t.elapsed());
+                match (&w, &got) {
+                    (Ok(_), (200, b)) if b == val.as_bytes() => {
+                        ok2.fetch_add(1, Ordering::Relaxed);
+                    }
+                    _ => errors.push(format!("#{i}: write {w:?}, read back {} {:?}", got.0, String::from_utf8_lossy(&got.1))),
+                }
+                i += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            (i, errors, max_latency)
+        });
+        Steady { stop, ok, task }
+    }
+
+    fn ok(&self) -> u64 {
+        self.ok.load(Ordering::Relaxed)
+    }
+
+    async fn finish(self) -> SteadyReport {
+        self.stop.store(true, Ordering::Relaxed);
+        let (round_trips, errors, max_latency) = self.task.await.unwrap();
+        SteadyReport { round_trips, errors, max_latency }
+    }
+}
+
+// ------------------------------------------------- the connection cap ----
 
 /// 20 connections (the whole cap) each declare a 100 000-byte body and
 /// send one byte per second. A new client at the cap gets an explicit 503
@@ -250,6 +294,8 @@ async fn idle_keep_alive_connections_at_the_cap_make_room() {
     assert_eq!(closed, 1);
 }
 
+// --------------------------------------------- large reads and bodies ----
+
 /// 40 values of 900 KiB under one prefix: the list page stops at the byte
 /// cap (8 MiB) with a cursor, and following cursors yields every entry
 /// exactly once, in order, with its value. Export pages the same way.
@@ -352,7 +398,505 @@ async fn concurrent_maximum_bodies_keep_memory_bounded() {
     assert!(served_within(&fresh_client(&s), "after", Duration::from_secs(3)).await.is_ok());
 }
 
-// ------------------------------------------------------------------ HTTP/2 ----
+// ----------------------------------------------------- HTTP/1.1 abuse ----
+
+/// What a raw exchange ended with.
+#[derive(Debug, PartialEq)]
+enum Raw {
+    /// Bytes received before the server closed the connection.
+    Closed(Vec<u8>),
+    /// Reset (possibly after some bytes).
+    Reset(Vec<u8>),
+    /// Nothing more within the timeout (bytes so far).
+    Hung(Vec<u8>),
+}
+
+impl Raw {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Raw::Closed(b) | Raw::Reset(b) | Raw::Hung(b) => b,
+        }
+    }
+    fn status(&self) -> Option<u16> {
+        let b = self.bytes();
+        let s = std::str::from_utf8(b.get(..12)?).ok()?;
+        s.strip_prefix("HTTP/1.1 ")?.parse().ok()
+    }
+}
+
+/// Read until the server closes (or `timeout`).
+async fn read_all(s: &mut TcpStream, timeout: Duration) -> Raw {
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut buf = [0u8; 8192];
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Err(_) => return Raw::Hung(out),
+            Ok(Ok(0)) => return Raw::Closed(out),
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+            Ok(Err(_)) => return Raw::Reset(out),
+        }
+    }
+}
+
+/// Send `bytes` on a new connection and read what comes back until the
+/// server closes it (requests should say `connection: close`). The write
+/// side is not shut down: hyper (half_close off) drops a connection whose
+/// client half-closes, even after a complete request.
+async fn raw(s: &Server, bytes: &[u8]) -> Raw {
+    let c = TcpStream::connect(addr(s)).await.unwrap();
+    let (mut rd, mut wr) = c.into_split();
+    // The server may answer and close before reading everything: write
+    // concurrently and ignore write errors.
+    let bytes = bytes.to_vec();
+    let writer = tokio::spawn(async move {
+        let _ = wr.write_all(&bytes).await;
+        wr
+    });
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let mut buf = [0u8; 8192];
+    let r = loop {
+        match tokio::time::timeout_at(deadline, rd.read(&mut buf)).await {
+            Err(_) => break Raw::Hung(out),
+            Ok(Ok(0)) => break Raw::Closed(out),
+            Ok(Ok(n)) => out.extend_from_slice(&buf[..n]),
+            Ok(Err(_)) => break Raw::Reset(out),
+        }
+    };
+    writer.abort();
+    r
+}
+
+/// One parsed HTTP/1.1 response: (status, headers, body).
+type Response = (u16, Vec<(String, String)>, Vec<u8>);
+
+/// Split a byte stream into HTTP/1.1 responses.
+fn parse_responses(mut b: &[u8]) -> Vec<Response> {
+    let mut out = Vec::new();
+    while !b.is_empty() {
+        let end = b.windows(4).position(|w| w == b"\r\n\r\n").expect("response head") + 4;
+        let head = std::str::from_utf8(&b[..end]).unwrap();
+        let mut lines = head.split("\r\n");
+        let status = lines.next().unwrap()[9..12].parse().unwrap();
+        let headers: Vec<(String, String)> =
+            lines.filter_map(|l| l.split_once(':').map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))).collect();
+        let len: usize = headers.iter().find(|h| h.0 == "content-length").map(|h| h.1.parse().unwrap()).expect("content-length");
+        out.push((status, headers, b[end..end + len].to_vec()));
+        b = &b[end + len..];
+    }
+    out
+}
+
+/// Latency that means a request waited for the slowloris connections to
+/// be cut (the 10 s header timeout), not a busy machine.
+const STARVED: Duration = Duration::from_secs(5);
+
+/// 200 slowloris connections (a partial request head, one more byte every
+/// 500 ms) do not slow a normal client, and are closed at the 10 s header
+/// timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn slowloris_does_not_starve_and_is_cut_at_the_header_timeout() {
+    let s = start(Opts::default());
+    let a = addr(&s);
+    let steady = Steady::spawn(s.client(), "loris");
+    let t0 = Instant::now();
+    let mut lorises = Vec::new();
+    for i in 0..200 {
+        lorises.push(tokio::spawn(async move {
+            let mut c = TcpStream::connect(a).await.unwrap();
+            let opened = Instant::now();
+            c.write_all(format!("GET /loris{i} HTTP/1.1\r\nhost: x\r\nauthorization: ").as_bytes()).await.unwrap();
+            // Drip the rest of a never-ending header, one byte per 500 ms,
+            // until the server closes the connection.
+            let mut buf = [0u8; 1024];
+            let mut got = Vec::new();
+            loop {
+                tokio::select! {
+                    r = c.read(&mut buf) => {
+                        match r {
+                            Ok(0) | Err(_) => return (opened.elapsed(), got),
+                            Ok(n) => got.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    _ = tokio::time::sleep(Duration::from_millis(500)) => {
+                        if c.write_all(b"x").await.is_err() {
+                            return (opened.elapsed(), got);
+                        }
+                    }
+                }
+                if opened.elapsed() > Duration::from_secs(20) {
+                    return (opened.elapsed(), b"STILL OPEN AFTER 20 s".to_vec());
+                }
+            }
+        }));
+    }
+    // While they hang on: the normal client is served, quickly.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let open = gauge(&s, "sidekv_connections_open").await;
+    assert!(open >= 200.0, "the slowloris connections are not open: {open}");
+    let ok_mid = steady.ok();
+    let t = Instant::now();
+    assert_eq!(get_vs(&s.client(), "loris-steady0").await.map(|v| v.0.is_empty()), Some(false));
+    let fresh = t.elapsed();
+    let mut closed_after = Vec::new();
+    for l in lorises {
+        let (after, got) = l.await.unwrap();
+        assert!(got.is_empty() || got.starts_with(b"HTTP/1.1 408"), "slowloris got {:?}", String::from_utf8_lossy(&got));
+        closed_after.push(after);
+    }
+    let report = steady.finish().await;
+    closed_after.sort();
+    let (min, max) = (closed_after[0], closed_after[closed_after.len() - 1]);
+    eprintln!(
+        "[slowloris] 200 connections open {open}; a fresh client's GET took {} ms meanwhile; steady client: {} round trips, max latency {} ms, {} errors; \
+         slowloris connections closed after {:.1}..{:.1} s (whole test {:.1} s)",
+        fresh.as_millis(),
+        report.round_trips,
+        report.max_latency.as_millis(),
+        report.errors.len(),
+        min.as_secs_f64(),
+        max.as_secs_f64(),
+        t0.elapsed().as_secs_f64()
+    );
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert!(ok_mid >= 20 && report.round_trips > ok_mid, "steady client starved: {ok_mid} then {report:?}");
+    // Starved means waiting for the 10 s header timeout to cut the
+    // lorises; a busy 2-core machine can take a second on its own.
+    assert!(fresh < STARVED, "a fresh GET took {fresh:?}");
+    assert!(report.max_latency < STARVED, "{report:?}");
+    assert!(min >= Duration::from_millis(9500) && max <= Duration::from_secs(13), "closed after {min:?}..{max:?}, want ~10 s");
+    // Every connection is gone once the clients are (the steady client's
+    // pool closes its connection when the client is dropped).
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while gauge(&s, "sidekv_connections_open").await != 0.0 {
+        assert!(Instant::now() < deadline, "connections left open: {}", gauge(&s, "sidekv_connections_open").await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Oversized heads and bodies, garbage, bad keys, pipelining: each gets the
+/// right answer and the server stays correct for a normal client.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn malformed_and_oversized_requests() {
+    let s = start_without_admin(Opts::default().env("KVSTORE_MAX_BODY_BYTES", "4096").env("KVSTORE_MAX_VALUE_BYTES", "1024"));
+    let steady = Steady::spawn(s.client(), "abuse");
+    let auth = format!("authorization: {SECRET}\r\n");
+
+    // Heads over the 64 KiB limit that hyper catches (see
+    // `header_of_100_kib_gets_431` for one it does not): 200 KiB in one
+    // header, 100 KiB over 2000 headers (hyper also caps headers at 100).
+    for (what, head) in [
+        ("200 KiB header", format!("x-big: {}\r\n", "a".repeat(200 * 1024))),
+        ("2000 headers", (0..2000).map(|i| format!("x-h{i}: {}\r\n", "b".repeat(40))).collect()),
+    ] {
+        let r = raw(&s, format!("GET /k HTTP/1.1\r\nhost: x\r\n{auth}connection: close\r\n{head}\r\n").as_bytes()).await;
+        assert_eq!(r.status(), Some(431), "{what}: {:?}", String::from_utf8_lossy(&r.bytes()[..r.bytes().len().min(200)]));
+    }
+
+    // Bodies over KVSTORE_MAX_BODY_BYTES → 413: declared, actually sent, chunked.
+    let r = raw(&s, format!("POST /big HTTP/1.1\r\nhost: x\r\n{auth}connection: close\r\ncontent-length: 10737418240\r\n\r\n").as_bytes())
+        .await;
+    assert_eq!(r.status(), Some(413), "10 GiB content-length");
+    let mut req = format!("POST /big HTTP/1.1\r\nhost: x\r\n{auth}connection: close\r\ncontent-length: 1048576\r\n\r\n").into_bytes();
+    req.extend(vec![b'x'; 1 << 20]);
+    let r = raw(&s, &req).await;
+    assert_eq!(r.status(), Some(413), "1 MiB body");
+    let mut req = format!("POST /big HTTP/1.1\r\nhost: x\r\n{auth}connection: close\r\ntransfer-encoding: chunked\r\n\r\n").into_bytes();
+    for _ in 0..64 {
+        req.extend(b"400\r\n");
+        req.extend(vec![b'y'; 1024]);
+        req.extend(b"\r\n");
+    }
+    req.extend(b"0\r\n\r\n");
+    let r = raw(&s, &req).await;
+    assert_eq!(r.status(), Some(413), "64 KiB chunked body");
+    // Body under the body limit but value over the value limit → 413; at the limit → 200.
+    let c = s.client();
+    assert_eq!(try_set(&c, "big", vec![b'v'; 1025]).await.unwrap_err().0, 413);
+    let vs = try_set(&c, "big", vec![b'v'; 1024]).await.unwrap();
+    assert_eq!(get_vs(&c, "big").await, Some((vec![b'v'; 1024], vs)));
+
+    // Garbage and malformed request lines → 400 or closed, never a hang.
+    let garbage: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("binary garbage", garbage),
+        ("NUL bytes", vec![0u8; 100]),
+        ("no method", b"/k HTTP/1.1\r\nhost: x\r\n\r\n".to_vec()),
+        ("no version", b"GET /k\r\nhost: x\r\n\r\n".to_vec()),
+        ("bad version", b"GET /k HTTP/9.9\r\nhost: x\r\n\r\n".to_vec()),
+        ("two spaces", b"GET  /k  HTTP/1.1\r\nhost: x\r\n\r\n".to_vec()),
+        ("header without colon", b"GET /k HTTP/1.1\r\nhost x\r\n\r\n".to_vec()),
+        ("bad content-length", b"POST /k HTTP/1.1\r\nhost: x\r\ncontent-length: abc\r\n\r\n".to_vec()),
+        ("two content-lengths", b"POST /k HTTP/1.1\r\nhost: x\r\ncontent-length: 1\r\ncontent-length: 2\r\n\r\nab".to_vec()),
+        ("bad chunk size", b"POST /k HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n".to_vec()),
+        ("non-ASCII in path", b"GET /\xff\xfe HTTP/1.1\r\nhost: x\r\n\r\n".to_vec()),
+        ("control char in header", b"GET /k HTTP/1.1\r\nhost: x\r\nx-a: a\x01b\r\n\r\n".to_vec()),
+    ];
+    let mut outcomes = Vec::new();
+    for (what, bytes) in cases.iter().chain(&cases).chain(&cases) {
+        let r = raw(&s, bytes).await;
+        let ok = match &r {
+            Raw::Closed(b) | Raw::Reset(b) => b.is_empty() || r.status() == Some(400),
+            Raw::Hung(_) => false,
+        };
+        assert!(ok, "{what}: {r:?}");
+        outcomes.push(format!("{what}: {}", r.status().map(|s| s.to_string()).unwrap_or_else(|| "closed".into())));
+    }
+    outcomes.truncate(cases.len());
+    eprintln!("[abuse] malformed (each sent 3 times): {}", outcomes.join(", "));
+
+    // Invalid UTF-8 and bad percent-encoding in keys → 400 (GET and POST).
+    for path in ["/%ff%fe", "/%c3%28", "/%zz", "/a%", "/a%4", "/%ed%a0%80", "/?prefix=%ff", "/?prefix=%g0"] {
+        for method in ["GET", "POST"] {
+            if path.starts_with("/?") && method == "POST" {
+                continue;
+            }
+            let r =
+                raw(&s, format!("{method} {path} HTTP/1.1\r\nhost: x\r\n{auth}content-length: 1\r\nconnection: close\r\n\r\nv").as_bytes())
+                    .await;
+            assert_eq!(r.status(), Some(400), "{method} {path}: {:?}", String::from_utf8_lossy(r.bytes()));
+            let body = String::from_utf8_lossy(r.bytes());
+            assert!(body.contains("percent-encoding") || body.contains("UTF-8"), "{method} {path}: {body}");
+        }
+    }
+
+    // Pipelining: three requests in one write → three responses, in order.
+    let mut c1 = TcpStream::connect(addr(&s)).await.unwrap();
+    let reqs = format!(
+        "POST /piped HTTP/1.1\r\nhost: x\r\n{auth}content-length: 3\r\n\r\none\
+         GET /piped HTTP/1.1\r\nhost: x\r\n{auth}\r\n\
+         GET /piped-missing HTTP/1.1\r\nhost: x\r\n{auth}connection: close\r\n\r\n"
+    );
+    c1.write_all(reqs.as_bytes()).await.unwrap();
+    let r = read_all(&mut c1, Duration::from_secs(5)).await;
+    assert!(matches!(r, Raw::Closed(_)), "{r:?}");
+    let resps = parse_responses(r.bytes());
+    assert_eq!(resps.len(), 3, "{:?}", String::from_utf8_lossy(r.bytes()));
+    assert_eq!(resps[0].0, 200);
+    let v: serde_json::Value = serde_json::from_slice(&resps[0].2).unwrap();
+    let vs = v["versionstamp"].as_str().unwrap();
+    assert_eq!(resps[1].0, 200);
+    assert_eq!(resps[1].2, b"one");
+    assert_eq!(resps[1].1.iter().find(|h| h.0 == "etag").map(|h| h.1.clone()), Some(format!("\"{vs}\"")));
+    assert_eq!(resps[2].0, 404);
+    // Ten pipelined writes then a read of the same key: the read sees the last.
+    let mut reqs = String::new();
+    for i in 0..10 {
+        reqs += &format!("POST /piped2 HTTP/1.1\r\nhost: x\r\n{auth}content-length: {}\r\n\r\nv{i}", format!("v{i}").len());
+    }
+    reqs += &format!("GET /piped2 HTTP/1.1\r\nhost: x\r\n{auth}connection: close\r\n\r\n");
+    let mut c2 = TcpStream::connect(addr(&s)).await.unwrap();
+    c2.write_all(reqs.as_bytes()).await.unwrap();
+    let resps = parse_responses(read_all(&mut c2, Duration::from_secs(5)).await.bytes());
+    assert_eq!(resps.len(), 11);
+    let stamps: Vec<String> = resps[..10]
+        .iter()
+        .map(|r| {
+            assert_eq!(r.0, 200);
+            serde_json::from_slice::<serde_json::Value>(&r.2).unwrap()["versionstamp"].as_str().unwrap().to_string()
+        })
+        .collect();
+    assert!(stamps.windows(2).all(|w| w[0] < w[1]), "versionstamps out of order: {stamps:?}");
+    assert_eq!((resps[10].0, resps[10].2.as_slice()), (200, &b"v9"[..]));
+
+    // The normal client must have been served throughout (and still is).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while steady.ok() < 20 {
+        assert!(Instant::now() < deadline, "the normal client made only {} round trips", steady.ok());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let report = steady.finish().await;
+    eprintln!(
+        "[abuse] steady client: {} round trips, max latency {} ms, {} errors",
+        report.round_trips,
+        report.max_latency.as_millis(),
+        report.errors.len()
+    );
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert!(report.round_trips > 0);
+    assert!(report.max_latency < Duration::from_secs(2), "{report:?}");
+}
+
+/// A 100 KiB header is over the 64 KiB head limit (limits::MAX_HEADER_BYTES,
+/// "larger → 431"), whether it arrives in one write or dripped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn header_of_100_kib_gets_431() {
+    let s = start_without_admin(Opts::default());
+    let req =
+        format!("GET /k HTTP/1.1\r\nhost: x\r\nauthorization: {SECRET}\r\nconnection: close\r\nx-big: {}\r\n\r\n", "a".repeat(100 * 1024));
+    // Dripped in 4 KiB pieces.
+    let mut c = TcpStream::connect(addr(&s)).await.unwrap();
+    for chunk in req.as_bytes().chunks(4096) {
+        if c.write_all(chunk).await.is_err() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let dripped = read_all(&mut c, Duration::from_secs(5)).await;
+    // In one write.
+    let at_once = raw(&s, req.as_bytes()).await;
+    eprintln!("[431] 100 KiB header dripped: {:?}; in one write: {:?}", dripped.status(), at_once.status());
+    assert_eq!(dripped.status(), Some(431));
+    assert_eq!(at_once.status(), Some(431), "{:?}", String::from_utf8_lossy(at_once.bytes()));
+}
+
+fn nofile_limit() -> u64 {
+    let mut r = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) }, 0);
+    r.rlim_cur
+}
+
+/// 2000 concurrent connections against KVSTORE_MAX_CONNECTIONS=500: the
+/// server answers as many as it has room for, refuses the rest at once with
+/// 503 + Retry-After (none hangs), and a normal client on an existing
+/// connection keeps being served. Once the served flood connections have
+/// idled a second, a fresh client gets in by evicting one of them;
+/// afterwards new connections work again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn connection_flood_is_capped_and_excess_closed() {
+    let limit = nofile_limit();
+    let n: usize = 2000.min(limit.saturating_sub(300) as usize);
+    assert!(n >= 600, "RLIMIT_NOFILE {limit} is too low for this test");
+    let s = start(Opts::default().env("KVSTORE_MAX_CONNECTIONS", "500"));
+    let a = addr(&s);
+    // The normal client: one kept-alive connection, opened before the flood.
+    let normal = Client { base: s.url.clone(), http: reqwest::Client::builder().pool_max_idle_per_host(1).build().unwrap() };
+    try_set(&normal, "flood", "value").await.unwrap();
+    let steady = Steady::spawn(normal.clone(), "flood");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let open_before = gauge(&s, "sidekv_connections_open").await as usize;
+    let rejected_before = gauge(&s, "sidekv_connections_rejected_total").await as usize;
+    assert_eq!(open_before, 1, "the normal client should hold exactly one connection");
+
+    // Each flood connection sends a GET and, if answered, holds the connection
+    // until every flood connection has an outcome.
+    let release = Arc::new(tokio::sync::Notify::new());
+    let done = Arc::new(AtomicU64::new(0));
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..n {
+        let (release, done) = (release.clone(), done.clone());
+        tasks.push(tokio::spawn(async move {
+            let released = release.notified();
+            let outcome = async {
+                let mut c = match tokio::time::timeout(Duration::from_secs(10), TcpStream::connect(a)).await {
+                    Ok(Ok(c)) => c,
+                    Ok(Err(e)) => return ("connect error", format!("{e}"), Duration::ZERO),
+                    Err(_) => return ("connect timeout", String::new(), Duration::ZERO),
+                };
+                let t = Instant::now();
+                if c.write_all(format!("GET /flood HTTP/1.1\r\nhost: x\r\nauthorization: {SECRET}\r\n\r\n").as_bytes()).await.is_err() {
+                    return ("closed", String::new(), t.elapsed());
+                }
+                let mut got = Vec::new();
+                let mut buf = [0u8; 1024];
+                loop {
+                    match tokio::time::timeout(Duration::from_secs(10), c.read(&mut buf)).await {
+                        Err(_) => return ("hung", String::from_utf8_lossy(&got).to_string(), t.elapsed()),
+                        Ok(Ok(0)) | Ok(Err(_)) => {
+                            let text = String::from_utf8_lossy(&got).to_string();
+                            return if text.starts_with("HTTP/1.1 503") && text.contains("retry-after: 1\r\n") {
+                                ("refused", String::new(), t.elapsed())
+                            } else if got.is_empty() {
+                                // More than MAX_PENDING_REFUSALS at once: closed without a word.
+                                ("closed", String::new(), t.elapsed())
+                            } else {
+                                ("partial", text, t.elapsed())
+                            };
+                        }
+                        Ok(Ok(k)) => {
+                            got.extend_from_slice(&buf[..k]);
+                            if got.ends_with(b"value") {
+                                let text = String::from_utf8_lossy(&got).to_string();
+                                let lat = t.elapsed();
+                                done.fetch_add(1, Ordering::SeqCst);
+                                released.await;
+                                drop(c);
+                                return if text.starts_with("HTTP/1.1 200") {
+                                    ("served", String::new(), lat)
+                                } else {
+                                    ("wrong", text, lat)
+                                };
+                            }
+                        }
+                    }
+                }
+            };
+            let r = outcome.await;
+            if r.0 != "served" && r.0 != "wrong" {
+                done.fetch_add(1, Ordering::SeqCst);
+            }
+            r
+        }));
+    }
+    // Wait until every flood connection has its outcome (served ones hold on).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while done.load(Ordering::SeqCst) < n as u64 {
+        assert!(Instant::now() < deadline, "only {} of {n} flood connections got an outcome in 30 s", done.load(Ordering::SeqCst));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let all_outcomes = t0.elapsed();
+    let open_during = gauge(&s, "sidekv_connections_open").await as usize;
+    let ok_during = steady.ok();
+    // Once the served flood connections have idled long enough to be
+    // evicted, a fresh client gets in at the cap (never the normal client's
+    // connection: it is reused every 20 ms).
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let evicted_before = gauge(&s, "sidekv_connections_evicted_total").await as usize;
+    let fresh = reqwest::Client::new().get(format!("{}/flood", s.url)).header("authorization", SECRET).send().await;
+    let fresh_served = fresh.as_ref().is_ok_and(|r| r.status() == 200);
+    let evicted = gauge(&s, "sidekv_connections_evicted_total").await as usize - evicted_before;
+    release.notify_waiters();
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut max_served_latency = Duration::ZERO;
+    let mut max_closed_latency = Duration::ZERO;
+    for t in tasks {
+        let (kind, detail, lat) = t.await.unwrap();
+        assert!(matches!(kind, "served" | "refused" | "closed"), "flood connection: {kind} {detail:?}");
+        *counts.entry(kind).or_default() += 1;
+        if kind == "served" {
+            max_served_latency = max_served_latency.max(lat);
+        } else {
+            max_closed_latency = max_closed_latency.max(lat);
+        }
+    }
+    let served = counts.get("served").copied().unwrap_or(0);
+    let refused = counts.get("refused").copied().unwrap_or(0);
+    let closed = refused + counts.get("closed").copied().unwrap_or(0);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let rejected = gauge(&s, "sidekv_connections_rejected_total").await as usize - rejected_before;
+    // ...and once the flood is gone, it can.
+    let after = try_set(&s.client(), "after-flood", "ok").await;
+    let open_after = gauge(&s, "sidekv_connections_open").await as usize;
+    let report = steady.finish().await;
+    eprintln!(
+        "[flood] RLIMIT_NOFILE {limit}, {n} connections, cap 500 (1 held by the normal client): {served} served (max {} ms), \
+         {closed} refused at once ({refused} with a 503, the rest closed; max {} ms), rejected counter +{rejected}, open during {open_during}, after {open_after}; \
+         all outcomes in {} ms; fresh client at the cap served: {fresh_served} (evicted {evicted}); normal client: {} ok during, {} round trips, \
+         max latency {} ms, {} errors",
+        max_served_latency.as_millis(),
+        max_closed_latency.as_millis(),
+        all_outcomes.as_millis(),
+        ok_during,
+        report.round_trips,
+        report.max_latency.as_millis(),
+        report.errors.len()
+    );
+    assert_eq!(served + closed, n);
+    // More than the free slots when the flood outlasted IDLE_EVICT_AFTER.
+    assert!(served >= 500 - open_before, "served {served} < free slots");
+    assert_eq!(open_during, 500, "open connections at the cap");
+    assert_eq!(rejected, closed, "every refused connection was counted");
+    assert!(fresh_served && evicted == 1, "a fresh client at the cap: {fresh:?}, evicted {evicted}");
+    assert!(report.errors.is_empty(), "{:?}", report.errors);
+    assert!(report.max_latency < Duration::from_secs(2), "{report:?}");
+    assert!(ok_during >= 3, "normal client starved during the flood: {ok_during}");
+    assert!(after.is_ok(), "after the flood: {after:?}");
+    assert!(open_after <= 2, "connections left open: {open_after}");
+}
+
+// ------------------------------------------------------------- HTTP/2 ----
 
 /// A raw HTTP/2 (prior knowledge) client connection; the connection task
 /// reports how it ended.
