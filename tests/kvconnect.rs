@@ -94,7 +94,7 @@ async fn rest_and_deno_counter(s: &Server) {
     must_pass(&r, s);
 }
 
-// ------------------------------------------------------------------ a ----
+// ------------------------------------------------------ Deno's client ----
 
 /// Deno's own client: values of every type, list/paging, delete, atomic
 /// checks, sum/min/max, expireIn, versionstamps, watch, every key part type.
@@ -137,7 +137,7 @@ async fn deno_e2e_behaviour_holds() {
     assert!(r.stdout.lines().filter(|l| l.starts_with("ok ")).count() >= 80, "{}", r.report());
 }
 
-// ------------------------------------------------------------------ b ----
+// ----------------------------------------------- npm @deno/kv on Node ----
 
 /// npm `@deno/kv` on Node (HTTP/1.1): the same checks.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -152,7 +152,7 @@ async fn node_client_passes() {
     assert!(r.stdout.lines().filter(|l| l.starts_with("ok ")).count() >= 30, "{}", r.report());
 }
 
-// ------------------------------------------------------------------ c ----
+// -------------------------------------------------- a restore from S3 ----
 
 /// With S3 backup on: a Deno client writes, the server stops, the disk is
 /// lost, the relaunched server restores from S3, and a Deno client reads
@@ -188,7 +188,7 @@ async fn deno_writes_survive_a_restore_from_s3() {
     must_pass(&r, &s2);
 }
 
-// ------------------------------------------------------------------ d ----
+// ------------------------------------------------------ access tokens ----
 
 /// A wrong, empty or missing token: the server answers the metadata
 /// exchange 401, each client fails with its own error, nothing is written.
@@ -237,7 +237,7 @@ async fn wrong_or_missing_token_is_refused_and_writes_nothing() {
     assert_eq!(count_all(&c).await, 0, "a refused client wrote something");
 }
 
-// ------------------------------------------------------------------ e ----
+// --------------------------------------------------------- PostgreSQL ----
 
 /// The shared counter and the Deno script against a server on PostgreSQL.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -251,6 +251,8 @@ async fn deno_client_passes_on_postgres() {
     rest_and_deno_counter(&s).await;
     deno_conformance(&s);
 }
+
+// ---------------------------------------------------- a scoping guest ----
 
 /// The scoped-tokens example guest scopes Deno keys too (`kv:` prefixes):
 /// in-scope reads and writes work, anything outside is refused (the
@@ -267,6 +269,8 @@ async fn scoped_tokens_scope_deno_keys() {
     );
     must_pass(&run(deno("deno_scoped.ts", &[&kv_url(&s)], Some("deno-users-token")), "deno_scoped.ts"), &s);
 }
+
+// ------------------------------------------------------ s3 durability ----
 
 /// `s3` durability with S3 stalled: a KV Connect write that committed
 /// locally but was not acknowledged reaches Deno's client as a final error
@@ -293,6 +297,8 @@ async fn an_unacknowledged_write_is_a_final_error_for_deno() {
     s3.resume();
     must_pass(&r, &s);
 }
+
+// -------------------------------------------------- export and import ----
 
 /// REST `/_export` → `/_import` into another server keeps Deno data
 /// exactly: keys with number and byte parts (not UTF-8), V8 values, bytes
