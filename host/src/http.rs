@@ -260,12 +260,12 @@ async fn run_connection<E: std::fmt::Display>(conn: impl Future<Output = Result<
 
 async fn handle(app: Arc<App>, req: HttpRequest<Incoming>) -> HttpResponse<Body> {
     let started = Instant::now();
-    let method = req.method().as_str().to_owned();
+    let method = req.method().clone();
     // The path only: a query string may carry credentials of a custom guest.
     let path = if tracing::enabled!(tracing::Level::DEBUG) { req.uri().path().to_owned() } else { String::new() };
     let resp = handle_inner(&app, req).await;
     let elapsed = started.elapsed();
-    METRICS.request(&method, resp.status().as_u16(), elapsed);
+    METRICS.request(method.as_str(), resp.status().as_u16(), elapsed);
     if tracing::enabled!(tracing::Level::DEBUG) {
         let vs = resp.headers().get("x-versionstamp").and_then(|v| v.to_str().ok()).unwrap_or("");
         tracing::debug!(method = %method, path = %path, status = resp.status().as_u16(), us = elapsed.as_micros() as u64, versionstamp = vs, "request");
@@ -275,7 +275,13 @@ async fn handle(app: Arc<App>, req: HttpRequest<Incoming>) -> HttpResponse<Body>
 
 /// Bytes of the request head as received (request line, headers, CRLFs).
 fn head_bytes<B>(req: &HttpRequest<B>) -> usize {
-    let line = req.method().as_str().len() + req.uri().to_string().len() + " HTTP/1.1\r\n".len() + 1;
+    // The request target's length without formatting it (no allocation):
+    // origin form is the path and query; absolute form adds scheme and host.
+    let uri = req.uri();
+    let target = uri.path_and_query().map_or(1, |p| p.as_str().len())
+        + uri.scheme_str().map_or(0, |s| s.len() + 3)
+        + uri.authority().map_or(0, |a| a.as_str().len());
+    let line = req.method().as_str().len() + target + " HTTP/1.1\r\n".len() + 1;
     line + req.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum::<usize>() + 2
 }
 
