@@ -519,8 +519,18 @@ def cmd_report():
     w("## Charts\n")
     w("Drawn by `bench/plot.py` (`make bench`, after every script has run) from the results each script saves beside its "
       "report (`bench/data/*.jsonl`): the same numbers as the tables.\n")
+    missing = []
     for name, alt in CHARTS:
-        w(f"![{alt}](bench/charts/{name})\n")
+        # A chart is shown once its script has saved results here (committed
+        # from an earlier run, or written by this one before plot.py runs);
+        # never a link to an image that was never drawn.
+        source = name.removesuffix(".svg").removesuffix("-cpu") + ".jsonl"
+        if os.path.exists(os.path.join(HERE, "data", source)):
+            w(f"![{alt}](bench/charts/{name})\n")
+        else:
+            missing.append(f"`{name}` (no `bench/data/{source}` yet: run {alt.rsplit('(', 1)[-1].rstrip(')')})")
+    if missing:
+        w("Not drawn yet: " + "; ".join(missing) + ".\n")
 
     w("## Throughput and latency\n")
     w("| target | workload | req/s | (range) | p50 | p99 | server CPU/req | req/s vs seed | req/s vs native | req/s vs minimal | p99 vs seed | other load | errors |")
