@@ -273,15 +273,19 @@ async fn handle(app: Arc<App>, req: HttpRequest<Incoming>) -> HttpResponse<Body>
     resp
 }
 
+/// `uri.to_string().len()` without formatting it (no allocation per
+/// request): the parts `Uri`'s `Display` writes, in every request-target
+/// form (origin, absolute, authority, asterisk).
+fn target_len(uri: &hyper::Uri) -> usize {
+    uri.scheme_str().map_or(0, |s| s.len() + "://".len())
+        + uri.authority().map_or(0, |a| a.as_str().len())
+        + uri.path().len()
+        + uri.query().map_or(0, |q| q.len() + 1)
+}
+
 /// Bytes of the request head as received (request line, headers, CRLFs).
 fn head_bytes<B>(req: &HttpRequest<B>) -> usize {
-    // The request target's length without formatting it (no allocation):
-    // origin form is the path and query; absolute form adds scheme and host.
-    let uri = req.uri();
-    let target = uri.path_and_query().map_or(1, |p| p.as_str().len())
-        + uri.scheme_str().map_or(0, |s| s.len() + 3)
-        + uri.authority().map_or(0, |a| a.as_str().len());
-    let line = req.method().as_str().len() + target + " HTTP/1.1\r\n".len() + 1;
+    let line = req.method().as_str().len() + target_len(req.uri()) + " HTTP/1.1\r\n".len() + 1;
     line + req.headers().iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum::<usize>() + 2
 }
 
@@ -449,4 +453,17 @@ pub async fn probe_ready(addr: std::net::SocketAddr) -> Result<(), String> {
         if text.starts_with("HTTP/1.1 200") { Ok(()) } else { Err(text.split("\r\n\r\n").nth(1).unwrap_or("no answer").trim().to_string()) }
     };
     tokio::time::timeout(Duration::from_secs(3), io).await.map_err(|_| "timed out".to_string())?
+}
+
+#[cfg(test)]
+mod target_len_tests {
+    use super::target_len;
+
+    #[test]
+    fn equals_the_formatted_length_in_every_form() {
+        for t in ["/", "/k/a%20b?x=1&y", "/?", "http://h:8/p?q", "http://h", "h:443", "*", "/a?"] {
+            let uri: hyper::Uri = t.parse().unwrap();
+            assert_eq!(target_len(&uri), uri.to_string().len(), "{t:?}");
+        }
+    }
 }

@@ -35,7 +35,7 @@
 //! takes effect at once; the writer's sweep only reclaims space.
 
 mod inline;
-pub(crate) mod meta;
+mod meta;
 pub mod outbox;
 pub mod queue;
 mod reads;
