@@ -5,7 +5,7 @@
 # rustc-web with -Zbuild-std (scripts/setup-wasm.sh installs one or the other).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-export CARGO_PROFILE_RELEASE_DEBUG=false CARGO_PROFILE_RELEASE_STRIP=true CARGO_PROFILE_RELEASE_OPT_LEVEL=s CARGO_PROFILE_RELEASE_LTO=true CARGO_PROFILE_RELEASE_CODEGEN_UNITS=1
+export CARGO_PROFILE_RELEASE_DEBUG=false CARGO_PROFILE_RELEASE_STRIP=true CARGO_PROFILE_RELEASE_OPT_LEVEL=3 CARGO_PROFILE_RELEASE_LTO=true CARGO_PROFILE_RELEASE_CODEGEN_UNITS=1
 args=()
 for p in "$@"; do args+=(-p "$p"); done
 if rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip2; then

@@ -18,6 +18,10 @@ pub const MAX_CAS_RETRIES: usize = 100;
 /// Writes queued for the writer thread beyond which new writes wait (backpressure).
 pub const WRITE_QUEUE_DEPTH: usize = 16 * 1024;
 
+/// Page cache of each SQLite connection (the writer, the readers, the
+/// inline readers): RSS is bounded by this times the connections.
+pub const CONNECTION_CACHE_KIB: usize = 8 * 1024;
+
 // ---- streams ----
 
 /// Frames a host-made stream (SSE watch, NDJSON export) may queue ahead of
@@ -184,6 +188,9 @@ pub const PG_PRUNE_SLACK: u64 = 1_000;
 pub const DEFAULT_SYNC_INTERVAL: &str = "1s";
 /// Largest uncompressed segment; a bigger backlog ships as several segments.
 pub const SEGMENT_MAX_BYTES: usize = 16 << 20;
+/// Page cache of the replica's connection to the change log and of a
+/// snapshot's copy (each reads a page once; see `store::outbox`).
+pub const OUTBOX_CACHE_KIB: usize = 256;
 /// A new snapshot is taken once this many bytes of segments were shipped
 /// since the last one...
 pub const SNAPSHOT_AFTER_BYTES: u64 = 64 << 20;

@@ -6,8 +6,9 @@
 //! hands it out through `store::outbox` (no SQL here):
 //!
 //! ```text
-//! backup   uploader task: store.outbox_next(shipped) = whole commits ─▶ segment
-//!          ─▶ zstd ─▶ create segments/<first>.seg.zst only if absent
+//! backup   uploader task: store.outbox_next(shipped) = whole commits, each
+//!          record compressed into the segment as it is read (SegmentWriter)
+//!          ─▶ create segments/<first>.seg.zst only if absent
 //!          ─▶ store.mark_shipped(last)  (s3 mode: wakes waiting writers)
 //!          local mode: at most one segment per sync interval
 //! snapshot its own task: store.snapshot_to(copy) ─▶ wait until shipped ≥ its
@@ -73,7 +74,7 @@ use crate::backend::sqlite::store::{Durability, Store, StoreError, Versionstamp}
 use crate::limits;
 use crate::metrics::METRICS;
 use objects::ObjectStore;
-use segment::Segment;
+use segment::{Segment, SegmentWriter};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReplicaError {

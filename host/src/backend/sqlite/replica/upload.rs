@@ -5,6 +5,14 @@
 
 use super::*;
 
+/// An encoded segment on its way to the object store.
+pub(super) struct Shipment {
+    first: u64,
+    last: u64,
+    records: usize,
+    body: Vec<u8>,
+}
+
 impl Replica {
     /// Start the uploader (segments + snapshots + retention).
     pub fn start(self: Arc<Self>, store: Store) -> tokio::task::JoinHandle<()> {
@@ -147,14 +155,15 @@ impl Replica {
     pub async fn ship_pending(&self, store: &Store, one_segment: bool) -> Result<(), ReplicaError> {
         loop {
             let shipped = store.shipped();
-            let batch = match store.outbox_next(shipped, limits::SEGMENT_MAX_BYTES).await? {
+            // Encoded while it is read, on the outbox's thread.
+            let batch = match store.outbox_next(shipped, limits::SEGMENT_MAX_BYTES, SegmentWriter::new()?).await? {
                 Next::Empty => return Ok(()),
                 Next::Pruned { .. } => return Err(ReplicaError::HistoryPruned(shipped)),
                 Next::Batch(b) => b,
             };
             let cut = batch.cut;
-            let seg = Segment { first: batch.first, last: batch.last, records: batch.records, flags: 0, writer: store.writer_id() };
-            self.ship_segment(store, seg).await?;
+            let body = batch.records.finish(batch.first, batch.last, 0, store.writer_id())?;
+            self.ship_segment(store, Shipment { first: batch.first, last: batch.last, records: batch.count, body }).await?;
             if store.shipped() >= store.committed() {
                 self.state.lock().unwrap().behind_since = None;
             }
@@ -165,9 +174,9 @@ impl Replica {
     }
 
     /// Create one segment (or find it already there, ours) and mark it shipped.
-    pub(super) async fn ship_segment(&self, store: &Store, seg: Segment) -> Result<(), ReplicaError> {
+    pub(super) async fn ship_segment(&self, store: &Store, seg: Shipment) -> Result<(), ReplicaError> {
         let key = self.remote.segment_key(seg.first);
-        let body = seg.encode()?;
+        let Shipment { body, .. } = seg;
         let len = body.len() as u64;
         if !self.remote.put_new(&key, body).await? {
             // The name is taken: ours (a retry, or a re-ship after a crash) or another writer's.
@@ -195,7 +204,7 @@ impl Replica {
         METRICS.uploads_ok.fetch_add(1, Relaxed);
         METRICS.upload_bytes.fetch_add(len, Relaxed);
         METRICS.last_upload_ms.store(crate::backend::sqlite::store::now_ms(), Relaxed);
-        tracing::debug!(segment = %key, first = seg.first, last = seg.last, records = seg.records.len(), bytes = len, "segment shipped");
+        tracing::debug!(segment = %key, first = seg.first, last = seg.last, records = seg.records, bytes = len, "segment shipped");
         self.state.lock().unwrap().bytes_since_snapshot += len;
         Ok(())
     }

@@ -104,6 +104,8 @@ struct Inner {
     reader_tx: Mutex<Option<crossbeam_channel::Sender<ReadJob>>>,
     /// Connections for inline point reads, with their kept snapshots.
     inline: Arc<inline::InlinePool>,
+    /// The replica's connection (`outbox`), opened on first use.
+    outbox: Arc<Mutex<outbox::OutboxSlot>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     committed: watch::Sender<u64>,
     shipped: watch::Sender<u64>,
@@ -148,6 +150,7 @@ impl Store {
             writer_tx: Mutex::new(Some(writer_tx)),
             reader_tx: Mutex::new(Some(reader_tx)),
             inline: Arc::new(inline::InlinePool::default()),
+            outbox: Arc::default(),
             threads: Mutex::new(Vec::new()),
             committed,
             shipped: shipped_tx,
@@ -192,6 +195,10 @@ impl Store {
 
     pub fn path(&self) -> &Path {
         &self.inner.path
+    }
+
+    fn outbox_slot(&self) -> Arc<Mutex<outbox::OutboxSlot>> {
+        self.inner.outbox.clone()
     }
 
     /// Drop the change log below commit `below` and record it, as the
@@ -495,6 +502,7 @@ impl Store {
         self.inner.writer_tx.lock().unwrap().take();
         self.inner.reader_tx.lock().unwrap().take();
         self.inner.inline.clear();
+        *self.inner.outbox.lock().unwrap() = outbox::OutboxSlot::Closed;
         let threads = std::mem::take(&mut *self.inner.threads.lock().unwrap());
         for t in threads {
             let _ = t.join();

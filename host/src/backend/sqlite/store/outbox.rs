@@ -3,12 +3,19 @@
 //! statement the backup needs is here, once; `replica/` has none.
 //!
 //! ```text
-//! replica ──next_batch(after)──▶ whole commits after `after` (≤ a byte cap)
+//! replica ──outbox_next(after, sink)──▶ whole commits after `after` (≤ a byte
+//!         cap), each record handed to `sink` as it is read (the replica's
+//!         sink compresses it into the segment: a batch is never held whole)
 //!         ◀── Batch / Empty / Pruned (the log no longer holds `after+1`:
 //!                                     the backup must restart from a snapshot)
 //! replica ──snapshot_to(path)──▶ VACUUM INTO path, then reset its history
 //! restore ──RestoreFile──▶ check snapshot, apply records, reset history
 //! ```
+//!
+//! The outbox reads on a connection of its own with a small page cache
+//! (`limits::OUTBOX_CACHE_KIB`): it reads each log page once, and on the
+//! shared readers it filled each one's 8 MiB cache with log pages that
+//! nothing reads again (8–9 MiB of RSS per reader with the backup on).
 //!
 //! "Reset history" (one definition, [`reset_history`]) makes a database say
 //! "everything up to commit N is in the backup, and the log holds nothing
@@ -23,6 +30,17 @@ use sidekv_core::Encoding;
 use super::meta::{self, Meta};
 use super::sql;
 use super::{Store, StoreError, Versionstamp};
+use crate::limits;
+
+/// The outbox connection: opened on first use (a store never backed up
+/// never opens it), closed with the store.
+#[derive(Default)]
+pub(super) enum OutboxSlot {
+    #[default]
+    Unopened,
+    Open(Connection),
+    Closed,
+}
 
 /// One logged mutation of a commit; `value: None` is a delete.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -42,24 +60,84 @@ impl Record {
     pub fn counter(&self) -> u64 {
         (self.version as u64) >> 16
     }
+
+    pub fn as_ref(&self) -> RecordRef<'_> {
+        RecordRef {
+            version: self.version,
+            index: self.index,
+            key: &self.key,
+            value: self.value.as_deref(),
+            expires_at: self.expires_at,
+            encoding: self.encoding,
+        }
+    }
 }
 
-/// Whole commits `first..=last` of the log (a commit may have no records).
+/// A [`Record`] borrowed from the row it is read from.
+#[derive(Clone, Copy, Debug)]
+pub struct RecordRef<'a> {
+    pub version: i64,
+    pub index: u32,
+    pub key: &'a [u8],
+    pub value: Option<&'a [u8]>,
+    pub expires_at: Option<i64>,
+    pub encoding: Encoding,
+}
+
+impl RecordRef<'_> {
+    pub fn counter(&self) -> u64 {
+        (self.version as u64) >> 16
+    }
+
+    /// Approximate encoded size (for segment size caps).
+    pub fn approx_bytes(&self) -> usize {
+        32 + self.key.len() + self.value.map_or(0, <[u8]>::len)
+    }
+
+    pub fn to_owned(&self) -> Record {
+        Record {
+            version: self.version,
+            index: self.index,
+            key: self.key.to_vec(),
+            value: self.value.map(<[u8]>::to_vec),
+            expires_at: self.expires_at,
+            encoding: self.encoding,
+        }
+    }
+}
+
+/// Takes a batch's records one at a time, in log order, as they are read.
+pub trait RecordSink: Send + 'static {
+    fn record(&mut self, r: &RecordRef<'_>) -> Result<(), StoreError>;
+}
+
+/// Collects the records (tests, and the rare check of a segment found
+/// already in S3).
+impl RecordSink for Vec<Record> {
+    fn record(&mut self, r: &RecordRef<'_>) -> Result<(), StoreError> {
+        self.push(r.to_owned());
+        Ok(())
+    }
+}
+
+/// Whole commits `first..=last` of the log (a commit may have no records),
+/// their `count` records handed to `records` as they were read.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Batch {
+pub struct Batch<S> {
     pub first: u64,
     pub last: u64,
-    pub records: Vec<Record>,
+    pub records: S,
+    pub count: usize,
     /// The byte cap ended the batch before the last commit.
     pub cut: bool,
 }
 
 /// What the log holds after a position.
 #[derive(Debug, PartialEq, Eq)]
-pub enum Next {
+pub enum Next<S> {
     /// Nothing was committed after it.
     Empty,
-    Batch(Batch),
+    Batch(Batch<S>),
     /// The log no longer holds the next commit (pruned while the backup was
     /// off): segments cannot continue; a snapshot must.
     Pruned {
@@ -67,12 +145,17 @@ pub enum Next {
     },
 }
 
-fn record(r: &rusqlite::Row<'_>) -> rusqlite::Result<Record> {
-    Ok(Record {
+/// The row's record, borrowed from it.
+fn record_ref<'r>(r: &'r rusqlite::Row<'_>) -> rusqlite::Result<RecordRef<'r>> {
+    let value = match r.get_ref(3)? {
+        rusqlite::types::ValueRef::Null => None,
+        v => Some(v.as_bytes()?),
+    };
+    Ok(RecordRef {
         version: r.get(0)?,
         index: r.get(1)?,
-        key: r.get(2)?,
-        value: r.get(3)?,
+        key: r.get_ref(2)?.as_bytes()?,
+        value,
         expires_at: r.get(4)?,
         encoding: super::reads::encoding(r.get(5)?),
     })
@@ -82,12 +165,7 @@ fn bounds(first: u64, last: u64) -> [i64; 2] {
     [Versionstamp::commit_start(first).to_i64(), Versionstamp::commit_start(last + 1).to_i64()]
 }
 
-/// Approximate encoded size of a record (for segment size caps).
-pub fn record_bytes(r: &Record) -> usize {
-    32 + r.key.len() + r.value.as_ref().map_or(0, Vec::len)
-}
-
-fn next_batch(c: &mut Connection, after: u64, max_bytes: usize) -> Result<Next, StoreError> {
+fn next_batch<S: RecordSink>(c: &mut Connection, after: u64, max_bytes: usize, mut sink: S) -> Result<Next<S>, StoreError> {
     let tx = c.transaction()?;
     let committed = meta::get(&tx, Meta::Counter)?.unwrap_or(0);
     if committed <= after {
@@ -98,24 +176,26 @@ fn next_batch(c: &mut Connection, after: u64, max_bytes: usize) -> Result<Next, 
         return Ok(Next::Pruned { pruned_below });
     }
     let first = after + 1;
-    let (mut records, mut bytes, mut last, mut cut) = (Vec::new(), 0usize, committed, false);
+    let (mut count, mut bytes, mut last, mut cut, mut prev) = (0usize, 0usize, committed, false, None);
     {
         let mut s = tx.prepare_cached(sql::LOG_RECORDS)?;
         let mut rows = s.query(bounds(first, committed))?;
         while let Some(r) = rows.next()? {
-            let rec = record(r)?;
+            let rec = record_ref(r)?;
+            let counter = rec.counter();
             // Cut only between commits: a segment always holds whole commits.
-            if bytes >= max_bytes && records.last().is_some_and(|p: &Record| p.counter() != rec.counter()) {
-                last = rec.counter() - 1;
-                cut = true;
+            if bytes >= max_bytes && prev.is_some_and(|p| p != counter) {
+                (last, cut) = (counter - 1, true);
                 break;
             }
-            bytes += record_bytes(&rec);
-            records.push(rec);
+            bytes += rec.approx_bytes();
+            prev = Some(counter);
+            count += 1;
+            sink.record(&rec)?;
         }
     }
     tx.finish()?;
-    Ok(Next::Batch(Batch { first, last, records, cut }))
+    Ok(Next::Batch(Batch { first, last, records: sink, count, cut }))
 }
 
 fn range(c: &mut Connection, first: u64, last: u64) -> Result<Option<Vec<Record>>, StoreError> {
@@ -126,7 +206,7 @@ fn range(c: &mut Connection, first: u64, last: u64) -> Result<Option<Vec<Record>
         return Ok(None);
     }
     let mut s = tx.prepare_cached(sql::LOG_RECORDS)?;
-    let out = s.query_map(bounds(first, last), record)?.collect::<Result<Vec<_>, _>>()?;
+    let out = s.query_map(bounds(first, last), |r| Ok(record_ref(r)?.to_owned()))?.collect::<Result<Vec<_>, _>>()?;
     Ok(Some(out))
 }
 
@@ -155,24 +235,59 @@ fn check(conn: &Connection, pragma: &str, what: &str) -> Result<(), StoreError> 
 }
 
 impl Store {
-    /// The commits after `after`, whole, up to about `max_bytes`.
-    pub async fn outbox_next(&self, after: u64, max_bytes: usize) -> Result<Next, StoreError> {
-        self.read(move |c| next_batch(c, after, max_bytes)).await
+    /// The commits after `after`, whole, up to about `max_bytes`, each
+    /// record handed to `sink` as it is read (on the outbox connection, off
+    /// the async runtime).
+    pub async fn outbox_next<S: RecordSink>(&self, after: u64, max_bytes: usize, sink: S) -> Result<Next<S>, StoreError> {
+        self.on_outbox(move |c| next_batch(c, after, max_bytes, sink)).await
     }
 
     /// The records of commits `first..=last`, or `None` if the log no longer
     /// holds all of them (or they are not committed).
     pub async fn outbox_range(&self, first: u64, last: u64) -> Result<Option<Vec<Record>>, StoreError> {
-        self.read(move |c| range(c, first, last)).await
+        self.on_outbox(move |c| range(c, first, last)).await
+    }
+
+    /// Run `f` on the outbox connection (opened on first use, with a small
+    /// page cache), on the blocking pool.
+    async fn on_outbox<R, F>(&self, f: F) -> Result<R, StoreError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<R, StoreError> + Send + 'static,
+    {
+        let slot = self.outbox_slot();
+        let path = self.path().to_path_buf();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = slot.lock().unwrap();
+            let conn = match &mut *conn {
+                OutboxSlot::Closed => return Err(StoreError::Unavailable("the store is closed".into())),
+                OutboxSlot::Open(c) => c,
+                slot @ OutboxSlot::Unopened => {
+                    *slot = OutboxSlot::Open(super::schema::open_small_reader(&path, limits::OUTBOX_CACHE_KIB)?);
+                    let OutboxSlot::Open(c) = slot else { unreachable!() };
+                    c
+                }
+            };
+            f(conn)
+        })
+        .await
+        .map_err(|e| StoreError::Internal(format!("an outbox read failed: {e}")))?
     }
 
     /// A consistent copy of the database at `path` with its history reset
-    /// at the copy's commit, which is returned. The copy is made on a reader
-    /// (a read transaction: writers go on), trimmed on the blocking pool.
+    /// at the copy's commit, which is returned. The copy is made on a
+    /// connection of its own with a small page cache (a read transaction:
+    /// writers go on; it reads every page once), trimmed on the blocking pool.
     pub async fn snapshot_to(&self, path: &Path) -> Result<u64, StoreError> {
         let _ = std::fs::remove_file(path);
-        let p = path.to_path_buf();
-        self.read(move |c| Ok(c.execute(sql::VACUUM_INTO, [p.to_string_lossy().as_ref()]).map(|_| ())?)).await?;
+        let (src, p) = (self.path().to_path_buf(), path.to_path_buf());
+        tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
+            let c = super::schema::open_small_reader(&src, limits::OUTBOX_CACHE_KIB)?;
+            c.execute(sql::VACUUM_INTO, [p.to_string_lossy().as_ref()])?;
+            Ok(())
+        })
+        .await
+        .map_err(|e| StoreError::Internal(e.to_string()))??;
         let p = path.to_path_buf();
         tokio::task::spawn_blocking(move || -> Result<u64, StoreError> {
             let c = Connection::open(&p)?;
@@ -264,5 +379,63 @@ impl RestoreFile {
         check(&self.conn, sql::INTEGRITY_CHECK, "the restored database")?;
         self.conn.query_row(sql::CHECKPOINT_TRUNCATE, [], |_| Ok(()))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Mutation, MutationKind, StoreOptions, Value, WriteOp};
+    use super::*;
+
+    fn open() -> (tempfile::TempDir, Store) {
+        let d = tempfile::tempdir().unwrap();
+        let opts = StoreOptions { replicated: true, ..StoreOptions::default() };
+        let s = Store::open(&d.path().join("o.sqlite3"), opts).unwrap();
+        (d, s)
+    }
+
+    /// Commits of two 1000-byte sets each.
+    async fn pairs(s: &Store, n: usize) {
+        s.adopt_epoch(1).await.unwrap();
+        for i in 0..n {
+            let m = |k: String| Mutation { key: k.into_bytes(), kind: MutationKind::Set(Value::bytes(vec![b'v'; 1000])), ttl_ms: None };
+            s.write(WriteOp::Atomic { checks: vec![], mutations: vec![m(format!("a{i}")), m(format!("b{i}"))] }).await.unwrap();
+        }
+    }
+
+    /// The byte cap cuts a batch between commits only, says so, and the
+    /// next batch goes on from there: together they are the whole log.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn batches_are_cut_between_commits_at_the_byte_cap() {
+        let (_d, s) = open();
+        pairs(&s, 20).await;
+        let start = s.committed() - 20;
+        let Next::Batch(one) = s.outbox_next(start, 5_000, Vec::new()).await.unwrap() else { panic!("no batch") };
+        assert!(one.cut, "5000 bytes hold fewer than 20 commits of 2 KB");
+        assert_eq!((one.first, one.count, one.records.len()), (start + 1, 6, 6), "whole commits up to the first past the cap");
+        assert_eq!(one.last, start + 3);
+        assert!(one.records.iter().all(|r| r.counter() <= one.last));
+        let Next::Batch(rest) = s.outbox_next(one.last, usize::MAX, Vec::new()).await.unwrap() else { panic!("no batch") };
+        assert!(!rest.cut);
+        assert_eq!((rest.first, rest.last, rest.count), (one.last + 1, s.committed(), 34));
+        let whole = s.outbox_range(start + 1, s.committed()).await.unwrap().unwrap();
+        assert_eq!([one.records, rest.records].concat(), whole);
+        assert_eq!(s.outbox_next(s.committed(), usize::MAX, Vec::new()).await.unwrap(), Next::Empty);
+        s.close();
+        let closed = s.outbox_next(start, usize::MAX, Vec::new()).await.unwrap_err();
+        assert!(matches!(closed, StoreError::Unavailable(_)), "{closed}");
+    }
+
+    /// The outbox reads on its own connection with the small cache, never
+    /// on a shared reader (whose 8 MiB cache it filled with log pages).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_outbox_reads_on_its_own_small_connection() {
+        let (_d, s) = open();
+        pairs(&s, 3).await;
+        let reader: i64 = s.read(|c| Ok(c.query_row("PRAGMA cache_size", [], |r| r.get(0))?)).await.unwrap();
+        assert_eq!(reader, -(limits::CONNECTION_CACHE_KIB as i64));
+        let outbox: i64 = s.on_outbox(|c| Ok(c.query_row("PRAGMA cache_size", [], |r| r.get(0))?)).await.unwrap();
+        assert_eq!(outbox, -(limits::OUTBOX_CACHE_KIB as i64));
+        s.close();
     }
 }

@@ -14,6 +14,7 @@ use super::StoreError;
 use super::meta::{self, Meta};
 use super::sql;
 use super::writer::WriterState;
+use crate::limits;
 
 /// 2: values carry an encoding (`enc`: 1 V8, 2 little-endian u64, 3 bytes).
 /// 3: the `queue` table (Deno KV queues; see `queue.rs`).
@@ -22,7 +23,7 @@ pub const SCHEMA_VERSION: i64 = 3;
 fn base_pragmas(conn: &Connection) -> Result<(), StoreError> {
     conn.busy_timeout(std::time::Duration::from_secs(30))?;
     conn.pragma_update(None, "synchronous", "FULL")?;
-    conn.pragma_update(None, "cache_size", -8192)?; // 8 MiB per connection
+    conn.pragma_update(None, "cache_size", -(limits::CONNECTION_CACHE_KIB as i64))?;
     conn.pragma_update(None, "temp_store", "MEMORY")?;
     Ok(())
 }
@@ -95,6 +96,14 @@ pub fn open_reader(path: &Path) -> Result<Connection, StoreError> {
         Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI)
             .map_err(|e| StoreError::Internal(format!("opening {} for reading: {e}", path.display())))?;
     base_pragmas(&conn)?;
+    Ok(conn)
+}
+
+/// A read-only connection whose page cache holds at most `cache_kib`: for
+/// reads that touch each page once (the change log, a snapshot copy).
+pub fn open_small_reader(path: &Path, cache_kib: usize) -> Result<Connection, StoreError> {
+    let conn = open_reader(path)?;
+    conn.pragma_update(None, "cache_size", -(cache_kib as i64))?;
     Ok(conn)
 }
 
