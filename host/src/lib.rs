@@ -23,6 +23,7 @@
 //! | `queue`   | queue delivery: lease expiry, push to KVSTORE_QUEUE_URL   |
 
 pub mod backend;
+pub mod background;
 pub mod body;
 pub mod config;
 pub mod conns;

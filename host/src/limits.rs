@@ -188,6 +188,9 @@ pub const PG_PRUNE_SLACK: u64 = 1_000;
 pub const DEFAULT_SYNC_INTERVAL: &str = "1s";
 /// Largest uncompressed segment; a bigger backlog ships as several segments.
 pub const SEGMENT_MAX_BYTES: usize = 16 << 20;
+/// Nice value of a snapshot's copy and compression (`background`): the
+/// writer and request handling get the cores first.
+pub const BACKGROUND_NICE: i32 = 10;
 /// Page cache of the replica's connection to the change log and of a
 /// snapshot's copy (each reads a page once; see `store::outbox`).
 pub const OUTBOX_CACHE_KIB: usize = 256;

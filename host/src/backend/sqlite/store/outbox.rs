@@ -277,28 +277,32 @@ impl Store {
     /// A consistent copy of the database at `path` with its history reset
     /// at the copy's commit, which is returned. The copy is made on a
     /// connection of its own with a small page cache (a read transaction:
-    /// writers go on; it reads every page once), trimmed on the blocking pool.
+    /// writers go on; it reads every page once), then trimmed, on a
+    /// background thread (`crate::background`). Neither step fsyncs: the copy
+    /// is a temporary file the replica compresses and deletes (a crash
+    /// discards it), and a 300 MB fsync queued the writer's commits behind it.
     pub async fn snapshot_to(&self, path: &Path) -> Result<u64, StoreError> {
         let _ = std::fs::remove_file(path);
         let (src, p) = (self.path().to_path_buf(), path.to_path_buf());
-        tokio::task::spawn_blocking(move || -> Result<(), StoreError> {
-            let c = super::schema::open_small_reader(&src, limits::OUTBOX_CACHE_KIB)?;
-            c.execute(sql::VACUUM_INTO, [p.to_string_lossy().as_ref()])?;
-            Ok(())
-        })
-        .await
-        .map_err(|e| StoreError::Internal(e.to_string()))??;
-        let p = path.to_path_buf();
-        tokio::task::spawn_blocking(move || -> Result<u64, StoreError> {
-            let c = Connection::open(&p)?;
-            let counter = meta::get(&c, Meta::Counter)?.unwrap_or(0);
-            reset_history(&c, counter)?;
-            c.execute_batch(sql::VACUUM)?;
-            Ok(counter)
-        })
-        .await
-        .map_err(|e| StoreError::Internal(e.to_string()))?
+        crate::background::run("sidekv-snapshot", move || copy_trimmed(&src, &p))
+            .await
+            .unwrap_or_else(|| Err(StoreError::Internal("the snapshot thread failed".into())))
     }
+}
+
+fn copy_trimmed(src: &Path, copy: &Path) -> Result<u64, StoreError> {
+    {
+        let c = super::schema::open_small_reader(src, limits::OUTBOX_CACHE_KIB)?;
+        // VACUUM INTO writes with the source connection's `synchronous`.
+        c.execute_batch(sql::SYNC_OFF)?;
+        c.execute(sql::VACUUM_INTO, [copy.to_string_lossy().as_ref()])?;
+    }
+    let c = Connection::open(copy)?;
+    c.execute_batch(sql::SCRATCH_FILE)?;
+    let counter = meta::get(&c, Meta::Counter)?.unwrap_or(0);
+    reset_history(&c, counter)?;
+    c.execute_batch(sql::VACUUM)?;
+    Ok(counter)
 }
 
 /// Where a database file stands, read without opening a store.

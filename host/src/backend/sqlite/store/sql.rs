@@ -78,6 +78,10 @@ pub const CHECKPOINT_PASSIVE: &str = "PRAGMA wal_checkpoint(PASSIVE)";
 pub const VACUUM_INTO: &str = "VACUUM INTO ?1";
 pub const VACUUM: &str = "VACUUM";
 /// Integrity checks; each returns one row `ok` when the file is sound.
+/// A connection whose writes need no fsync (it only makes a copy).
+pub const SYNC_OFF: &str = "PRAGMA synchronous=OFF";
+/// A temporary file (a snapshot's copy): no rollback journal, no fsync.
+pub const SCRATCH_FILE: &str = "PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF";
 pub const QUICK_CHECK: &str = "PRAGMA quick_check";
 pub const INTEGRITY_CHECK: &str = "PRAGMA integrity_check";
 
