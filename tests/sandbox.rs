@@ -234,27 +234,36 @@ async fn a_504_never_hides_a_committed_write() {
     }
     assert_eq!(before, Some(20_000), "the relaunched server must hold the 20 000 keys the scenario deletes");
     // Deleting 20 000 keys keeps the writer busy well past 20 ms; the guest's own work is tiny.
-    let del = {
-        let c = c.clone();
-        tokio::spawn(async move { c.req(Method::DELETE, "/?prefix=big/").send().await.unwrap().status().as_u16() })
-    };
-    tokio::time::sleep(Duration::from_millis(5)).await;
-    let small = c.req(Method::POST, "/small").body("v").send().await.unwrap().status().as_u16();
-    let del = del.await.unwrap();
-    let mut left = None;
-    for _ in 0..5 {
-        let r = c.req(Method::GET, "/?prefix=big/&count=true").send().await.unwrap();
-        if r.status() == 200 {
-            left = Some(r.json::<Value>().await.unwrap()["count"].as_u64().unwrap());
+    // A loaded machine can still miss the 20 ms deadline in the guest's own
+    // work: then nothing may have been written, and the attempt is repeated
+    // (at most 3): one of them must succeed.
+    let mut del = 0;
+    for attempt in 0..3 {
+        let d = {
+            let c = c.clone();
+            tokio::spawn(async move { c.req(Method::DELETE, "/?prefix=big/").send().await.unwrap().status().as_u16() })
+        };
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let key = format!("small{attempt}");
+        let small = c.req(Method::POST, &format!("/{key}")).body("v").send().await.unwrap().status().as_u16();
+        del = d.await.unwrap();
+        let mut left = None;
+        for _ in 0..5 {
+            let r = c.req(Method::GET, "/?prefix=big/&count=true").send().await.unwrap();
+            if r.status() == 200 {
+                left = Some(r.json::<Value>().await.unwrap()["count"].as_u64().unwrap());
+                break;
+            }
+        }
+        let small_written = c.get(&key).await.is_some();
+        // No error status may hide a committed write.
+        assert!(!(del >= 500 && left == Some(0)), "DELETE /?prefix=big/ answered {del} but deleted all 20000 keys");
+        assert!(!(small >= 500 && small_written), "POST /{key} answered {small} but the value was written");
+        if del == 200 {
             break;
         }
+        assert_eq!(left, Some(20_000), "DELETE answered {del}: nothing may be deleted");
     }
-    let small_written = c.get("small").await.is_some();
-    // No error status may hide a committed write (a loaded machine can
-    // still miss the 20 ms deadline in the guest's own work: then nothing
-    // may have been written).
-    assert!(!(del >= 500 && left == Some(0)), "DELETE /?prefix=big/ answered {del} but deleted all 20000 keys");
-    assert!(!(small >= 500 && small_written), "POST /small answered {small} but the value was written");
     assert_eq!(del, 200, "{}", common::tail(&s.log(), 40));
 }
 

@@ -188,6 +188,8 @@ pub const PG_PRUNE_SLACK: u64 = 1_000;
 pub const DEFAULT_SYNC_INTERVAL: &str = "1s";
 /// Largest uncompressed segment; a bigger backlog ships as several segments.
 pub const SEGMENT_MAX_BYTES: usize = 16 << 20;
+/// How often an idle uploader looks again at a due snapshot still running.
+pub const SNAPSHOT_RECHECK: Duration = Duration::from_secs(1);
 /// Nice value of a snapshot's copy and compression (`background`): the
 /// writer and request handling get the cores first.
 pub const BACKGROUND_NICE: i32 = 10;

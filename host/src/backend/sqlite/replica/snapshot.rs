@@ -98,6 +98,21 @@ impl Replica {
         due_bytes || due_time
     }
 
+    /// When the uploader, idle, must look at snapshots again: a snapshot is
+    /// due by bytes but waits for its retry backoff (or for the one still
+    /// running to end). Without this, a snapshot that failed while writes
+    /// were stopping was never retried until the next write.
+    pub(super) fn snapshot_recheck_at(&self) -> Option<Instant> {
+        let st = self.state.lock().unwrap();
+        if st.bytes_since_snapshot < self.snapshot_bytes {
+            return None;
+        }
+        if self.snapshotting.load(Relaxed) {
+            return Some(Instant::now() + limits::SNAPSHOT_RECHECK);
+        }
+        Some(st.snapshot_not_before.unwrap_or_else(Instant::now))
+    }
+
     /// Start a snapshot beside shipping when one is due: the copy,
     /// compression and upload take long on a big database, and segments
     /// must keep flowing meanwhile. A failure is retried with backoff.

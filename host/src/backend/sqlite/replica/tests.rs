@@ -489,3 +489,60 @@ fn leftovers_of_interrupted_snapshots_and_restores_are_removed() {
     left.sort();
     assert_eq!(left, ["db.sqlite3", "other.sqlite3"]);
 }
+
+/// Fails the first snapshot upload, then passes everything through.
+struct FailFirstSnapshot(Box<dyn ObjectStore>, AtomicBool);
+
+impl ObjectStore for FailFirstSnapshot {
+    fn list<'a>(&'a self, dir: &'a str) -> BoxFuture<'a, Result<Vec<String>, ReplicaError>> {
+        self.0.list(dir)
+    }
+    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Vec<u8>, ReplicaError>> {
+        self.0.get(key)
+    }
+    fn put_new<'a>(&'a self, key: &'a str, body: Vec<u8>) -> BoxFuture<'a, Result<bool, ReplicaError>> {
+        self.0.put_new(key, body)
+    }
+    fn put_new_file<'a>(&'a self, key: &'a str, path: &'a Path) -> BoxFuture<'a, Result<bool, ReplicaError>> {
+        if !self.1.swap(true, Relaxed) {
+            return Box::pin(async move { Err(ReplicaError::S3 { op: "PUT", key: key.into(), msg: "SlowDown".into() }) });
+        }
+        self.0.put_new_file(key, path)
+    }
+    fn get_to_file<'a>(&'a self, key: &'a str, path: &'a Path) -> BoxFuture<'a, Result<u64, ReplicaError>> {
+        self.0.get_to_file(key, path)
+    }
+    fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), ReplicaError>> {
+        self.0.delete(key)
+    }
+    fn describe(&self) -> String {
+        "fail-first-snapshot".into()
+    }
+}
+
+/// A snapshot that failed is retried after its backoff even when no write
+/// comes after it (before, the uploader only looked at snapshots after
+/// shipping a segment: the retry waited for the next write, up to an hour).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_snapshot_is_retried_while_writes_pause() {
+    let d = tempfile::tempdir().unwrap();
+    let objects = Box::new(FailFirstSnapshot(dir_store(d.path()), AtomicBool::new(false)));
+    let r = Replica::with_objects(objects, &ReplicaOptions { snapshot_bytes: 1, ..config("local", 50) });
+    let db = d.path().join("db");
+    r.prepare_local(&db).await.unwrap();
+    let store = open(&db, true);
+    r.attach(&store).await.unwrap();
+    let r = Arc::new(r);
+    let task = r.clone().start(store.clone());
+    for i in 0..5 {
+        set(&store, &format!("k{i}"), "v").await;
+    }
+    let t0 = Instant::now();
+    while r.remote.list_counters("snapshots").await.unwrap().is_empty() {
+        assert!(t0.elapsed() < limits::SNAPSHOT_RETRY_MIN * 4, "no snapshot {:?} after the writes stopped", t0.elapsed());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(t0.elapsed() >= limits::SNAPSHOT_RETRY_MIN / 2, "the first snapshot should have failed");
+    r.shutdown(&store, task, deadline(10)).await.unwrap();
+    store.close();
+}

@@ -5,6 +5,14 @@
 
 use super::*;
 
+/// Sleep until `t`, or forever.
+async fn sleep_until(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// An encoded segment on its way to the object store.
 pub(super) struct Shipment {
     first: u64,
@@ -106,9 +114,14 @@ impl Replica {
             let setup = self.needs_check.load(Relaxed) || self.needs_base.lock().unwrap().is_some();
             if !setup && store.committed() <= store.shipped() {
                 self.state.lock().unwrap().behind_since = None;
+                let recheck = self.snapshot_recheck_at();
                 tokio::select! {
                     _ = commits.changed() => {}
                     _ = self.stop.notified() => return,
+                    _ = sleep_until(recheck) => {
+                        self.maybe_start_snapshot(&store);
+                        continue;
+                    }
                 }
             }
             self.state.lock().unwrap().behind_since.get_or_insert_with(Instant::now);
