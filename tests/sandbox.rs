@@ -224,14 +224,7 @@ async fn a_504_never_hides_a_committed_write() {
     let opts = s.s.same_store(Opts::default().env("KVSTORE_GUEST_TIMEOUT_MS", "20"));
     s.s = Server::start_at(&db, opts);
     let c = s.client();
-    let mut before = None;
-    for _ in 0..5 {
-        let r = c.req(Method::GET, "/?prefix=big/&count=true").send().await.unwrap();
-        if r.status() == 200 {
-            before = Some(r.json::<Value>().await.unwrap()["count"].as_u64().unwrap());
-            break;
-        }
-    }
+    let before = count_big(&c).await;
     assert_eq!(before, Some(20_000), "the relaunched server must hold the 20 000 keys the scenario deletes");
     // Deleting 20 000 keys keeps the writer busy well past 20 ms; the guest's own work is tiny.
     // A loaded machine can still miss the 20 ms deadline in the guest's own
@@ -247,14 +240,7 @@ async fn a_504_never_hides_a_committed_write() {
         let key = format!("small{attempt}");
         let small = c.req(Method::POST, &format!("/{key}")).body("v").send().await.unwrap().status().as_u16();
         del = d.await.unwrap();
-        let mut left = None;
-        for _ in 0..5 {
-            let r = c.req(Method::GET, "/?prefix=big/&count=true").send().await.unwrap();
-            if r.status() == 200 {
-                left = Some(r.json::<Value>().await.unwrap()["count"].as_u64().unwrap());
-                break;
-            }
-        }
+        let left = count_big(&c).await;
         let small_written = c.get(&key).await.is_some();
         // No error status may hide a committed write.
         assert!(!(del >= 500 && left == Some(0)), "DELETE /?prefix=big/ answered {del} but deleted all 20000 keys");
@@ -265,6 +251,18 @@ async fn a_504_never_hides_a_committed_write() {
         assert_eq!(left, Some(20_000), "DELETE answered {del}: nothing may be deleted");
     }
     assert_eq!(del, 200, "{}", common::tail(&s.log(), 40));
+}
+
+/// Keys under `big/` (a count may itself hit the 20 ms guest deadline on a
+/// loaded machine: up to 5 tries).
+async fn count_big(c: &Client) -> Option<u64> {
+    for _ in 0..5 {
+        let r = c.req(Method::GET, "/?prefix=big/&count=true").send().await.unwrap();
+        if r.status() == 200 {
+            return Some(r.json::<Value>().await.unwrap()["count"].as_u64().unwrap());
+        }
+    }
+    None
 }
 
 // -------------------------------------------- the guest memory budget ----
