@@ -3,7 +3,7 @@
 //! same scenarios against moto are in tests/replication.rs.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize};
+use std::sync::atomic::AtomicBool;
 
 use futures::future::BoxFuture;
 
@@ -67,36 +67,52 @@ async fn live(s: &Store) -> BTreeMap<String, (String, Versionstamp)> {
         .collect()
 }
 
-/// A store that refuses writes (a bucket policy allowing List but not Put).
-struct DenyPuts(Box<dyn ObjectStore>, AtomicUsize);
+/// A store whose creates fail where `fail(key)` says so (S3 refusing them);
+/// everything else passes through.
+struct FailPuts {
+    inner: Box<dyn ObjectStore>,
+    fail: Box<dyn Fn(&str) -> bool + Send + Sync>,
+}
 
-impl ObjectStore for DenyPuts {
+impl FailPuts {
+    /// A bucket policy allowing List but not Put (epoch reservations pass,
+    /// so a test reaches the backup itself).
+    fn deny(inner: Box<dyn ObjectStore>) -> Box<FailPuts> {
+        Box::new(FailPuts { inner, fail: Box::new(|k| !k.starts_with("epochs/")) })
+    }
+
+    /// The first snapshot upload fails, nothing else.
+    fn first_snapshot(inner: Box<dyn ObjectStore>) -> Box<FailPuts> {
+        let failed = AtomicBool::new(false);
+        Box::new(FailPuts { inner, fail: Box::new(move |k| k.starts_with("snapshots/") && !failed.swap(true, Relaxed)) })
+    }
+
+    fn refused<'a, T: Send + 'a>(key: &'a str) -> BoxFuture<'a, Result<T, ReplicaError>> {
+        Box::pin(async move { Err(ReplicaError::S3 { op: "PUT", key: key.into(), msg: "AccessDenied".into() }) })
+    }
+}
+
+impl ObjectStore for FailPuts {
     fn list<'a>(&'a self, dir: &'a str) -> BoxFuture<'a, Result<Vec<String>, ReplicaError>> {
-        self.0.list(dir)
+        self.inner.list(dir)
     }
     fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Vec<u8>, ReplicaError>> {
-        self.0.get(key)
+        self.inner.get(key)
     }
     fn put_new<'a>(&'a self, key: &'a str, body: Vec<u8>) -> BoxFuture<'a, Result<bool, ReplicaError>> {
-        // Epoch reservations pass, so the test reaches the backup itself.
-        if key.starts_with("epochs/") {
-            return self.0.put_new(key, body);
-        }
-        self.1.fetch_add(1, Relaxed);
-        Box::pin(async move { Err(ReplicaError::S3 { op: "PUT", key: key.into(), msg: "AccessDenied".into() }) })
+        if (self.fail)(key) { Self::refused(key) } else { self.inner.put_new(key, body) }
     }
-    fn put_new_file<'a>(&'a self, key: &'a str, _: &'a Path) -> BoxFuture<'a, Result<bool, ReplicaError>> {
-        self.1.fetch_add(1, Relaxed);
-        Box::pin(async move { Err(ReplicaError::S3 { op: "PUT", key: key.into(), msg: "AccessDenied".into() }) })
+    fn put_new_file<'a>(&'a self, key: &'a str, path: &'a Path) -> BoxFuture<'a, Result<bool, ReplicaError>> {
+        if (self.fail)(key) { Self::refused(key) } else { self.inner.put_new_file(key, path) }
     }
     fn get_to_file<'a>(&'a self, key: &'a str, path: &'a Path) -> BoxFuture<'a, Result<u64, ReplicaError>> {
-        self.0.get_to_file(key, path)
+        self.inner.get_to_file(key, path)
     }
     fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), ReplicaError>> {
-        self.0.delete(key)
+        self.inner.delete(key)
     }
     fn describe(&self) -> String {
-        "deny-puts".into()
+        "fail-puts".into()
     }
 }
 
@@ -192,8 +208,7 @@ async fn a_base_snapshot_ships_nothing_before_it_is_stored() {
         set(&s, "old", "history").await;
         s.close();
     }
-    let deny = DenyPuts(dir_store(d.path()), AtomicUsize::new(0));
-    let (r, store) = launch(Box::new(deny), &db, "s3", 1000).await;
+    let (r, store) = launch(FailPuts::deny(dir_store(d.path())), &db, "s3", 1000).await;
     assert_eq!(*r.needs_base.lock().unwrap(), Some(0), "an empty S3 path needs a base snapshot");
     let err = r.upload_step(&store, false).await.unwrap_err();
     assert!(matches!(err, ReplicaError::S3 { .. }), "{err}");
@@ -338,7 +353,7 @@ async fn a_stop_right_after_launch_takes_the_pending_base_snapshot() {
 async fn a_stop_that_cannot_ship_says_how_many_commits_are_not_backed_up() {
     let d = tempfile::tempdir().unwrap();
     let db = d.path().join("db");
-    let objects = Box::new(DenyPuts(dir_store(d.path()), AtomicUsize::new(0)));
+    let objects = FailPuts::deny(dir_store(d.path()));
     let (r, store) = launch(objects, &db, "local", 60_000).await;
     for i in 0..3 {
         set(&store, &format!("k{i}"), "v").await;
@@ -490,43 +505,13 @@ fn leftovers_of_interrupted_snapshots_and_restores_are_removed() {
     assert_eq!(left, ["db.sqlite3", "other.sqlite3"]);
 }
 
-/// Fails the first snapshot upload, then passes everything through.
-struct FailFirstSnapshot(Box<dyn ObjectStore>, AtomicBool);
-
-impl ObjectStore for FailFirstSnapshot {
-    fn list<'a>(&'a self, dir: &'a str) -> BoxFuture<'a, Result<Vec<String>, ReplicaError>> {
-        self.0.list(dir)
-    }
-    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Vec<u8>, ReplicaError>> {
-        self.0.get(key)
-    }
-    fn put_new<'a>(&'a self, key: &'a str, body: Vec<u8>) -> BoxFuture<'a, Result<bool, ReplicaError>> {
-        self.0.put_new(key, body)
-    }
-    fn put_new_file<'a>(&'a self, key: &'a str, path: &'a Path) -> BoxFuture<'a, Result<bool, ReplicaError>> {
-        if !self.1.swap(true, Relaxed) {
-            return Box::pin(async move { Err(ReplicaError::S3 { op: "PUT", key: key.into(), msg: "SlowDown".into() }) });
-        }
-        self.0.put_new_file(key, path)
-    }
-    fn get_to_file<'a>(&'a self, key: &'a str, path: &'a Path) -> BoxFuture<'a, Result<u64, ReplicaError>> {
-        self.0.get_to_file(key, path)
-    }
-    fn delete<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<(), ReplicaError>> {
-        self.0.delete(key)
-    }
-    fn describe(&self) -> String {
-        "fail-first-snapshot".into()
-    }
-}
-
 /// A snapshot that failed is retried after its backoff even when no write
 /// comes after it (before, the uploader only looked at snapshots after
 /// shipping a segment: the retry waited for the next write, up to an hour).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_snapshot_is_retried_while_writes_pause() {
     let d = tempfile::tempdir().unwrap();
-    let objects = Box::new(FailFirstSnapshot(dir_store(d.path()), AtomicBool::new(false)));
+    let objects = FailPuts::first_snapshot(dir_store(d.path()));
     let r = Replica::with_objects(objects, &ReplicaOptions { snapshot_bytes: 1, ..config("local", 50) });
     let db = d.path().join("db");
     r.prepare_local(&db).await.unwrap();
