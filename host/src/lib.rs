@@ -21,6 +21,7 @@
 //! | `metrics` | Prometheus counters and histograms                        |
 //! | `console` | the web console on the admin address (sessions, guest calls) |
 //! | `queue`   | queue delivery: lease expiry, push to KVSTORE_QUEUE_URL   |
+//! | `background` | snapshot work on its own thread at a lower CPU priority |
 
 pub mod backend;
 pub mod background;

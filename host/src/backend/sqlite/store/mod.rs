@@ -197,10 +197,6 @@ impl Store {
         &self.inner.path
     }
 
-    fn outbox_slot(&self) -> Arc<Mutex<outbox::OutboxSlot>> {
-        self.inner.outbox.clone()
-    }
-
     /// Drop the change log below commit `below` and record it, as the
     /// writer's pruning does while no replica ships (tests of what a
     /// pruned history means to the replica and to watchers).

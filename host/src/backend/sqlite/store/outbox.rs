@@ -58,7 +58,7 @@ pub struct Record {
 
 impl Record {
     pub fn counter(&self) -> u64 {
-        (self.version as u64) >> 16
+        self.as_ref().counter()
     }
 
     pub fn as_ref(&self) -> RecordRef<'_> {
@@ -111,8 +111,9 @@ pub trait RecordSink: Send + 'static {
     fn record(&mut self, r: &RecordRef<'_>) -> Result<(), StoreError>;
 }
 
-/// Collects the records (tests, and the rare check of a segment found
-/// already in S3).
+/// Collects the records (tests; the check of a segment found already in S3
+/// reads them with `outbox_range`).
+#[cfg(test)]
 impl RecordSink for Vec<Record> {
     fn record(&mut self, r: &RecordRef<'_>) -> Result<(), StoreError> {
         self.push(r.to_owned());
@@ -255,7 +256,7 @@ impl Store {
         R: Send + 'static,
         F: FnOnce(&mut Connection) -> Result<R, StoreError> + Send + 'static,
     {
-        let slot = self.outbox_slot();
+        let slot = self.inner.outbox.clone();
         let path = self.path().to_path_buf();
         tokio::task::spawn_blocking(move || {
             let mut conn = slot.lock().unwrap();

@@ -77,11 +77,11 @@ pub const CHECKPOINT_PASSIVE: &str = "PRAGMA wal_checkpoint(PASSIVE)";
 /// A checked copy of the database at ?1 (a path), from a read transaction.
 pub const VACUUM_INTO: &str = "VACUUM INTO ?1";
 pub const VACUUM: &str = "VACUUM";
-/// Integrity checks; each returns one row `ok` when the file is sound.
 /// A connection whose writes need no fsync (it only makes a copy).
 pub const SYNC_OFF: &str = "PRAGMA synchronous=OFF";
 /// A temporary file (a snapshot's copy): no rollback journal, no fsync.
 pub const SCRATCH_FILE: &str = "PRAGMA journal_mode=OFF; PRAGMA synchronous=OFF";
+/// Integrity checks; each returns one row `ok` when the file is sound.
 pub const QUICK_CHECK: &str = "PRAGMA quick_check";
 pub const INTEGRITY_CHECK: &str = "PRAGMA integrity_check";
 
