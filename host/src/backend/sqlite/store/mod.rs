@@ -13,13 +13,13 @@
 //!
 //!  async callers ──closure──▶ reader threads (N connections, WAL snapshots)
 //!
-//!  point reads (get, get-many) ──▶ an inline connection, on the caller's
-//!                                  thread; the reader threads when all
-//!                                  inline connections are busy
+//!  point reads (get, get-many,   ──▶ an inline connection, on the caller's
+//!  one-key snapshot reads)           thread; the reader threads when all
+//!                                    inline connections are busy
 //! ```
 //!
 //! Point reads run inline because they are bounded (one B-tree descent per
-//! key, at most `INLINE_GET_MANY_MAX` keys) and take a few µs on cached pages,
+//! key, at most `INLINE_GET_MANY_MAX` keys or one-key ranges) and take a few µs on cached pages,
 //! less than the two thread switches of a hand-off to a reader thread
 //! (measured: BENCHMARKS.md). An inline connection keeps its read snapshot
 //! open between reads until the writer's next step (`inline.rs`), so a run
@@ -292,12 +292,23 @@ impl Store {
         self.read(move |c| reads::list(c, &q, now_ms())).await
     }
 
-    /// Several range queries in one read transaction (one snapshot).
+    /// Several range queries in one read transaction (one snapshot). Point
+    /// reads (KV Connect's `get` and `getMany` ask for ranges that hold one
+    /// key each) run inline like `get_many`; real ranges go to the readers.
     pub async fn snapshot_read(&self, queries: Vec<ListQuery>) -> Result<Vec<ListPage>, StoreError> {
+        let list_all = |c: &Connection, queries: &[ListQuery]| {
+            let now = now_ms();
+            queries.iter().map(|q| reads::list(c, q, now)).collect::<Result<Vec<_>, _>>()
+        };
+        if queries.len() <= limits::INLINE_GET_MANY_MAX
+            && queries.iter().all(is_point_range)
+            && let Some(r) = self.read_inline(|c| list_all(c, &queries))
+        {
+            return r;
+        }
         self.read(move |c| {
             let tx = c.transaction()?;
-            let now = now_ms();
-            let pages = queries.iter().map(|q| reads::list(&tx, q, now)).collect::<Result<Vec<_>, _>>()?;
+            let pages = list_all(&tx, &queries)?;
             tx.finish()?;
             Ok(pages)
         })
@@ -503,6 +514,17 @@ impl Store {
         for t in threads {
             let _ = t.join();
         }
+    }
+}
+
+/// A range that can hold one key at most: `start..start ++ [0]`, the shape
+/// of KV Connect's point reads. Reading it is one B-tree descent, bounded
+/// like `get` whatever the data (expired rows included), so it may run
+/// inline on a runtime thread.
+fn is_point_range(q: &ListQuery) -> bool {
+    match (&q.start, &q.end) {
+        (Some(s), Some(e)) => q.cursor.is_none() && e.len() == s.len() + 1 && e.starts_with(s) && e.last() == Some(&0),
+        _ => false,
     }
 }
 

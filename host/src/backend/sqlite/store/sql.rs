@@ -117,9 +117,15 @@ pub enum After {
     Below,
 }
 
-/// A list page: parameters now, lower bound, [upper bound], [cursor], limit.
+/// A list page: parameters now, lower bound, [upper bound], [cursor].
 /// Built from these parts (8 shapes, each cached by the connection) because
 /// an absent bound must not be a `NULL` test the planner cannot range-scan.
+///
+/// No `LIMIT ?`: the caller stops stepping after `limit + 1` rows, which
+/// costs the same (rows come off the key order one step at a time), while
+/// a bound `LIMIT` is a value the planner reads, so SQLite re-prepared the
+/// statement on every execution (parser and planner: the largest cost of a
+/// KV Connect `get`; `reads::tests::reads_never_recompile_their_statements`).
 pub fn list_entries(upper: bool, after: After, reverse: bool) -> String {
     let mut sql =
         String::from("SELECT key, value, version, expires_at, enc FROM kv WHERE (expires_at IS NULL OR expires_at > ?) AND key >= ?");
@@ -131,7 +137,7 @@ pub fn list_entries(upper: bool, after: After, reverse: bool) -> String {
         After::Above => sql.push_str(" AND key > ?"),
         After::Below => sql.push_str(" AND key < ?"),
     }
-    sql.push_str(if reverse { " ORDER BY key DESC LIMIT ?" } else { " ORDER BY key ASC LIMIT ?" });
+    sql.push_str(if reverse { " ORDER BY key DESC" } else { " ORDER BY key ASC" });
     sql
 }
 
@@ -154,13 +160,14 @@ pub const LOG_RECORDS: &str =
     "SELECT version, n, key, value, expires_at, enc FROM changelog WHERE version >= ?1 AND version < ?2 ORDER BY version, n";
 
 /// Changes of the keyspace after a position (watch, KV Connect): parameters
-/// version, version, n (after (version, n)), lower bound, [upper bound], limit.
-/// Queue records (keys from 0xff) are not changes of the keyspace.
+/// version, version, n (after (version, n)), lower bound, [upper bound].
+/// Queue records (keys from 0xff) are not changes of the keyspace. No
+/// `LIMIT ?`, for the reason given at `list_entries`: the caller stops.
 pub fn changes_after(upper: bool) -> &'static str {
     if upper {
-        "SELECT version, key, value, expires_at, n, enc FROM changelog WHERE (version > ? OR (version = ? AND n > ?)) AND key >= ? AND key < x'ff' AND key < ? ORDER BY version, n LIMIT ?"
+        "SELECT version, key, value, expires_at, n, enc FROM changelog WHERE (version > ? OR (version = ? AND n > ?)) AND key >= ? AND key < x'ff' AND key < ? ORDER BY version, n"
     } else {
-        "SELECT version, key, value, expires_at, n, enc FROM changelog WHERE (version > ? OR (version = ? AND n > ?)) AND key >= ? AND key < x'ff' ORDER BY version, n LIMIT ?"
+        "SELECT version, key, value, expires_at, n, enc FROM changelog WHERE (version > ? OR (version = ? AND n > ?)) AND key >= ? AND key < x'ff' ORDER BY version, n"
     }
 }
 
