@@ -757,4 +757,39 @@ mod tests {
         assert_eq!(rows, 0, "the sweep deleted the expired row");
         s.close();
     }
+
+    /// More writes at once than the writer's queue holds: with the writer
+    /// held up, the writes that find the queue full wait for room (off the
+    /// runtime), and once it goes on every write commits once, with its own
+    /// versionstamp.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writes_beyond_the_queue_depth_wait_and_all_commit() {
+        let (_d, s) = open();
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let hold = tokio::spawn({
+            let s = s.clone();
+            async move { s.on_writer(move |_, _| Ok(held.recv().unwrap())).await }
+        });
+        let n = limits::WRITE_QUEUE_DEPTH * 3;
+        let writes: Vec<_> = (0..n)
+            .map(|i| {
+                let s = s.clone();
+                tokio::spawn(async move { committed(s.write(set(&format!("k{i}"), b"v")).await.unwrap()) })
+            })
+            .collect();
+        // The queue fills up while the writer is held.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while s.writer().unwrap().len() < limits::WRITE_QUEUE_DEPTH {
+            assert!(std::time::Instant::now() < deadline, "the write queue never filled");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        release.send(()).unwrap();
+        hold.await.unwrap().unwrap();
+        let mut stamps = std::collections::HashSet::new();
+        for w in writes {
+            assert!(stamps.insert(w.await.unwrap()));
+        }
+        assert_eq!(s.count(ListQuery { limit: u32::MAX, ..Default::default() }).await.unwrap(), n as u64);
+        s.close();
+    }
 }
