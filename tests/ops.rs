@@ -386,6 +386,39 @@ async fn sqlite_only_enabling_backup_on_an_existing_database_backs_up_all_of_it(
 
 /// Every setting `sidekv --help` lists is in the README's configuration
 /// table, with the same default.
+/// A cache miss compiles the guest in a child process (`sidekv
+/// compile-guest`), so the compiler's memory never becomes the server's; the
+/// next start maps the cached code. Garbage given to the child is refused
+/// with a message and a failing exit status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guests_are_compiled_in_a_child_process_then_cached() {
+    let dir = tempdir();
+    let db = dir.path().join("db.sqlite3");
+    let loaded = |s: &Server| s.log().lines().find(|l| l.contains("guest loaded")).map(str::to_string).unwrap_or_default();
+    let mut s = Server::start_at(&db, Opts::default());
+    assert!(loaded(&s).contains("compiled_in=\"child process\""), "{}", loaded(&s));
+    s.client().set("k", "v").await;
+    s.terminate(Duration::from_secs(10));
+    let s = Server::start_at(&db, Opts::default());
+    assert!(loaded(&s).contains("from_cache=true"), "{}", loaded(&s));
+    assert_eq!(s.client().get("k").await.as_deref(), Some(&b"v"[..]));
+
+    let mut child = base_command(dir.path())
+        .arg("compile-guest")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child.stdin.take().unwrap().write_all(b"not a component").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    assert!(out.stdout.is_empty());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("compiling:"), "{err}");
+}
+
 #[test]
 fn readme_documents_every_setting() {
     let help = String::from_utf8(std::process::Command::new(bin()).arg("--help").output().unwrap().stdout).unwrap();

@@ -231,6 +231,11 @@ pub struct GuestArgs {
     #[arg(long, env = "KVSTORE_CACHE_DIR", default_value = "/tmp/sidekv-cache")]
     pub cache_dir: PathBuf,
 
+    /// Not a setting: the running binary, set by `main` so that guests are
+    /// compiled in a child process (`GuestOptions::compiler`).
+    #[arg(skip)]
+    pub compiler: Option<PathBuf>,
+
     /// Settings for the guest, `name=value`, comma-separated or repeated.
     /// Variables named `KVSTORE_GUEST_<NAME>` are passed too, as `<name>`
     /// (lower-case, `_` → `-`).
@@ -481,6 +486,11 @@ pub enum Command {
     },
     /// Validate the settings: S3 reachable and writable, guest loads.
     CheckConfig,
+    /// Internal: compile the guest component on stdin for this engine
+    /// (`--instance-mode`, `--guest-memory-mb`), machine code on stdout. The
+    /// server runs it as a child so that the compiler's memory is not its own.
+    #[command(hide = true)]
+    CompileGuest,
 }
 
 /// What the server says about itself (the console, logs): no secrets.
@@ -566,6 +576,7 @@ impl Config {
             max_instances: g.max_instances(),
             memory_budget_bytes: g.memory_budget_mb.saturating_mul(1 << 20),
             cache_dir: g.cache_dir(),
+            compiler: g.compiler.clone(),
             config: self.guest_settings()?,
             inherit_stderr: g.stderr,
         })

@@ -1,5 +1,6 @@
 //! The `sidekv` binary: parse config, start tracing, bind, `run`.
-//! Subcommands (`restore`, `snapshot`, `health`, `check-config`) are here too.
+//! Subcommands (`restore`, `snapshot`, `health`, `check-config`, and the
+//! internal `compile-guest`) are here too.
 
 use anyhow::Context;
 use clap::Parser;
@@ -63,6 +64,8 @@ fn real_main() -> anyhow::Result<()> {
         eprintln!("sidekv: invalid configuration: {e}");
         std::process::exit(2);
     }
+    // Guests are compiled by a child process of this same binary.
+    config.guest.compiler = std::env::current_exe().ok();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     rt.block_on(async move {
         match config.command.clone() {
@@ -111,6 +114,8 @@ fn real_main() -> anyhow::Result<()> {
                     }
                 }
             }
+            // A child of the server (guest/cache.rs): its stdout is the result.
+            Some(Command::CompileGuest) => sidekv::guest::compile_guest_main(&config.guest_options()?).map_err(anyhow::Error::msg),
             Some(Command::CheckConfig) => {
                 let mut problems = 0;
                 if let Some(backup) = config.backup.replica_options() {

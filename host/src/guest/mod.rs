@@ -57,7 +57,7 @@ mod keyvalue;
 mod slots;
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::Ordering::{Relaxed, SeqCst};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -128,6 +128,9 @@ pub struct GuestOptions {
     /// (`KVSTORE_GUEST_MEMORY_BUDGET_MB`).
     pub memory_budget_bytes: u64,
     pub cache_dir: Option<PathBuf>,
+    /// The sidekv binary, to compile guests in a child process
+    /// (`sidekv compile-guest`, `cache.rs`); `None` compiles in this one.
+    pub compiler: Option<PathBuf>,
     /// Values served through the `config` interface.
     pub config: HashMap<String, String>,
     /// Let the guest write to the host's stderr (debugging).
@@ -280,7 +283,7 @@ impl GuestRuntime {
         let link_err = |e: wasmtime::Error| GuestError::Load { guest: source.name(), msg: format!("{e:#}") };
         wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(link_err)?;
         Guest::add_to_linker::<HostState, HasSelf<HostState>>(&mut linker, |s| s).map_err(link_err)?;
-        let loaded = load(&engine, &linker, source, opts.cache_dir.as_deref())?;
+        let loaded = load(&engine, &linker, source, &opts)?;
         let ticker = EpochTicker::start(engine.clone());
         let config = Arc::new(opts.config.clone());
         let max = match opts.instance_mode {
@@ -321,7 +324,7 @@ impl GuestRuntime {
 
     /// Replace the guest. On failure the old guest keeps serving.
     pub async fn reload(&self, source: &GuestSource) -> Result<(), GuestError> {
-        let loaded = load(&self.engine, &self.linker, source, self.opts.cache_dir.as_deref())?;
+        let loaded = load(&self.engine, &self.linker, source, &self.opts)?;
         // Prove it instantiates before swapping it in; keep that instance.
         let inst = self.instance(&loaded).await?;
         loaded.idle.lock().unwrap().push(inst);
@@ -506,11 +509,28 @@ fn trap_message(e: &wasmtime::Error) -> String {
     }
 }
 
-fn load(engine: &Engine, linker: &Linker<HostState>, source: &GuestSource, cache_dir: Option<&Path>) -> Result<Loaded, GuestError> {
+/// `sidekv compile-guest` with the flags that rebuild this engine.
+fn child_compiler(opts: &GuestOptions) -> Option<cache::ChildCompiler> {
+    let mode = match opts.instance_mode {
+        InstanceMode::Reuse => "reuse",
+        InstanceMode::Fresh => "fresh",
+    };
+    let args = ["--instance-mode", mode, "--guest-memory-mb", &(opts.memory_bytes >> 20).to_string()].map(String::from);
+    opts.compiler.clone().map(|exe| cache::ChildCompiler { exe, args: args.to_vec() })
+}
+
+/// `sidekv compile-guest`: compile the component on stdin for the engine
+/// `opts` make, machine code to stdout (`cache.rs`).
+pub fn compile_guest_main(opts: &GuestOptions) -> Result<(), String> {
+    let engine = make_engine(opts).map_err(|e| e.to_string())?;
+    cache::compile_child_main(&engine)
+}
+
+fn load(engine: &Engine, linker: &Linker<HostState>, source: &GuestSource, opts: &GuestOptions) -> Result<Loaded, GuestError> {
     let name = source.name();
     let bytes = source.bytes()?;
     let started = Instant::now();
-    let (component, cached) = cache::compile(engine, &bytes, cache_dir)
+    let (component, origin) = cache::compile(engine, &bytes, opts.cache_dir.as_deref(), child_compiler(opts).as_ref())
         .map_err(|e| GuestError::Load { guest: name.clone(), msg: format!("compiling: {e:#}") })?;
     let pre = linker.instantiate_pre(&component).map_err(|e| {
         let msg = format!("{e:#}");
@@ -524,6 +544,8 @@ fn load(engine: &Engine, linker: &Linker<HostState>, source: &GuestSource, cache
     })?;
     let pre = GuestPre::new(pre)
         .map_err(|e| GuestError::Load { guest: name.clone(), msg: format!("it does not export sidekv:store/handler: {e:#}") })?;
-    tracing::info!(guest = %name, bytes = bytes.len(), from_cache = cached, ms = started.elapsed().as_millis() as u64, "guest loaded");
+    let ms = started.elapsed().as_millis() as u64;
+    let from_cache = origin == cache::Origin::Cache;
+    tracing::info!(guest = %name, bytes = bytes.len(), from_cache, compiled_in = origin.as_str(), ms, "guest loaded");
     Ok(Loaded { name, pre, idle: Mutex::new(Vec::new()) })
 }

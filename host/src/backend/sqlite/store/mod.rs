@@ -768,7 +768,13 @@ mod tests {
         let (release, held) = std::sync::mpsc::channel::<()>();
         let hold = tokio::spawn({
             let s = s.clone();
-            async move { s.on_writer(move |_, _| Ok(held.recv().unwrap())).await }
+            async move {
+                s.on_writer(move |_, _| {
+                    held.recv().unwrap();
+                    Ok(())
+                })
+                .await
+            }
         });
         let n = limits::WRITE_QUEUE_DEPTH * 3;
         let writes: Vec<_> = (0..n)
