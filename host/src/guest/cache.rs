@@ -55,16 +55,18 @@ impl ChildCompiler {
             .spawn()
             .map_err(|e| format!("starting {}: {e}", self.exe.display()))?;
         let mut stdin = child.stdin.take().expect("piped");
+        let mut stderr = child.stderr.take().expect("piped");
         let input = bytes.to_vec();
-        // Feed stdin on its own thread: the child writes its output while
-        // it still reads, and both pipes are bounded.
+        // All three pipes at once, each on its own thread but stdout: they
+        // are bounded, and the child may write either output (a debug log
+        // of the compiler is megabytes) while it still reads.
         let feeder = std::thread::spawn(move || stdin.write_all(&input));
+        let errors = std::thread::spawn(move || tail(&mut stderr, STDERR_TAIL));
         let mut code = Vec::new();
         let read = child.stdout.take().expect("piped").read_to_end(&mut code);
-        let mut stderr = String::new();
-        let _ = child.stderr.take().expect("piped").read_to_string(&mut stderr);
         let status = child.wait().map_err(|e| format!("waiting for the compiler: {e}"))?;
         let fed = feeder.join().map_err(|_| "the stdin feeder panicked".to_string())?;
+        let stderr = errors.join().unwrap_or_default();
         if !status.success() {
             let last = stderr.lines().last().unwrap_or("").trim();
             return Err(format!("the compiler exited with {status}: {last}"));
@@ -91,6 +93,22 @@ impl Origin {
             Origin::ThisProcess => "this process",
         }
     }
+}
+
+/// How much of the child's stderr is kept for an error message.
+const STDERR_TAIL: usize = 4096;
+
+/// Read `r` to its end, keeping the last `keep` bytes, as text.
+fn tail(r: &mut impl Read, keep: usize) -> String {
+    let (mut kept, mut buf) = (Vec::new(), [0u8; 8192]);
+    while let Ok(n @ 1..) = r.read(&mut buf) {
+        kept.extend_from_slice(&buf[..n]);
+        if kept.len() > 2 * keep {
+            kept.drain(..kept.len() - keep);
+        }
+    }
+    let from = kept.len().saturating_sub(keep);
+    String::from_utf8_lossy(&kept[from..]).into_owned()
 }
 
 /// Compile `bytes`, through the cache when `dir` is set, in a child when
@@ -193,6 +211,10 @@ mod tests {
             let (_, origin) = compile(&engine, DEFAULT_GUEST, Some(dir.path()), Some(c)).unwrap();
             assert_eq!(origin, Origin::Cache, "{c:?}: the fallback's code was cached");
         }
+        // Megabytes on stderr (RUST_LOG=debug in a child) before any output.
+        let chatty = child("/bin/sh", &["-c", "head -c 4000000 /dev/zero | tr '\\0' x >&2; echo done >&2; cat"]);
+        let (_, origin) = compile(&engine, DEFAULT_GUEST, None, Some(&chatty)).unwrap();
+        assert_eq!(origin, Origin::ThisProcess);
         let err = cases[1].precompile(b"").unwrap_err();
         assert!(err.contains("exit status: 3") && err.contains("no such thing"), "{err}");
     }
