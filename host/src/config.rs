@@ -68,11 +68,10 @@ fn parse_durability(s: &str) -> Result<Durability, String> {
 
 /// `reuse` or `fresh` (the guest runtime's `InstanceMode` stays free of clap).
 fn parse_instance_mode(s: &str) -> Result<InstanceMode, String> {
-    match s {
-        "reuse" => Ok(InstanceMode::Reuse),
-        "fresh" => Ok(InstanceMode::Fresh),
-        _ => Err(format!("{s:?} is neither `reuse` nor `fresh`")),
-    }
+    [InstanceMode::Reuse, InstanceMode::Fresh]
+        .into_iter()
+        .find(|m| m.as_str() == s)
+        .ok_or_else(|| format!("{s:?} is neither `reuse` nor `fresh`"))
 }
 
 /// sidekv: a key-value store for your app, over HTTP on localhost, strongly

@@ -54,19 +54,19 @@ impl ChildCompiler {
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| format!("starting {}: {e}", self.exe.display()))?;
-        let mut stdin = child.stdin.take().expect("piped");
-        let mut stderr = child.stderr.take().expect("piped");
-        let input = bytes.to_vec();
+        let (mut stdin, mut stderr) = (child.stdin.take().expect("piped"), child.stderr.take().expect("piped"));
+        let mut code = Vec::new();
         // All three pipes at once, each on its own thread but stdout: they
         // are bounded, and the child may write either output (a debug log
         // of the compiler is megabytes) while it still reads.
-        let feeder = std::thread::spawn(move || stdin.write_all(&input));
-        let errors = std::thread::spawn(move || tail(&mut stderr, STDERR_TAIL));
-        let mut code = Vec::new();
-        let read = child.stdout.take().expect("piped").read_to_end(&mut code);
+        let (fed, read, stderr) = std::thread::scope(|s| {
+            let feeder = s.spawn(move || stdin.write_all(bytes));
+            let errors = s.spawn(move || tail(&mut stderr, STDERR_TAIL));
+            let read = child.stdout.take().expect("piped").read_to_end(&mut code);
+            (feeder.join(), read, errors.join().unwrap_or_default())
+        });
+        let fed = fed.map_err(|_| "the stdin feeder panicked".to_string())?;
         let status = child.wait().map_err(|e| format!("waiting for the compiler: {e}"))?;
-        let fed = feeder.join().map_err(|_| "the stdin feeder panicked".to_string())?;
-        let stderr = errors.join().unwrap_or_default();
         if !status.success() {
             let last = stderr.lines().last().unwrap_or("").trim();
             return Err(format!("the compiler exited with {status}: {last}"));
@@ -125,13 +125,13 @@ pub fn compile(engine: &Engine, bytes: &[u8], dir: Option<&Path>, child: Option<
         }
     }
     if let Some(c) = child {
-        match c.precompile(bytes).map_err(wasmtime::Error::msg).and_then(|code| store(engine, &code, dir, path.as_deref())) {
+        match c.precompile(bytes).map_err(wasmtime::Error::msg).and_then(|code| store(engine, &code, path.as_deref())) {
             Ok(component) => return Ok((component, Origin::ChildProcess)),
             Err(e) => tracing::warn!(error = %format!("{e:#}"), "compiling the guest in a child process failed; compiling in this one"),
         }
     }
     let code = engine.precompile_component(bytes)?;
-    Ok((store(engine, &code, dir, path.as_deref())?, Origin::ThisProcess))
+    Ok((store(engine, &code, path.as_deref())?, Origin::ThisProcess))
 }
 
 /// The cache file name: the component's hash and the engine's.
@@ -144,24 +144,24 @@ fn entry_name(engine: &Engine, bytes: &[u8]) -> String {
     hex::encode(&h.finalize()[..16])
 }
 
-/// Load compiled `code` into `engine`, writing the cache entry first when
-/// there is a cache (then the code is mapped from it, not copied).
-fn store(engine: &Engine, code: &[u8], dir: Option<&Path>, path: Option<&Path>) -> wasmtime::Result<Component> {
-    if let (Some(dir), Some(path)) = (dir, path) {
-        match write_atomically(dir, path, code) {
+/// Load compiled `code` into `engine`, writing the cache entry at `path`
+/// first when there is a cache (then the code is mapped from it, not copied).
+fn store(engine: &Engine, code: &[u8], path: Option<&Path>) -> wasmtime::Result<Component> {
+    if let Some(path) = path {
+        match write_atomically(path, code) {
             // SAFETY: `code` came from this engine's `precompile_component`
             // or from our own binary's, and is checked against this engine's
             // compatibility hash on load; the file is the operator's.
             Ok(()) => return unsafe { Component::deserialize_file(engine, path) },
-            Err(e) => tracing::warn!(dir = %dir.display(), error = %e, "could not write the compiled-guest cache"),
+            Err(e) => tracing::warn!(path = %path.display(), error = %e, "could not write the compiled-guest cache"),
         }
     }
     // SAFETY: as above.
     unsafe { Component::deserialize(engine, code) }
 }
 
-/// `sidekv compile-guest`: a component on stdin, its machine code for an
-/// engine built from `opts` on stdout.
+/// `sidekv compile-guest`: a component on stdin, its machine code for
+/// `engine` on stdout.
 pub fn compile_child_main(engine: &Engine) -> Result<(), String> {
     let mut bytes = Vec::new();
     std::io::stdin().read_to_end(&mut bytes).map_err(|e| format!("reading the component from stdin: {e}"))?;
@@ -170,8 +170,10 @@ pub fn compile_child_main(engine: &Engine) -> Result<(), String> {
     out.write_all(&code).and_then(|()| out.flush()).map_err(|e| format!("writing the machine code: {e}"))
 }
 
-fn write_atomically(dir: &Path, path: &Path, data: &[u8]) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir)?;
+fn write_atomically(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
     std::fs::write(&tmp, data)?;
     std::fs::rename(&tmp, path)

@@ -96,6 +96,16 @@ pub enum InstanceMode {
     Fresh,
 }
 
+impl InstanceMode {
+    /// The name `KVSTORE_INSTANCE_MODE` takes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InstanceMode::Reuse => "reuse",
+            InstanceMode::Fresh => "fresh",
+        }
+    }
+}
+
 /// Errors at the guest boundary; `http_status` maps them to HTTP.
 #[derive(Debug, thiserror::Error)]
 pub enum GuestError {
@@ -511,11 +521,8 @@ fn trap_message(e: &wasmtime::Error) -> String {
 
 /// `sidekv compile-guest` with the flags that rebuild this engine.
 fn child_compiler(opts: &GuestOptions) -> Option<cache::ChildCompiler> {
-    let mode = match opts.instance_mode {
-        InstanceMode::Reuse => "reuse",
-        InstanceMode::Fresh => "fresh",
-    };
-    let args = ["--instance-mode", mode, "--guest-memory-mb", &(opts.memory_bytes >> 20).to_string()].map(String::from);
+    let args =
+        ["--instance-mode", opts.instance_mode.as_str(), "--guest-memory-mb", &(opts.memory_bytes >> 20).to_string()].map(String::from);
     opts.compiler.clone().map(|exe| cache::ChildCompiler { exe, args: args.to_vec() })
 }
 
