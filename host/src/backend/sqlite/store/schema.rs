@@ -47,8 +47,9 @@ pub fn open_writer(path: &Path) -> Result<(Connection, WriterState), StoreError>
         return Err(StoreError::Internal(format!("could not switch {} to WAL (got {mode})", path.display())));
     }
     base_pragmas(&conn)?;
-    // Checkpoints run in the writer; keep the WAL from growing without bound.
-    conn.pragma_update(None, "wal_autocheckpoint", 4000)?;
+    // The writer's checkpoint keeps the WAL from growing without bound; the
+    // background one (`checkpointer.rs`) leaves it little to copy.
+    conn.pragma_update(None, "wal_autocheckpoint", limits::WAL_AUTOCHECKPOINT_PAGES)?;
     // One transaction (one fsync) for the whole schema: start-up on an empty
     // database otherwise paid an fsync per statement.
     let db_id = format!("{:016x}", rand::random::<u64>());
@@ -96,6 +97,17 @@ pub fn open_reader(path: &Path) -> Result<Connection, StoreError> {
         Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX | OpenFlags::SQLITE_OPEN_URI)
             .map_err(|e| StoreError::Internal(format!("opening {} for reading: {e}", path.display())))?;
     base_pragmas(&conn)?;
+    Ok(conn)
+}
+
+/// The background checkpointer's connection (`checkpointer.rs`): it
+/// writes the database file, never a transaction, and copies pages from
+/// the WAL without its page cache (kept at the minimum).
+pub fn open_checkpointer(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX)
+        .map_err(|e| StoreError::Internal(format!("opening {} for checkpoints: {e}", path.display())))?;
+    base_pragmas(&conn)?;
+    conn.pragma_update(None, "cache_size", -(limits::OUTBOX_CACHE_KIB as i64))?;
     Ok(conn)
 }
 

@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use rusqlite::{Connection, OptionalExtension, Transaction, TransactionBehavior, params};
 use tokio::sync::watch;
 
+use super::checkpointer::Checkpointer;
 use super::inline::InlinePool;
 use super::meta::{self, Meta};
 use super::queue;
@@ -57,6 +58,7 @@ pub(crate) fn run(
     rx: crossbeam_channel::Receiver<WriterMsg>,
     committed: watch::Sender<u64>,
     inline: &InlinePool,
+    mut checkpointer: Checkpointer,
     replicated: bool,
 ) {
     let mut writes: Vec<(WriteOp, Reply)> = Vec::with_capacity(64);
@@ -66,9 +68,12 @@ pub(crate) fn run(
         let first = match rx.recv_timeout(limits::WRITER_IDLE_CHECKPOINT) {
             Ok(m) => m,
             Err(crossbeam_channel::RecvTimeoutError::Timeout) => {
-                if std::mem::take(&mut wal_dirty) {
+                if wal_dirty {
                     inline.release_all();
-                    idle_checkpoint(&conn);
+                    // Not all of it (the background checkpointer held the
+                    // WAL, a reader still needs frames): again after the
+                    // next idle interval.
+                    wal_dirty = !idle_checkpoint(&conn);
                 }
                 continue;
             }
@@ -112,6 +117,7 @@ pub(crate) fn run(
             commit_batch(&mut conn, &mut state, &mut writes, &committed, replicated);
         }));
         inline.generation().end_step();
+        checkpointer.committed();
         if step.is_err() {
             // The batch's replies were dropped (its writers got an error) and
             // its transaction rolled back when it unwound.
@@ -119,6 +125,7 @@ pub(crate) fn run(
         }
     }
     // Queue closed: shut down cleanly, leaving no WAL behind.
+    checkpointer.stop();
     inline.release_all();
     if let Err(e) = conn.query_row(sql::CHECKPOINT_TRUNCATE, [], |_| Ok(())) {
         tracing::warn!(error = %e, "final WAL checkpoint failed");
@@ -389,11 +396,17 @@ fn apply_atomic(
 /// burst (an import) could leave up to 32 MB of frames there indefinitely,
 /// and every read then looks pages up through the WAL index and reads many
 /// from the WAL file: measured at 1M keys, 2.5 page reads per GET instead
-/// of 1. PASSIVE: never waits for readers, never blocks them.
-fn idle_checkpoint(conn: &Connection) {
-    if let Err(e) = conn.query_row(sql::CHECKPOINT_PASSIVE, [], |_| Ok(())) {
+/// of 1. PASSIVE: never waits for readers, never blocks them. False when
+/// frames are left to copy (to try again after the next idle interval).
+fn idle_checkpoint(conn: &Connection) -> bool {
+    // The pragma's row: busy (1: another checkpoint held the WAL), frames
+    // in the WAL, frames copied.
+    let done = conn.query_row(sql::CHECKPOINT_PASSIVE, [], |r| Ok(r.get::<_, i64>(0)? == 0 && r.get::<_, i64>(1)? == r.get::<_, i64>(2)?));
+    done.unwrap_or_else(|e| {
+        // Not retried every idle second: the next write's step tries again.
         tracing::warn!(error = %e, "idle WAL checkpoint failed");
-    }
+        true
+    })
 }
 
 fn sweep(conn: &Connection) -> rusqlite::Result<usize> {
