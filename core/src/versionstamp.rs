@@ -91,9 +91,26 @@ impl Versionstamp {
     }
 }
 
+impl Versionstamp {
+    /// The 20 lowercase hex characters, without formatting machinery: every
+    /// read returns one (header, JSON, the guest's entry), and `{:016x}`
+    /// went through padding and a `write_char` per digit.
+    pub fn to_hex(self) -> [u8; 20] {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut out = [0u8; 20];
+        for (i, b) in self.to_bytes().into_iter().enumerate() {
+            out[2 * i] = HEX[(b >> 4) as usize];
+            out[2 * i + 1] = HEX[(b & 0xf) as usize];
+        }
+        out
+    }
+}
+
 impl fmt::Display for Versionstamp {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:016x}{:04x}", self.counter, self.index)
+        let hex = self.to_hex();
+        // Hex digits are ASCII: the conversion cannot fail.
+        f.write_str(std::str::from_utf8(&hex).map_err(|_| fmt::Error)?)
     }
 }
 
@@ -147,6 +164,21 @@ mod tests {
             ["", "0000000000000001000", "000000000000000100000", "0000000000000001000G", "0000000000000001000A", "+000000000000001000a"]
         {
             assert!(s.parse::<Versionstamp>().is_err(), "{s}");
+        }
+    }
+
+    /// The hex form is the counter's 16 digits then the index's 4, as
+    /// `{:016x}{:04x}` writes them, at every digit position.
+    #[test]
+    fn hex_matches_the_formatted_fields() {
+        let mut seeds = vec![(0u64, 0u16), (MAX_COUNTER, u16::MAX), (u64::MAX, 1)];
+        for shift in 0..64 {
+            seeds.push((0xf << shift >> 4 | 1 << shift, (shift as u16 * 2731) ^ 0xa5a5));
+        }
+        for (counter, index) in seeds {
+            let v = Versionstamp::new(counter, index);
+            assert_eq!(v.to_string(), format!("{counter:016x}{index:04x}"));
+            assert_eq!(v.to_string().parse::<Versionstamp>().unwrap(), v);
         }
     }
 

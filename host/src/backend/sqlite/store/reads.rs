@@ -81,7 +81,7 @@ pub fn list(conn: &Connection, q: &ListQuery, now: u64) -> Result<ListPage, Stor
     let mut args: Vec<Sql> = vec![Sql::Integer(now as i64), Sql::Blob(lower)];
     args.extend(upper.map(Sql::Blob));
     args.extend(cursor.map(Sql::Blob));
-    let mut stmt = conn.prepare_cached(&text)?;
+    let mut stmt = conn.prepare_cached(text)?;
     let rows = stmt.query_map(params_from_iter(args), |r| row_to_entry(r, q.keys_only))?;
     let (mut entries, mut budget) = (Vec::new(), ByteBudget::new(limits::MAX_READ_BYTES));
     for row in rows {
@@ -156,13 +156,31 @@ mod tests {
     use super::super::{Store, StoreOptions, Value, WriteOp, schema, sql};
     use super::*;
 
+    /// Each list page's text is the common part, then the upper bound, then
+    /// the cursor's side, then the order, exactly.
+    #[test]
+    fn list_page_texts_are_their_parts_in_order() {
+        for upper in [false, true] {
+            for (after, cursor) in [(sql::After::Start, ""), (sql::After::Above, " AND key > ?"), (sql::After::Below, " AND key < ?")] {
+                for reverse in [false, true] {
+                    let want = format!(
+                        "SELECT key, value, version, expires_at, enc FROM kv WHERE (expires_at IS NULL OR expires_at > ?) AND key >= ?{}{cursor}{}",
+                        if upper { " AND key < ?" } else { "" },
+                        if reverse { " ORDER BY key DESC" } else { " ORDER BY key ASC" }
+                    );
+                    assert_eq!(sql::list_entries(upper, after, reverse), want);
+                }
+            }
+        }
+    }
+
     /// Every shape of the list and change-feed statements, as text.
     fn read_statements() -> Vec<String> {
         let mut texts = vec![sql::GET_ENTRY.to_string(), sql::count_entries(true).into(), sql::count_entries(false).into()];
         for upper in [false, true] {
             for after in [sql::After::Start, sql::After::Above, sql::After::Below] {
                 for reverse in [false, true] {
-                    texts.push(sql::list_entries(upper, after, reverse));
+                    texts.push(sql::list_entries(upper, after, reverse).into());
                 }
             }
             texts.push(sql::changes_after(upper).into());

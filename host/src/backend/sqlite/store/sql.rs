@@ -118,7 +118,7 @@ pub enum After {
 }
 
 /// A list page: parameters now, lower bound, [upper bound], [cursor].
-/// Built from these parts (8 shapes, each cached by the connection) because
+/// One of 12 shapes (each cached by the connection), because
 /// an absent bound must not be a `NULL` test the planner cannot range-scan.
 ///
 /// No `LIMIT ?`: the caller stops stepping after `limit + 1` rows, which
@@ -126,19 +126,29 @@ pub enum After {
 /// a bound `LIMIT` is a value the planner reads, so SQLite re-prepared the
 /// statement on every execution (parser and planner: the largest cost of a
 /// KV Connect `get`; `reads::tests::reads_never_recompile_their_statements`).
-pub fn list_entries(upper: bool, after: After, reverse: bool) -> String {
-    let mut sql =
-        String::from("SELECT key, value, version, expires_at, enc FROM kv WHERE (expires_at IS NULL OR expires_at > ?) AND key >= ?");
-    if upper {
-        sql.push_str(" AND key < ?");
+pub fn list_entries(upper: bool, after: After, reverse: bool) -> &'static str {
+    // Spelled out, not built per call: a page's text is the key of the
+    // connection's statement cache, and building it allocated on every list
+    // (every KV Connect read).
+    macro_rules! page {
+        ($($part:literal),*) => {
+            concat!("SELECT key, value, version, expires_at, enc FROM kv WHERE (expires_at IS NULL OR expires_at > ?) AND key >= ?", $($part),*)
+        };
     }
-    match after {
-        After::Start => {}
-        After::Above => sql.push_str(" AND key > ?"),
-        After::Below => sql.push_str(" AND key < ?"),
+    match (upper, after, reverse) {
+        (false, After::Start, false) => page!(" ORDER BY key ASC"),
+        (false, After::Start, true) => page!(" ORDER BY key DESC"),
+        (false, After::Above, false) => page!(" AND key > ? ORDER BY key ASC"),
+        (false, After::Above, true) => page!(" AND key > ? ORDER BY key DESC"),
+        (false, After::Below, false) => page!(" AND key < ? ORDER BY key ASC"),
+        (false, After::Below, true) => page!(" AND key < ? ORDER BY key DESC"),
+        (true, After::Start, false) => page!(" AND key < ? ORDER BY key ASC"),
+        (true, After::Start, true) => page!(" AND key < ? ORDER BY key DESC"),
+        (true, After::Above, false) => page!(" AND key < ? AND key > ? ORDER BY key ASC"),
+        (true, After::Above, true) => page!(" AND key < ? AND key > ? ORDER BY key DESC"),
+        (true, After::Below, false) => page!(" AND key < ? AND key < ? ORDER BY key ASC"),
+        (true, After::Below, true) => page!(" AND key < ? AND key < ? ORDER BY key DESC"),
     }
-    sql.push_str(if reverse { " ORDER BY key DESC" } else { " ORDER BY key ASC" });
-    sql
 }
 
 /// Live entries in a range: parameters now, lower bound, [upper bound].
