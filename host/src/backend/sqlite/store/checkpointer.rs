@@ -56,8 +56,9 @@ impl Checkpointer {
         let thread = std::thread::Builder::new()
             .name("sidekv-checkpoint".into())
             .spawn(move || {
+                let mut failing = false;
                 while rx.recv().is_ok() {
-                    checkpoint(&conn);
+                    failing = checkpoint(&conn, failing);
                 }
             })
             .map_err(|e| StoreError::Internal(format!("spawning the checkpoint thread: {e}")))?;
@@ -94,8 +95,22 @@ impl Drop for Checkpointer {
     }
 }
 
-fn checkpoint(conn: &Connection) {
-    if let Err(e) = conn.query_row(sql::CHECKPOINT_PASSIVE, [], |_| Ok(())) {
-        tracing::warn!(error = %e, "background WAL checkpoint failed");
+/// One PASSIVE checkpoint; whether it failed. Logged when checkpoints
+/// start failing and when they work again, not on every attempt (a full
+/// disk fails one per nudge, up to 50 a second).
+fn checkpoint(conn: &Connection, failing: bool) -> bool {
+    match conn.query_row(sql::CHECKPOINT_PASSIVE, [], |_| Ok(())) {
+        Err(e) => {
+            if !failing {
+                tracing::warn!(error = %e, "background WAL checkpoint failed (the writer's own checkpoints still run)");
+            }
+            true
+        }
+        Ok(()) => {
+            if failing {
+                tracing::info!("background WAL checkpoints work again");
+            }
+            false
+        }
     }
 }
