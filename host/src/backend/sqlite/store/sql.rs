@@ -130,25 +130,31 @@ pub fn list_entries(upper: bool, after: After, reverse: bool) -> &'static str {
     // Spelled out, not built per call: a page's text is the key of the
     // connection's statement cache, and building it allocated on every list
     // (every KV Connect read).
-    macro_rules! page {
-        ($($part:literal),*) => {
-            concat!("SELECT key, value, version, expires_at, enc FROM kv WHERE (expires_at IS NULL OR expires_at > ?) AND key >= ?", $($part),*)
-        };
+    macro_rules! ascending_and_descending {
+        ($bounds:literal) => {{
+            [
+                concat!(
+                    "SELECT key, value, version, expires_at, enc FROM kv WHERE (expires_at IS NULL OR expires_at > ?) AND key >= ?",
+                    $bounds,
+                    " ORDER BY key ASC"
+                ),
+                concat!(
+                    "SELECT key, value, version, expires_at, enc FROM kv WHERE (expires_at IS NULL OR expires_at > ?) AND key >= ?",
+                    $bounds,
+                    " ORDER BY key DESC"
+                ),
+            ]
+        }};
     }
-    match (upper, after, reverse) {
-        (false, After::Start, false) => page!(" ORDER BY key ASC"),
-        (false, After::Start, true) => page!(" ORDER BY key DESC"),
-        (false, After::Above, false) => page!(" AND key > ? ORDER BY key ASC"),
-        (false, After::Above, true) => page!(" AND key > ? ORDER BY key DESC"),
-        (false, After::Below, false) => page!(" AND key < ? ORDER BY key ASC"),
-        (false, After::Below, true) => page!(" AND key < ? ORDER BY key DESC"),
-        (true, After::Start, false) => page!(" AND key < ? ORDER BY key ASC"),
-        (true, After::Start, true) => page!(" AND key < ? ORDER BY key DESC"),
-        (true, After::Above, false) => page!(" AND key < ? AND key > ? ORDER BY key ASC"),
-        (true, After::Above, true) => page!(" AND key < ? AND key > ? ORDER BY key DESC"),
-        (true, After::Below, false) => page!(" AND key < ? AND key < ? ORDER BY key ASC"),
-        (true, After::Below, true) => page!(" AND key < ? AND key < ? ORDER BY key DESC"),
-    }
+    let pages = match (upper, after) {
+        (false, After::Start) => ascending_and_descending!(""),
+        (false, After::Above) => ascending_and_descending!(" AND key > ?"),
+        (false, After::Below) => ascending_and_descending!(" AND key < ?"),
+        (true, After::Start) => ascending_and_descending!(" AND key < ?"),
+        (true, After::Above) => ascending_and_descending!(" AND key < ? AND key > ?"),
+        (true, After::Below) => ascending_and_descending!(" AND key < ? AND key < ?"),
+    };
+    pages[usize::from(reverse)]
 }
 
 /// Live entries in a range: parameters now, lower bound, [upper bound].
