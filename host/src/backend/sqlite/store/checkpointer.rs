@@ -65,7 +65,7 @@ impl Checkpointer {
         Ok(Checkpointer { nudge: Some(tx), thread: Some(thread), last: None })
     }
 
-    /// The writer committed: ask for a checkpoint, at most one per
+    /// The writer ended a step (usually a commit): ask for a checkpoint, at most one per
     /// `CHECKPOINT_BACKGROUND_INTERVAL` (each ends in an fsync of the
     /// database file). Never blocks.
     pub fn committed(&mut self) {

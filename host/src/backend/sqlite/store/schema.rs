@@ -101,13 +101,13 @@ pub fn open_reader(path: &Path) -> Result<Connection, StoreError> {
 }
 
 /// The background checkpointer's connection (`checkpointer.rs`): it
-/// writes the database file, never a transaction, and copies pages from
-/// the WAL without its page cache (kept at the minimum).
+/// writes the database file but runs no transaction; a checkpoint copies
+/// frames from the WAL file straight into it, so its page cache (allocated
+/// as pages are used) stays empty.
 pub fn open_checkpointer(path: &Path) -> Result<Connection, StoreError> {
     let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX)
         .map_err(|e| StoreError::Internal(format!("opening {} for checkpoints: {e}", path.display())))?;
     base_pragmas(&conn)?;
-    conn.pragma_update(None, "cache_size", -(limits::OUTBOX_CACHE_KIB as i64))?;
     Ok(conn)
 }
 
